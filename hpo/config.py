@@ -1,0 +1,356 @@
+"""Study files: TOML in, one typed, frozen spec tree out, validated once here.
+
+Nothing downstream reads raw dicts or re-validates: a ``StudySpec`` that exists is a good one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import HpoError, closest, unknown
+
+STUDIES_DIR = Path("studies")
+STUDY_FILE = "study.toml"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "fashion_mnist"
+    val_fraction: float = 0.1  # held out of the training set for selection; the test set never is
+    train_size: int = 0  # 0: the whole training split; N: a seeded subset for quick runs
+    test_size: int = 0  # 0: the whole test set
+    augment: bool = True  # the dataset's standard augmentation (crop, and flip where it makes sense)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "lenet5"
+    activation: str = "relu"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N
+    threads: int = 0  # CPU threads for torch; 0: all cores. Pinned either way, for bit-identical runs
+    deterministic: bool = False  # CUDA deterministic algorithms (CPU runs are deterministic anyway)
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; ``hpo.train.fit`` takes this and nothing of Optuna."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched setting: a range (low/high, optional log or step) or a list of choices."""
+
+    key: str  # "section.field", e.g. "train.lr"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple = ()
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.split(".")[1]
+
+    @property
+    def is_int(self) -> bool:
+        return _field_type(self.section, self.name) is int
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str = "tpe"
+    options: dict = field(default_factory=dict)  # keyword arguments of the Optuna sampler
+
+
+@dataclass(frozen=True)
+class PrunerSpec:
+    name: str = "median"
+    options: dict = field(default_factory=dict)  # keyword arguments of the Optuna pruner
+
+
+# Objective metrics and the direction each is optimised in. The test accuracy is never one:
+# selecting on the test set would make it a validation set.
+METRICS = {"val_acc": "maximize", "wall_time": "minimize", "params": "minimize"}
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    metrics: tuple[str, ...] = ("val_acc",)
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[m] for m in self.metrics]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    folder: Path
+    base: TrainConfig
+    description: str = ""
+    trials: int = 20  # default for --trials
+    search: tuple[ParamSpec, ...] = ()
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    source: str = ""  # the study file's text, stored with the study so the recipe travels
+
+    @property
+    def seed(self) -> int:
+        return self.base.seed
+
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+TOP_LEVEL = {"description", "seed", "trials", "data", "model", "train", "search", "sampler", "pruner", "objective"}
+
+
+def _field_type(section: str, name: str):
+    return typing.get_type_hints(SECTIONS[section])[name]
+
+
+def _coerce(value: Any, kind, where: str):
+    """Check a TOML value against a dataclass field type; ints are accepted for floats."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typing.get_origin(kind) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise HpoError(f"{where} must be a list of integers, got {value!r}")
+        return tuple(value)
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        raise HpoError(f"{where} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, table: dict, where: str, allowed=None):
+    if not isinstance(table, dict):
+        raise HpoError(f"[{where}] must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)] if allowed is None else allowed
+    values = {}
+    for key, value in table.items():
+        if key not in names:
+            raise HpoError(f"unknown key {where}.{key}{closest(key, names)}; known keys: {', '.join(names)}")
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def _param(key: str, raw: Any, where: str) -> ParamSpec:
+    section, _, name = key.rpartition(".")
+    if not section:  # a bare name such as "lr" is looked up in the sections
+        owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+        if len(owners) != 1:
+            known = sorted({f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)})
+            raise HpoError(f"unknown search parameter {where}.{key}{closest(key, known)}; searchable: {', '.join(known)}")
+        section = owners[0]
+    elif section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        raise HpoError(f"unknown search parameter {where}.{key}; write it as data.X, model.X or train.X with a known X")
+    full, kind = f"{section}.{name}", _field_type(section, name)
+    if isinstance(raw, list):
+        raw = {"choices": raw}
+    if not isinstance(raw, dict):
+        raise HpoError(f"{where}.{key} must be {{ low = .., high = .. }} or {{ choices = [..] }}, got {raw!r}")
+    allowed = ("low", "high", "log", "step", "choices")
+    for k in raw:
+        if k not in allowed:
+            raise HpoError(f"unknown key {where}.{key}.{k}{closest(k, allowed)}; known: {', '.join(allowed)}")
+    if "choices" in raw:
+        if set(raw) != {"choices"}:
+            raise HpoError(f"{where}.{key}: use either choices or low/high, not both")
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise HpoError(f"{where}.{key}.choices must be a non-empty list")
+        return ParamSpec(full, choices=tuple(_coerce(c, kind, f"{where}.{key}.choices") for c in choices))
+    if kind not in (int, float):
+        raise HpoError(f"{where}.{key} is {kind.__name__}: give it choices = [..], not a range")
+    if "low" not in raw or "high" not in raw:
+        raise HpoError(f"{where}.{key} needs both low and high (or choices)")
+    low, high = (_coerce(raw[b], kind, f"{where}.{key}.{b}") for b in ("low", "high"))
+    log = _coerce(raw.get("log", False), bool, f"{where}.{key}.log")
+    step = _coerce(raw["step"], kind, f"{where}.{key}.step") if "step" in raw else None
+    if low > high:
+        raise HpoError(f"{where}.{key}: low ({low}) is greater than high ({high}); swap them")
+    if log and low <= 0:
+        raise HpoError(f"{where}.{key}: log scale needs low > 0, got low = {low}")
+    if log and step is not None:
+        raise HpoError(f"{where}.{key}: step and log cannot be combined (Optuna forbids it); drop one")
+    return ParamSpec(full, low=low, high=high, log=log, step=step)
+
+
+def _named(cls, raw: Any, where: str):
+    """[sampler] / [pruner]: a name plus the Optuna constructor's keyword arguments."""
+    raw = dict(raw or {})
+    name = raw.pop("name", cls().name)
+    if not isinstance(name, str):
+        raise HpoError(f"{where}.name must be a string, got {name!r}")
+    return cls(name=name, options=raw)
+
+
+def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
+    """Turn a study file's TOML table into a validated ``StudySpec``."""
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise HpoError(f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; known: {', '.join(sorted(TOP_LEVEL))}")
+    seed = _coerce(raw.get("seed", 0), int, "seed")
+    base = TrainConfig(**{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}, seed=seed)
+    search = raw.get("search", {})
+    if not isinstance(search, dict):
+        raise HpoError("[search] must be a table of parameter = { low, high } or { choices }")
+    objective = raw.get("objective", {})
+    metrics = objective.get("metrics", ["val_acc"]) if isinstance(objective, dict) else objective
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if set(objective) - {"metrics"} if isinstance(objective, dict) else False:
+        raise HpoError(f"unknown key in [objective]: {sorted(set(objective) - {'metrics'})}; known: metrics")
+    for m in metrics:
+        if m not in METRICS:
+            raise unknown("objective metric", m, METRICS)
+    spec = StudySpec(
+        name=name,
+        folder=folder,
+        base=base,
+        description=_coerce(raw.get("description", ""), str, "description"),
+        trials=_coerce(raw.get("trials", 20), int, "trials"),
+        search=tuple(_param(k, v, "search") for k, v in search.items()),
+        sampler=_named(SamplerSpec, raw.get("sampler"), "sampler"),
+        pruner=_named(PrunerSpec, raw.get("pruner"), "pruner"),
+        objective=ObjectiveSpec(tuple(metrics)),
+        source=source,
+    )
+    validate(spec.base)
+    for p in spec.search:  # each choice, and each range end, must itself be a valid setting
+        for value in p.choices or (p.low, p.high):
+            validate(with_values(spec.base, {p.key: value}), where=f"search.{p.name}")
+    return spec
+
+
+def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """A copy of ``config`` with "section.field" keys replaced (a trial's sampled parameters)."""
+    sections = {s: getattr(config, s) for s in SECTIONS}
+    for key, value in values.items():
+        section, name = key.split(".")
+        sections[section] = dataclasses.replace(sections[section], **{name: value})
+    return dataclasses.replace(config, **sections)
+
+
+def validate(config: TrainConfig, where: str = "") -> None:
+    """Names against the registries, values against their ranges. One line per problem."""
+    from hpo.data import DATASETS  # the registries live with what they register
+    from hpo.nets import ACTIVATIONS, NETS
+    from hpo.train import OPTIMIZERS, SCHEDULES
+
+    d, m, t = config.data, config.model, config.train
+    at = f" (in {where})" if where else ""
+    for what, value, known in (
+        ("data.dataset", d.dataset, DATASETS),
+        ("model.name", m.name, NETS),
+        ("model.activation", m.activation, ACTIVATIONS),
+        ("train.optimizer", t.optimizer, OPTIMIZERS),
+        ("train.schedule", t.schedule, SCHEDULES),
+    ):
+        if value not in known:
+            raise HpoError(str(unknown(what, value, known)) + at)
+    checks = (
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
+        (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
+        (t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (0 <= t.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}"),
+        (t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}"),
+        (t.gamma > 0, f"train.gamma must be > 0, got {t.gamma}"),
+        (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
+        (not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov needs optimizer = \"sgd\" and momentum > 0"),
+        (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
+        (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
+        (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
+        (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise HpoError(message + at)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """"train.lr=0.1" -> (["train", "lr"], 0.1). Values are TOML; a bare word is a string."""
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path) or len(path) > 2:
+        raise HpoError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set train.lr=0.05")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            raw[path[0]] = value
+        else:
+            section = raw.setdefault(path[0], {})
+            if not isinstance(section, dict):
+                raise HpoError(f"--set {text!r}: {path[0]} is not a section")
+            section[path[1]] = value
+    return raw
+
+
+def find_study(name_or_path: str | Path) -> Path:
+    """A study folder: a path that holds study.toml, or a name under studies/."""
+    path = Path(name_or_path)
+    for folder in (path, STUDIES_DIR / path):
+        if (folder / STUDY_FILE).is_file():
+            return folder
+    known = sorted(p.parent.name for p in STUDIES_DIR.glob(f"*/{STUDY_FILE}"))
+    raise HpoError(
+        f"no study {str(name_or_path)!r}: expected {STUDIES_DIR / path / STUDY_FILE}{closest(path.name, known)}; "
+        f"studies here: {', '.join(known) or 'none'}"
+    )
+
+
+def load(name_or_path: str | Path, overrides: list[str] = ()) -> StudySpec:
+    folder = find_study(name_or_path)
+    file = folder / STUDY_FILE
+    source = file.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as e:
+        raise HpoError(f"{file} is not valid TOML: {e}") from None
+    return parse(apply_overrides(raw, list(overrides)), folder.resolve().name, folder, source)

@@ -1,0 +1,171 @@
+"""Open the study store in optuna-dashboard, with the project's defaults filled in.
+
+    python -m hpo.dashboard [--storage URL] [--artifact-dir DIR] [--host HOST] [--port PORT]
+
+A thin wrapper: optuna-dashboard serves everything (its `wsgi` app, its storage-URL parsing);
+this adds the project's store and artifact folder as defaults, binds to loopback unless told
+otherwise, and turns bad input into one line instead of a traceback or a silently created store.
+The plain `optuna-dashboard sqlite:///storage/hpo.db --artifact-dir models` serves the same.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIServer, make_server
+
+from hpo.cli import run_main, say
+from hpo.errors import HpoError
+
+DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
+DEFAULT_ARTIFACT_DIR = "models"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """Threaded, as optuna-dashboard's own CLI serves: the page fetches several API routes at once."""
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpo.dashboard",
+        description="Browse the study store in optuna-dashboard (no authentication: keep it on loopback).")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help=f"Optuna storage URL or journal file (default: {DEFAULT_STORAGE})")
+    parser.add_argument("--artifact-dir", default=DEFAULT_ARTIFACT_DIR,
+                        help=f"artifact store holding the trials' weights (default: {DEFAULT_ARTIFACT_DIR})")
+    parser.add_argument("--host", default=None,
+                        help=f"address to listen on; anything but loopback exposes the studies to "
+                             f"whoever can reach it (default: {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port to listen on (default: {DEFAULT_PORT})")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"argument --port: {args.port} is not a port number (1-65535)")
+    return args
+
+
+def _shown(url: str) -> str:
+    """The URL as safe to print: any password hidden."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file a sqlite URL names; None for other stores and in-memory SQLite."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # not a URL: optuna-dashboard may still read it as a journal file
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if parsed.host:  # sqlite://storage/hpo.db: the folder went into the host part
+        raise HpoError(f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db "
+                       f"or sqlite:////absolute/path.db")
+    if parsed.database in (None, "", ":memory:"):
+        raise HpoError(f"{url!r} is an empty in-memory store: give the file, e.g. {DEFAULT_STORAGE}")
+    return Path(parsed.database)
+
+
+def open_store(url: str):
+    """optuna-dashboard's own storage (read as its CLI reads it), after checking it exists.
+
+    Opening a SQLite URL creates the file when it is missing; a dashboard must never do that."""
+    import sqlalchemy.exc
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard URL` uses
+
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
+    try:
+        storage = get_storage(url)
+        storage.get_all_studies()  # fail now, not on the first page load
+    except ValueError as e:  # optuna-dashboard could not tell what kind of store the URL names
+        raise HpoError(f"malformed storage URL {url!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
+                       f"postgresql://USER@HOST/DB or a journal file") from None
+    except ImportError as e:
+        raise HpoError(f"no database driver for {_shown(url)}: {e}") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        raise HpoError(f"cannot read the store {_shown(url)}: {reason}") from None
+    return storage
+
+
+def open_artifacts(folder: str):
+    """The artifact store the runs upload weights to; None (and a line saying so) when absent."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    if not Path(folder).is_dir():
+        say(f"no artifact folder at {folder}: running without artifacts (trial weights are not offered)")
+        return None
+    return FileSystemArtifactStore(folder)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def listen(app, host: str, port: int):
+    """Bind now, so a taken port is one line before anything claims to be serving."""
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        return make_server(host, port, app, server_class=server_class)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise HpoError(f"port {port} on {host} is in use: pick another with --port") from None
+        raise HpoError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def page_url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # the wildcard is not an address a browser can open
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/dashboard"
+
+
+def main(argv=None) -> int:
+    from optuna_dashboard import wsgi
+
+    args = parse_args(argv)
+    host = args.host if args.host is not None else DEFAULT_HOST
+    storage = open_store(args.storage)
+    app = wsgi(storage, artifact_store=open_artifacts(args.artifact_dir))
+    server = listen(app, host, args.port)
+    if not is_loopback(host):
+        say(f"warning: listening on {host}: the dashboard has no authentication, anyone who can "
+            f"reach port {args.port} can read and change the studies")
+    say(f"optuna-dashboard for {_shown(args.storage)}: open {page_url(host, args.port)}  (Ctrl-C stops it)")
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # Ctrl-C is how a dashboard is meant to stop
+            say("dashboard stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,163 @@
+"""Datasets as uint8 tensors on the training device, and the batched augment/normalise hot path.
+
+The raw files are read once per process; each ``load`` only cuts a seeded split. ``batches`` works
+on whole batches with tensor ops (no DataLoader, no PIL, no per-image Python), as airbench does.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hpo.config import DataSpec
+from hpo.datasets import read_cifar10, read_fashion_mnist
+from hpo.errors import HpoError, unknown
+
+DATA_DIR_ENV = "HPO_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    size: int  # images are size x size
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units, over the official training set
+    std: tuple[float, ...]
+    crop_padding: int  # zero padding of the random crop when augmenting
+    flip: bool  # random horizontal flip (p = 0.5) when augmenting
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), crop_padding=2, flip=False),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), crop_padding=4, flip=True
+    ),
+}
+READERS = {"fashion_mnist": read_fashion_mnist, "cifar10": read_cifar10}
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``override``, else $HPO_DATA_DIR, else ./data (ignored by git)."""
+    chosen = override if override is not None else os.environ.get(DATA_DIR_ENV) or "data"
+    return Path(chosen).expanduser()
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W] on the training device
+    labels: torch.Tensor  # int64 [N] on the training device
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Data:
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+
+
+@functools.lru_cache(maxsize=None)
+def _raw(name: str, root: Path):
+    """CPU uint8 tensors of the official train and test sets, read once per (dataset, folder).
+    Callers index into them (which copies) and never write to them."""
+    return READERS[name](root)
+
+
+def _subset(size: int, order: torch.Tensor, what: str) -> torch.Tensor:
+    """The first ``size`` of the shuffled indices ``order`` (all of them for size 0), ascending:
+    ascending reads are kinder to memory, and training reshuffles every epoch anyway."""
+    if size > len(order):
+        raise HpoError(f"data.{what} = {size} is more than the {len(order)} images available; lower it (0: all)")
+    return (order[:size] if size else order).sort().values
+
+
+def _to(split: Split, device: torch.device) -> Split:
+    if device.type != "cuda":
+        return Split(split.images.to(device), split.labels.to(device))
+    # Pinned memory lets the host-to-device copy run asynchronously with the rest of the setup.
+    return Split(*(t.pin_memory().to(device, non_blocking=True) for t in (split.images, split.labels)))
+
+
+def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: str | os.PathLike | None = None) -> Data:
+    """The dataset ``spec`` names, split by ``seed``: validation held out of the training set
+    (never the test set), then optional seeded subsets of train and test for quick runs."""
+    if spec.dataset not in DATASETS:
+        raise unknown("data.dataset", spec.dataset, DATASETS)
+    (train_x, train_y), (test_x, test_y) = _raw(spec.dataset, data_dir(root).resolve())
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train_y), generator=g)
+    n_val = round(spec.val_fraction * len(train_y))
+    val_idx = _subset(0, order[:n_val], "val_fraction")
+    train_idx = _subset(spec.train_size, order[n_val:], "train_size")
+    test_idx = _subset(spec.test_size, torch.randperm(len(test_y), generator=g), "test_size")
+    device = torch.device(device)
+    return Data(
+        info=DATASETS[spec.dataset],
+        train=_to(Split(train_x[train_idx], train_y[train_idx]), device),
+        val=_to(Split(train_x[val_idx], train_y[val_idx]), device),
+        test=_to(Split(test_x[test_idx], test_y[test_idx]), device),
+    )
+
+
+def random_crop_flip(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding=p) and, where ``info.flip``, RandomHorizontalFlip,
+    drawn per image but applied to the whole uint8 batch at once."""
+    n, c, h, w = images.shape
+    p, device = info.crop_padding, images.device
+    if p > 0:
+        # Offsets in [0, 2p] into the zero-padded image, as RandomCrop draws them.
+        dy, dx = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(device)
+        padded = F.pad(images, (p, p, p, p))
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        channel = torch.arange(c, device=device)[None, :, None, None]
+        images = padded[batch, channel, rows, cols]
+    if info.flip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    return images
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    info: DatasetInfo,
+    *,
+    generator: torch.Generator | None = None,
+    augment: bool = False,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x float32 [B, C, H, W] normalised, y int64 [B]) over ``split``; the last batch may be short.
+
+    With ``generator`` (a CPU generator): shuffled, and augmented if asked. Without: in order, as
+    evaluation wants, and augmenting is refused (evaluation data must not be random)."""
+    if augment and generator is None:
+        raise ValueError("batches(augment=True) needs a generator: augmentation is random")
+    device, n = split.images.device, len(split)
+    # /255 and normalisation folded into one affine step on the uint8 values.
+    mean = torch.tensor(info.mean, device=device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(info.std, device=device).view(1, -1, 1, 1) * 255
+    order = torch.randperm(n, generator=generator).to(device) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            x, y = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        else:
+            idx = order[start : start + batch_size]
+            x, y = split.images[idx], split.labels[idx]
+        if augment:
+            x = random_crop_flip(x, info, generator)
+        x = (x.float() - mean) / std
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+

@@ -1,0 +1,95 @@
+"""Network definitions by name. Input channels, image size and classes come from the dataset."""
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from hpo.errors import unknown
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise unknown("model.activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
+
+
+class LeNet5(nn.Module):
+    """The classic table: conv 6@5x5, pool, conv 16@5x5, pool, 120, 84, classes.
+
+    LeNet was drawn for 32x32 inputs; smaller images (Fashion-MNIST's 28x28) are zero-padded in
+    the first convolution so every later layer keeps the classic shape.
+    """
+
+    def __init__(self, channels: int, size: int, num_classes: int, act: str = "relu"):
+        super().__init__()
+        pad = max(0, (32 - size) // 2)
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 6, 5, padding=pad), activation(act), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), activation(act), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120), activation(act),
+            nn.Linear(120, 84), activation(act),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class SimpleCNN(nn.Module):
+    """The coursework's small CNN: conv 16/32/64 3x3, each with 2x2 pooling, fc 500, dropout 0.3."""
+
+    def __init__(self, channels: int, size: int, num_classes: int, act: str = "relu"):
+        super().__init__()
+        layers, width = [], channels
+        for out in (16, 32, 64):
+            layers += [nn.Conv2d(width, out, 3, padding=1), activation(act), nn.MaxPool2d(2)]
+            width = out
+        self.features = nn.Sequential(*layers)
+        side = size // 8
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 500), activation(act),
+            nn.Dropout(0.3),
+            nn.Linear(500, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def resnet18(channels: int, size: int, num_classes: int, act: str = "relu") -> nn.Module:
+    """ResNet-18, CIFAR variant: torchvision's blocks with a 3x3 stride-1 stem and no max-pool
+    (the ImageNet stem would shrink a 32x32 image to 8x8 before the first block)."""
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    model.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    for module in model.modules():  # ResNet and every BasicBlock call self.relu
+        if hasattr(module, "relu"):
+            module.relu = activation(act)
+    return model
+
+
+NETS = {"lenet5": LeNet5, "simple_cnn": SimpleCNN, "resnet18": resnet18}
+
+
+def build(name: str, channels: int, size: int, num_classes: int, act: str = "relu") -> nn.Module:
+    if name not in NETS:
+        raise unknown("model.name", name, NETS)
+    return NETS[name](channels, size, num_classes, act)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

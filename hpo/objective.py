@@ -1,0 +1,157 @@
+"""The objective: adapts ``hpo.train.fit`` to an Optuna trial (report, prune, record, keep weights).
+
+Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))`` trains once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+import torchvision
+
+import hpo
+from hpo import data as data_mod
+from hpo.config import DataSpec, StudySpec
+from hpo.space import trial_config
+from hpo.train import EpochStats, TrainResult, fit, resolve_device
+
+KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
+COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
+COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
+
+
+class StopTrial(Exception):
+    """Raised from the epoch hook to end a trial early, with the status and reason to record."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "optuna": optuna.__version__, "hpo": hpo.__version__}
+
+
+def result_attrs(result: TrainResult) -> dict:
+    return {
+        "val_acc": result.final_val_acc, "best_val_acc": result.best_val_acc, "test_acc": result.test_acc,
+        "epochs_run": result.epochs_run, "wall_time_s": result.wall_time_s, "images_per_s": result.images_per_s,
+        "device": result.device, "threads": result.threads, "params": result.params,
+    }
+
+
+def objective_values(spec: StudySpec, result: TrainResult) -> list[float]:
+    by_metric = {"val_acc": result.final_val_acc, "wall_time": result.wall_time_s, "params": float(result.params)}
+    return [by_metric[m] for m in spec.objective.metrics]
+
+
+def dominated(values: list[float], others: list[list[float]], directions: list[str]) -> bool:
+    """True when some other point is at least as good everywhere and better somewhere."""
+    sign = [1 if d == "maximize" else -1 for d in directions]
+    mine = [s * v for s, v in zip(sign, values)]
+    for other in others:
+        theirs = [s * v for s, v in zip(sign, other)]
+        if all(t >= m for t, m in zip(theirs, mine)) and any(t > m for t, m in zip(theirs, mine)):
+            return True
+    return False
+
+
+class Objective:
+    def __init__(
+        self,
+        spec: StudySpec,
+        data_dir: str | Path | None = None,
+        keep: str = "best",
+        artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
+        on_epoch: Callable[[optuna.Trial, EpochStats], None] | None = None,
+    ):
+        self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts
+        self.progress = on_epoch
+        self.multi = len(spec.objective.metrics) > 1
+        self.device = resolve_device(spec.base.train.device)
+        self._data: dict[DataSpec, data_mod.Data] = {}
+
+    def data(self, spec: DataSpec) -> data_mod.Data:
+        """Loaded once per process and per data setting; the split seed is the study seed, so
+        every trial is scored on the same validation images."""
+        if spec not in self._data:
+            self._data[spec] = data_mod.load(spec, self.spec.seed, self.device, root=self.data_dir)
+        return self._data[spec]
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        config = trial_config(trial, self.spec)
+        trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("versions", versions())
+        data = self.data(config.data)
+        chance = 100.0 / data.info.num_classes
+        curve: list[dict] = []
+
+        def on_epoch(stats: EpochStats) -> None:
+            curve.append(dataclasses.asdict(stats))
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("epochs_run", stats.epoch)
+            if self.progress:
+                self.progress(trial, stats)
+            if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
+                raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
+                                             f"({chance:.0f}% for {data.info.num_classes} classes) at epoch {stats.epoch}")
+            if not self.multi:  # Optuna prunes single-objective studies only
+                trial.report(stats.val_acc, stats.epoch)
+                if trial.should_prune():
+                    raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
+                                              f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
+
+        try:
+            result, model = fit(config, data, on_epoch)
+        except StopTrial as stop:
+            self._record(trial, stop.status, stop.reason)
+            raise optuna.TrialPruned(stop.reason) from None
+        except KeyboardInterrupt:
+            self._record(trial, "interrupted", "interrupted: stopped by the user (SIGINT/SIGTERM)")
+            raise
+        except Exception as e:  # the study goes on; the reason stays with the trial
+            self._record(trial, "failed", f"failed: {type(e).__name__}: {e}".splitlines()[0])
+            raise
+        for key, value in result_attrs(result).items():
+            trial.set_user_attr(key, value)
+        if result.status == "diverged":
+            self._record(trial, "diverged", result.reason)
+            raise optuna.TrialPruned(result.reason)
+        self._record(trial, "ok", "")
+        values = objective_values(self.spec, result)
+        if self._should_keep(trial, values):
+            self._save_weights(trial, model)
+        return values if self.multi else values[0]
+
+    @staticmethod
+    def _record(trial: optuna.Trial, status: str, reason: str) -> None:
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("reason", reason)
+
+    def _should_keep(self, trial: optuna.Trial, values: list[float]) -> bool:
+        """"best" keeps each trial that is the best so far when it finishes: the final best is
+        always there, and the records before it cost little (a handful, not one per trial)."""
+        if self.artifacts is None or self.keep == "none" or isinstance(trial, optuna.trial.FixedTrial):
+            return False
+        if self.keep == "all":
+            return True
+        done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        return not dominated(values, [t.values for t in done], self.spec.objective.directions) and not any(
+            t.values == values for t in done
+        )
+
+    def _save_weights(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{self.spec.name}-trial{trial.number}.pt"
+            torch.save(model.state_dict(), path)  # load with torch.load(..., weights_only=True)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
+            )
+        trial.set_user_attr("weights_artifact_id", artifact_id)

@@ -1,0 +1,46 @@
+"""Study progress on stderr: trial n/N, epoch, current and best value, pruned count, ETA (tqdm)."""
+from __future__ import annotations
+
+import sys
+
+import optuna
+from tqdm import tqdm
+
+from hpo.train import EpochStats
+
+
+class StudyProgress:
+    """One tqdm bar over the trials this command adds; tqdm supplies rate and ETA. Also an Optuna
+    callback (called after each trial) and the objective's per-epoch hook."""
+
+    def __init__(self, total: int | None, epochs: int, multi: bool, worker: str = ""):
+        self.epochs, self.multi = epochs, multi
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.bar = tqdm(total=total, desc=f"{worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
+                        mininterval=1.0, bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}")
+        self.best = ""
+
+    def on_epoch(self, trial: optuna.Trial, stats: EpochStats) -> None:
+        self.bar.set_postfix_str(f"#{trial.number} epoch {stats.epoch}/{self.epochs} val {stats.val_acc:.2f}%"
+                                 f"{self.best}  pruned {self.counts['pruned']}", refresh=False)
+        self.bar.refresh()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        state = trial.state
+        key = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(state.name, "failed")
+        self.counts[key] += 1
+        if not self.multi:
+            try:
+                best = study.best_trial
+                self.best = f"  best {best.value:.2f}% (#{best.number})"
+            except ValueError:  # no complete trial yet
+                pass
+        if state != optuna.trial.TrialState.COMPLETE:
+            reason = trial.user_attrs.get("reason", "")
+            if state == optuna.trial.TrialState.FAIL or reason.startswith(("diverged", "collapsed")):
+                self.bar.write(f"trial #{trial.number} {state.name.lower()}: {reason or 'see the log above'}", file=sys.stderr)
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{self.best.strip()}  pruned {self.counts['pruned']}  failed {self.counts['failed']}")
+
+    def close(self) -> None:
+        self.bar.close()

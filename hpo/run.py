@@ -1,0 +1,130 @@
+"""Run a study: ``python -m hpo.run --study lenet_lr --trials 50``.
+
+Adds trials to the study named after the folder, in the store (SQLite under storage/ by default);
+running again resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import optuna
+
+from hpo import cli
+from hpo import config as config_mod
+from hpo.errors import HpoError
+from hpo.objective import KEEP, Objective
+from hpo.progress import StudyProgress
+from hpo.study import DEFAULT_STORAGE, artifact_store, create_or_resume, make_pruner, make_sampler, open_storage, redact
+
+MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hpo.run", description="Add trials to a study (creating it on the first run).")
+    cli.add_study_arguments(p)
+    p.add_argument("--trials", type=int, default=None, help="trials this command adds (default: the study file's `trials`, else 20)")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds (default: none)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--keep", choices=KEEP, default="best",
+                   help="weights to save in models/: best (each new best trial), all, none (default: best)")
+    p.add_argument("--workers", default="1", help="worker processes sharing the study: a number or auto (default: 1)")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # set by hpo.workers
+    return p
+
+
+class FailureGuard:
+    """Stops the study when trials keep failing the same way, keeping the last reason."""
+
+    def __init__(self):
+        self.in_a_row, self.reason = 0, ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.in_a_row += 1
+            self.reason = trial.user_attrs.get("reason", "see the log above")
+            if self.in_a_row >= MAX_FAILS_IN_A_ROW:
+                study.stop()
+        else:
+            self.in_a_row = 0
+
+
+def _raise_interrupt(signum, frame):
+    # SIGTERM (docker stop, Slurm, kill) takes the same path as Ctrl-C: the running trial is
+    # marked FAIL by Optuna instead of being left RUNNING in the store.
+    raise KeyboardInterrupt
+
+
+def summary(study: optuna.Study, spec, added: list[optuna.trial.FrozenTrial]) -> str:
+    states = [t.state.name.lower() for t in added]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail") if states.count(s))
+    lines = [f"{spec.name}: {len(added)} trials added ({counts or 'none'}); {len(study.trials)} in the study"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return "\n".join(lines + ["no complete trial yet"])
+    multi = len(spec.objective.metrics) > 1
+    best = study.best_trials if multi else sorted(complete, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")[:5]
+    names = sorted({k for t in best for k in t.params})
+    header = ["trial", *spec.objective.metrics, "test_acc", "epochs", *names]
+    rows = [[f"#{t.number}", *(f"{v:.4g}" for v in t.values), _fmt(t.user_attrs.get("test_acc")),
+             str(t.user_attrs.get("epochs_run", "")), *(_fmt(t.params.get(n)) for n in names)] for t in best]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines.append("Pareto front:" if multi else "best trials:")
+    lines += ["  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def run(args) -> int:
+    spec = config_mod.load(args.study, args.set)
+    trials = spec.trials if args.trials is None else args.trials
+    if trials < 1:
+        raise HpoError(f"--trials must be >= 1, got {trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise HpoError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.workers != "1":
+        from hpo.workers import run_workers
+
+        return run_workers(args, spec, trials)
+    # Everything that can be wrong with the input fails here, before the store is touched.
+    make_sampler(spec, 0), make_pruner(spec)
+    progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
+                             worker=f"worker {args.worker_index} " if args.worker_index else "")
+    objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch)
+    objective.data(spec.base.data)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it shorter
+    storage = open_storage(args.storage, create=True)
+    study = create_or_resume(spec, storage, worker=args.worker_index)
+    before = {t.number for t in study.trials}
+    guard = FailureGuard()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
+    try:
+        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard], catch=(Exception,))
+    except KeyboardInterrupt:
+        progress.close()
+        running = [t.number for t in study.trials if t.number not in before and t.user_attrs.get("status") == "interrupted"]
+        cli.say(f"interrupted: trial {', '.join(f'#{n}' for n in running) or 'in progress'} marked FAIL, the store is "
+                f"consistent; resume with: python -m hpo.run --study {args.study} --trials N")
+        return 130
+    progress.close()
+    added = [t for t in study.trials if t.number not in before]
+    print(summary(study, spec, added))
+    if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
+        raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
+    print(f"report: python -m hpo.report {spec.folder}" + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,32 @@
+"""The search space: ``trial.suggest_*`` for each searched setting -> a concrete TrainConfig."""
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+
+from hpo.config import ParamSpec, StudySpec, TrainConfig, with_values
+
+
+def suggest(trial: optuna.Trial, param: ParamSpec):
+    """One value for one parameter. Optuna's parameter name is the bare field name ("lr"), which
+    is what the dashboard, importances and the report show."""
+    if param.choices:
+        return trial.suggest_categorical(param.name, list(param.choices))
+    if param.is_int:
+        return trial.suggest_int(param.name, param.low, param.high, step=param.step or 1, log=param.log)
+    return trial.suggest_float(param.name, param.low, param.high, step=param.step, log=param.log)
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Each trial's own seed (model init, batch order, augmentation), derived from the study seed:
+    the same trial of the same study trains the same way every time."""
+    return (study_seed * 1_000_003 + trial_number) % 2**31
+
+
+def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
+    values = {p.key: suggest(trial, p) for p in spec.search}
+    # A trial re-queued after its worker died inherits the user attrs, seed included, of the
+    # trial it retries, so the retry trains exactly as the original would have.
+    seed = trial.user_attrs.get("seed", trial_seed(spec.seed, trial.number))
+    return dataclasses.replace(with_values(spec.base, values), seed=seed)
