@@ -20,9 +20,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from hpo.cli import run_main, say
 from hpo.errors import HpoError
+from hpo.study import ARTIFACT_DIR, DEFAULT_STORAGE, redact
 
-DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
-DEFAULT_ARTIFACT_DIR = "models"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
@@ -40,30 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m hpo.dashboard",
         description="Browse the study store in optuna-dashboard (no authentication: keep it on loopback).")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
                         help=f"Optuna storage URL or journal file (default: {DEFAULT_STORAGE})")
-    parser.add_argument("--artifact-dir", default=DEFAULT_ARTIFACT_DIR,
-                        help=f"artifact store holding the trials' weights (default: {DEFAULT_ARTIFACT_DIR})")
-    parser.add_argument("--host", default=None,
-                        help=f"address to listen on; anything but loopback exposes the studies to "
-                             f"whoever can reach it (default: {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+    parser.add_argument("--artifact-dir", default=str(ARTIFACT_DIR), metavar="DIR",
+                        help=f"artifact store holding the trials' weights (default: {ARTIFACT_DIR})")
+    parser.add_argument("--host", default=DEFAULT_HOST, metavar="HOST",
+                        help=f"address to listen on; anything but loopback lets whoever can reach it "
+                             f"read and change the studies (default: {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
                         help=f"port to listen on (default: {DEFAULT_PORT})")
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"argument --port: {args.port} is not a port number (1-65535)")
     return args
-
-
-def _shown(url: str) -> str:
-    """The URL as safe to print: any password hidden."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -99,13 +87,13 @@ def open_store(url: str):
         storage = get_storage(url)
         storage.get_all_studies()  # fail now, not on the first page load
     except ValueError as e:  # optuna-dashboard could not tell what kind of store the URL names
-        raise HpoError(f"malformed storage URL {url!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
+        raise HpoError(f"malformed storage URL {redact(url)!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
                        f"postgresql://USER@HOST/DB or a journal file") from None
     except ImportError as e:
-        raise HpoError(f"no database driver for {_shown(url)}: {e}") from None
+        raise HpoError(f"no database driver for {redact(url)}: {e}") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).splitlines()[0]
-        raise HpoError(f"cannot read the store {_shown(url)}: {reason}") from None
+        raise HpoError(f"cannot read the store {redact(url)}: {reason}") from None
     return storage
 
 
@@ -151,14 +139,14 @@ def main(argv=None) -> int:
     from optuna_dashboard import wsgi
 
     args = parse_args(argv)
-    host = args.host if args.host is not None else DEFAULT_HOST
+    host, port = args.host, args.port
     storage = open_store(args.storage)
     app = wsgi(storage, artifact_store=open_artifacts(args.artifact_dir))
-    server = listen(app, host, args.port)
+    server = listen(app, host, port)
     if not is_loopback(host):
         say(f"warning: listening on {host}: the dashboard has no authentication, anyone who can "
-            f"reach port {args.port} can read and change the studies")
-    say(f"optuna-dashboard for {_shown(args.storage)}: open {page_url(host, args.port)}  (Ctrl-C stops it)")
+            f"reach port {port} can read and change the studies")
+    say(f"optuna-dashboard for {redact(args.storage)}: open {page_url(host, port)}  (Ctrl-C stops it)")
     with server:
         try:
             server.serve_forever()

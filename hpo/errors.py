@@ -9,7 +9,7 @@ def closest(name: str, known) -> str:
     """' (did you mean X?)' when a known name is close, else ''."""
     import difflib
 
-    match = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.7)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

@@ -99,11 +99,12 @@ class Objective:
             trial.set_user_attr("epochs_run", stats.epoch)
             if self.progress:
                 self.progress(trial, stats)
+            if not self.multi:  # Optuna prunes single-objective studies only
+                trial.report(stats.val_acc, stats.epoch)
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
                 raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
                                              f"({chance:.0f}% for {data.info.num_classes} classes) at epoch {stats.epoch}")
-            if not self.multi:  # Optuna prunes single-objective studies only
-                trial.report(stats.val_acc, stats.epoch)
+            if not self.multi:
                 if trial.should_prune():
                     raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
                                               f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")

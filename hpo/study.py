@@ -1,7 +1,9 @@
 """The Optuna side of a study: storage, sampler, pruner, artifact store, create or resume."""
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sqlite3
 import warnings
 from pathlib import Path
 
@@ -130,16 +132,18 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}  # a restarted server leaves dead pooled connections
     try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
         if path is not None:  # WAL lets readers (dashboard, report) work while workers write
-            with storage.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")  # persists in the file, for every later connection
     except HpoError:
         raise
     except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files

@@ -70,7 +70,12 @@ class TrainResult:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "cuda:x", "cuda:-1": torch's message lists every backend it knows
+        raise HpoError(f"train.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise HpoError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise HpoError(f"train.device = {name!r} but no CUDA device is visible; use \"auto\" or \"cpu\"")
@@ -189,6 +194,9 @@ def fit(
         if status != "ok":
             break
         val_loss, val_acc = evaluate(model, data.val, info, t.batch_size, autocast, channels_last)
+        if not math.isfinite(val_loss):  # the epoch's last steps broke the weights after its loss was taken
+            status, reason = "diverged", f"diverged: validation loss {val_loss} after epoch {epoch}"
+            break
         stats = EpochStats(epoch, loss_sum.item() / n, 100.0 * correct.item() / n, val_loss, val_acc, lr,
                            time.perf_counter() - epoch_start)
         curve.append(stats)

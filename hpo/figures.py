@@ -1,0 +1,384 @@
+"""Draw what ``hpo.findings`` computed: plotly figures (Optuna's own wherever it has one), and the
+report's pages: one offline index.html, report.md with PNGs, trials.csv.
+
+The words and tables come from ``Findings``; this module only lays them out. Both pages are
+rendered from one list of blocks, so report.md and index.html always say the same thing.
+"""
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import plotly.io as pio
+import plotly.offline
+from optuna.trial import TrialState
+
+from hpo.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
+
+PLOTLY_JS = "plotly.min.js"
+PNG_SIZE = (900, 500)
+PNG_SIZES = {"contour_matrix": (900, 900), "parallel_coordinate": (1000, 500)}
+PRUNED_STYLE = {"color": "#b0b0b0", "dash": "dash", "width": 1}
+CONTOUR_MATRIX_MAX = 4
+
+
+# ---------------------------------------------------------------- figures
+
+def _target(f: Findings, index: int = 0) -> dict:
+    """Optuna's target/target_name for one objective; nothing for a single-objective study."""
+    if not f.multi_objective:
+        return {"target_name": label(f.metrics[0])}
+    return {"target": lambda t, i=index: t.values[i], "target_name": label(f.metrics[index])}
+
+
+def importance_figure(imp: Importances) -> go.Figure:
+    """Both evaluators side by side, from the computed numbers (no second evaluation)."""
+    names = list(next(iter(imp.by_evaluator.values())))[::-1]  # most important on top
+    fig = go.Figure([go.Bar(name=e, y=names, x=[v.get(n, 0.0) for n in names], orientation="h",
+                            text=[f"{v.get(n, 0.0):.2f}" for n in names], textposition="outside")
+                     for e, v in imp.by_evaluator.items()])
+    fig.update_layout(title=f"Parameter importance for {label(imp.metric)}: PED-ANOVA (Optuna's default) and fANOVA",
+                      barmode="group", xaxis={"title": "importance (normalised to sum 1)", "range": [0, 1.1]},
+                      yaxis={"title": "parameter"}, legend={"title": "evaluator"})
+    return fig
+
+
+def learning_curves(study: optuna.Study, f: Findings) -> go.Figure:
+    """Optuna's intermediate-values plot, with pruned trials gray and dashed and the best one bold."""
+    fig = optuna.visualization.plot_intermediate_values(study)
+    states = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for trace in fig.data:
+        number = int(re.sub(r"\D", "", trace.name or "") or -1)
+        trial = states.get(number)
+        if trial is None:
+            continue
+        status = trial.user_attrs.get("status") or trial.state.name.lower()
+        if trial.state == TrialState.PRUNED:
+            trace.update(line=PRUNED_STYLE, marker={"color": PRUNED_STYLE["color"]}, opacity=0.8)
+        elif trial.state == TrialState.RUNNING:
+            trace.update(line={"dash": "dot"})
+        elif number == f.best.number:
+            trace.update(line={"width": 4})
+            status = "best"
+        trace.update(name=f"trial {number} ({status})")
+    fig.update_layout(title="Learning curves: validation value per epoch (pruned trials gray, dashed; best bold)",
+                      xaxis={"title": "epoch"}, yaxis={"title": label(f.metrics[0]) if f.metrics[0] == "val_acc" else "intermediate value"})
+    return fig
+
+
+def build(study: optuna.Study, f: Findings) -> dict[str, go.Figure]:
+    """Every figure the study supports, in reading order; the names are the PNG files' names."""
+    vis = optuna.visualization
+    figs: dict[str, go.Figure] = {}
+    for i, metric in enumerate(f.metrics):
+        suffix = f"_{metric}" if f.multi_objective else ""
+        figs["history" + suffix] = vis.plot_optimization_history(study, **_target(f, i))
+    if f.multi_objective and len(f.metrics) in (2, 3):
+        figs["pareto_front"] = vis.plot_pareto_front(study, target_names=[label(m) for m in f.metrics])
+    for imp in f.importances:
+        if imp.by_evaluator and any(imp.by_evaluator.values()):
+            figs["importance" + (f"_{imp.metric}" if f.multi_objective else "")] = importance_figure(imp)
+    names = list(f.param_names)
+    if len(names) >= 2:
+        figs["contour"] = vis.plot_contour(study, params=names[:2], **_target(f))
+    if len(names) >= 3:
+        figs["contour_matrix"] = vis.plot_contour(study, params=names[:CONTOUR_MATRIX_MAX], **_target(f))
+    if names:
+        figs["slice"] = vis.plot_slice(study, params=names, **_target(f))
+        figs["parallel_coordinate"] = vis.plot_parallel_coordinate(study, params=names, **_target(f))
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        figs["learning_curves"] = learning_curves(study, f)
+    figs["timeline"] = vis.plot_timeline(study)
+    return figs
+
+
+def png_size(name: str) -> tuple[int, int]:
+    return PNG_SIZES.get(name, PNG_SIZE)
+
+
+def write_pngs(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
+    """All figures in one kaleido call (one Chromium start, not one per figure): {name: file name}."""
+    names = list(figs)
+    files = [f"{n}.png" for n in names]
+    pio.write_images([figs[n] for n in names], [out / p for p in files],
+                     width=[png_size(n)[0] for n in names], height=[png_size(n)[1] for n in names], scale=1)
+    return dict(zip(names, files))
+
+
+# ---------------------------------------------------------------- the document, as blocks
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str  # may hold `code` and **bold**
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    lang: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    caption: str
+
+
+CAPTIONS = {
+    "history": "Optimization history", "pareto_front": "Pareto front", "importance": "Parameter importance",
+    "contour": "Contour of the two most important parameters", "contour_matrix": "Contour matrix of the top parameters",
+    "slice": "Slice: each parameter against the objective", "parallel_coordinate": "Parallel coordinates",
+    "learning_curves": "Learning curves (intermediate values)", "timeline": "Timeline",
+}
+
+
+def caption(name: str) -> str:
+    base, _, metric = name.partition("_") if name.startswith(("history_", "importance_")) else (name, "", "")
+    return CAPTIONS.get(base, name) + (f" ({label(metric)})" if metric else "")
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {fmt_value(v)}" for k, v in params.items()) or "none"
+
+
+def _toml(config: dict, prefix: str = "") -> str:
+    """A resolved config as the TOML a study file would hold."""
+    def value(v):
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, str):
+            return '"' + v.replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v) if isinstance(v, float) else str(v)
+
+    plain = [f"{k} = {value(v)}" for k, v in config.items() if not isinstance(v, dict) and v is not None]
+    tables = [f"[{prefix}{k}]\n" + _toml(v, f"{prefix}{k}.") for k, v in config.items() if isinstance(v, dict)]
+    return "\n\n".join(x for x in ["\n".join(plain), *tables] if x)
+
+
+def _values(f: Findings, r: TrialRow) -> tuple[str, ...]:
+    return tuple(fmt(m, v) for m, v in zip(f.metrics, r.values or ()))
+
+
+def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> Table:
+    names = list(f.param_names)
+    header = (("rank",) if rank else ()) + ("trial", *(label(m) for m in f.metrics), "test acc", "epochs", *names)
+    return Table(header, tuple(
+        ((str(i),) if rank else ()) + (f"#{r.number}", *_values(f, r), fmt("test_acc", r.test_acc),
+                                        str(r.epochs_run if r.epochs_run is not None else ""),
+                                        *(fmt_value(r.params[n]) if n in r.params else "" for n in names))
+        for i, r in enumerate(rows, 1)))
+
+
+def document(f: Findings, figures: list[str]) -> list:
+    """The report as blocks; a figure appears only when it is in ``figures``."""
+    m, have = f.metrics[0], set(figures)
+    out: list = [Heading(f"Study {f.study_name}", 1)]
+    fig = lambda name: [Figure(name, caption(name))] if name in have else []  # noqa: E731
+    if f.description:
+        out.append(Para(f.description))
+    out += [Heading("Findings"), Bullets(f.headline), Heading("Study")]
+    states = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
+    objective = ", ".join(f"{m_} ({d})" for m_, d in zip(f.metrics, f.directions))
+    out.append(Table(("", ""), (
+        ("study", f"`{f.study_name}`"), ("study file", f"`{f.reproducibility.study_file}`"), ("store", f"`{f.storage}`"),
+        ("objective", objective), ("trials", f"{sum(f.counts.values())} ({states})"),
+    )))
+
+    out.append(Heading("Best trial"))
+    b = f.best
+    what = "best by " + label(m) + " (one point of the Pareto front)" if f.multi_objective else "best"
+    out.append(Para(f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
+                    f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
+                    + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "") + f". Parameters: {_params_text(b.params)}."))
+    if f.best_config:
+        out += [Para("Its full configuration:"), Code(_toml(f.best_config), "toml")]
+    if f.multi_objective:
+        out += [Heading("Pareto front", 3), Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
+                _trial_table(f, f.pareto, rank=False), *fig("pareto_front")]
+    for name in figures:
+        if name.startswith("history"):
+            out += fig(name)
+
+    out += [Heading(f"Top {len(f.top)} trials by {label(m)}"), _trial_table(f, f.top)]
+
+    out.append(Heading("Parameter importance"))
+    if not f.params:
+        out.append(Para("No parameter was searched (every setting is fixed), so there is nothing to rank."))
+    for imp in f.importances if f.params else ():
+        evaluators = list(imp.by_evaluator)
+        if evaluators:
+            names = list(next(iter(imp.by_evaluator.values())))
+            out.append(Table(("parameter", *(f"{e} ({label(imp.metric)})" for e in evaluators)),
+                             tuple((n, *(f"{imp.by_evaluator[e].get(n, 0.0):.3f}" for e in evaluators)) for n in names)))
+        if imp.note:
+            out.append(Para(f"{label(imp.metric)}: {imp.note}."))
+        out += fig("importance" + (f"_{imp.metric}" if f.multi_objective else ""))
+    out.append(Para("PED-ANOVA (Optuna's default) asks which parameters the top 10% of trials share; fANOVA asks "
+                    "how much of the variance of the objective each parameter explains."))
+    out += fig("contour") + fig("contour_matrix")
+
+    if f.params:
+        out.append(Heading("Each parameter"))
+        for p in f.params:
+            scores = ", ".join(f"{e} {v:.2f}" for e, v in p.importance.items())
+            out.append(Heading(f"{p.name}" + (f" (importance: {scores})" if scores else ""), 3))
+            out.append(Para(p.summary))
+            first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
+            out.append(Table((first, "trials", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
+                             tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best), fmt(m, g.worst), fmt("test_acc", g.mean_test))
+                                   if g.trials else (g.label, "0", "—", "—", "—", "—") for g in p.groups)))
+        out += fig("slice") + fig("parallel_coordinate")
+
+    out.append(Heading("Learning curves and pruning"))
+    pr = f.pruning
+    if pr:
+        text = (f"{pr.trials} finished trials had a budget of {pr.epochs} epochs each ({pr.budget} epochs); they trained "
+                f"{pr.run}, so stopping early saved **{pr.saved} epochs ({pr.saved_pct:.0f}%)**. "
+                f"The pruner stopped {pr.pruned} trials ({pr.pruned_saved} epochs saved)")
+        text += f"; {pr.stopped} more stopped on their own (divergence, collapse, failure: {pr.stopped_saved} epochs)." if pr.stopped else "."
+        out.append(Para(text))
+    else:
+        out.append(Para("The store does not record the epoch budget or epochs run, so what pruning saved is unknown."))
+    out += fig("learning_curves")
+
+    out.append(Heading("Failures, divergences and collapses"))
+    if f.problems:
+        out.append(Table(("trial", "state", "status", "epochs", "reason"), tuple(
+            (f"#{r.number}", STATES.get(r.state, r.state.lower()), r.status or "", str(r.epochs_run if r.epochs_run is not None else ""),
+             r.reason or "(no reason recorded)") for r in f.problems)))
+    else:
+        out.append(Para("None: no trial failed, diverged or collapsed."))
+    out += fig("timeline")
+
+    rep = f.reproducibility
+    out.append(Heading("Reproducibility"))
+    versions = ", ".join(f"{k} {v}" for k, v in rep.versions.items()) or "not recorded"
+    out.append(Bullets((
+        f"seed: {rep.seed if rep.seed is not None else 'not recorded'}",
+        f"study file: `{rep.study_file}`",
+        f"versions (best trial): {versions}" + ("; **trials ran on different versions**" if rep.versions_vary else ""),
+        "devices: " + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
+        + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
+    )))
+    if rep.command:
+        out += [Para("To rerun the study, and this report:"), Code(rep.command, "sh")]
+    if f.study_toml:
+        out += [Para("The study file it ran from:"), Code(f.study_toml.rstrip(), "toml")]
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(f: Findings, pngs: dict[str, str]) -> str:
+    """report.md: the blocks, each figure as its PNG ({figure name: file name}); no PNGs, no figures."""
+    lines: list[str] = []
+    for block in document(f, list(pngs)):
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Para):
+            lines += [block.text, ""]
+        elif isinstance(block, Bullets):
+            lines += [f"- {item}" for item in block.items] + [""]
+        elif isinstance(block, Table):
+            lines += ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
+            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in block.rows] + [""]
+        elif isinstance(block, Code):
+            lines += [f"```{block.lang}", block.text, "```", ""]
+        elif isinstance(block, Figure):
+            lines += [f"![{block.caption}]({pngs[block.name]})", ""]
+    if not pngs:
+        lines += ["The figures are in `index.html` (interactive; no PNGs were written).", ""]
+    return "\n".join(lines)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f3f3f3}pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{font-size:90%}
+figure{margin:1em 0}figcaption{color:#555;font-size:90%}"""
+
+
+def render_html(f: Findings, figs: dict[str, go.Figure]) -> str:
+    """index.html: the same blocks, each figure as an interactive div; plotly.js loaded once, locally."""
+    parts: list[str] = []
+    for block in document(f, list(figs)):
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            parts.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, Bullets):
+            parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
+            head = f"<thead><tr>{head}</tr></thead>" if any(block.header) else ""  # a key/value table has none
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in block.rows)
+            parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
+        elif isinstance(block, Code):
+            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+        elif isinstance(block, Figure):
+            div = pio.to_html(figs[block.name], full_html=False, include_plotlyjs=False, div_id=f"fig-{block.name}",
+                              default_width="100%", default_height=f"{png_size(block.name)[1] + 50}px")
+            parts.append(f"<figure>{div}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {html.escape(f.study_name)}</title>'
+            f'<style>{STYLE}</style><script src="{PLOTLY_JS}"></script></head>\n<body>\n' + "\n".join(parts) + "\n</body></html>\n")
+
+
+@dataclass
+class Written:
+    index: Path
+    markdown: Path
+    csv: Path
+    pngs: list[Path] = field(default_factory=list)
+    png_error: str = ""  # why there are no PNGs, when export was asked for and failed
+
+
+def write_report(study: optuna.Study, f: Findings, out: Path, *, png: bool = True) -> Written:
+    out.mkdir(parents=True, exist_ok=True)
+    figs = build(study, f)
+    pngs, error = {}, ""
+    if png:
+        try:
+            pngs = write_pngs(figs, out)
+        except Exception as e:  # kaleido/Chromium missing or broken: the pages still get written
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    written = Written(index=out / "index.html", markdown=out / "report.md", csv=out / "trials.csv",
+                      pngs=[out / p for p in pngs.values()], png_error=error)
+    written.markdown.write_text(render_markdown(f, pngs), encoding="utf-8")
+    (out / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    written.index.write_text(render_html(f, figs), encoding="utf-8")
+    trials_table(study).to_csv(written.csv, index=False)
+    return written

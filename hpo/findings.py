@@ -1,0 +1,405 @@
+"""What a study found, as plain data: counts, the best trial, importances, per-parameter effects.
+
+``compute(study)`` reads the store once and returns a frozen ``Findings``; ``hpo.figures`` draws it.
+Nothing here draws or formats pages, so tests check these numbers and sentences directly.
+Only COMPLETE trials enter the tables: a pruned trial's last value is not comparable with a full one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+# Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
+# dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
+EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEvaluator]] = {
+    "PED-ANOVA": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
+    "fANOVA": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+}
+TOP_N = 10
+MAX_VALUES = 6  # a numeric parameter with at most this many distinct values gets one row per value
+PROBLEM_STATUSES = {"diverged", "collapsed", "failed", "interrupted"}
+STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+METRIC_LABELS = {"val_acc": "val acc", "wall_time": "wall time", "params": "params"}
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    number: int
+    state: str
+    values: tuple[float, ...] | None
+    params: dict[str, Any]
+    status: str = ""
+    reason: str = ""
+    val_acc: float | None = None
+    test_acc: float | None = None
+    epochs_run: int | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """One row of a per-parameter table: a choice, a value, or a bin [low, high)."""
+
+    label: str
+    trials: int
+    mean: float | None
+    best: float | None
+    worst: float | None
+    mean_test: float | None
+    value: Any = None
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class ParamEffect:
+    name: str
+    kind: str  # "choice" (categorical), "value" (few numeric values), "range" (binned)
+    log: bool
+    importance: dict[str, float]  # evaluator -> importance for the first objective
+    groups: tuple[Group, ...]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Importances:
+    metric: str
+    by_evaluator: dict[str, dict[str, float]]  # evaluator -> {param: importance}, descending
+    note: str = ""  # why some or all are missing, or how to read them
+
+
+@dataclass(frozen=True)
+class Pruning:
+    epochs: int  # the budget of one full trial
+    trials: int  # finished trials that recorded epochs_run
+    budget: int  # trials x epochs
+    run: int  # epochs actually trained
+    saved: int
+    saved_pct: float
+    pruned: int  # trials the pruner stopped
+    pruned_saved: int  # epochs they did not train
+    stopped: int  # trials that stopped early on their own: diverged, collapsed, failed
+    stopped_saved: int
+
+
+@dataclass(frozen=True)
+class Reproducibility:
+    seed: Any
+    study_file: str
+    versions: dict[str, str]
+    versions_vary: bool
+    devices: dict[str, int]
+    threads: tuple[int, ...]
+    command: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    study_name: str
+    storage: str
+    folder: str
+    description: str
+    metrics: tuple[str, ...]
+    directions: tuple[str, ...]
+    counts: dict[str, int]
+    best: TrialRow
+    best_config: dict
+    pareto: tuple[TrialRow, ...]
+    top: tuple[TrialRow, ...]
+    importances: tuple[Importances, ...]  # one per objective
+    params: tuple[ParamEffect, ...]  # most important first
+    pruning: Pruning | None
+    problems: tuple[TrialRow, ...]
+    reproducibility: Reproducibility
+    headline: tuple[str, ...]
+    study_toml: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+def label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def fmt(metric: str, value: float | None) -> str:
+    """A metric value the way a reader says it: 88.1%, 12.3 s, 61,706 params."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if metric in ("val_acc", "test_acc"):
+        return f"{value:.1f}%"
+    if metric == "wall_time":
+        return f"{value:.1f} s"
+    if metric == "params":
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def metric_names(study: optuna.Study) -> tuple[str, ...]:
+    names = study.user_attrs.get("metrics") or study.metric_names
+    if names and len(names) == len(study.directions):
+        return tuple(names)
+    return ("value",) if len(study.directions) == 1 else tuple(f"value {i}" for i in range(len(study.directions)))
+
+
+def counts_by_state(trials: list[FrozenTrial]) -> dict[str, int]:
+    seen = Counter(t.state.name for t in trials)
+    return {s: seen[s] for s in STATES if seen[s]} | {s: n for s, n in seen.items() if s not in STATES}
+
+
+def searched_params(trials: list[FrozenTrial]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Parameters that actually vary in the search space (a fixed, single-value one is not searched)."""
+    out = {}
+    for t in trials:
+        for name, dist in t.distributions.items():
+            if not dist.single():
+                out.setdefault(name, dist)
+    return out
+
+
+def row(t: FrozenTrial) -> TrialRow:
+    a = t.user_attrs
+    duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    return TrialRow(
+        number=t.number, state=t.state.name, values=tuple(t.values) if t.values else None, params=dict(t.params),
+        status=str(a.get("status", "")), reason=str(a.get("reason", "") or ""), val_acc=a.get("val_acc"),
+        test_acc=a.get("test_acc"), epochs_run=a.get("epochs_run"), duration_s=duration,
+    )
+
+
+def _sign(direction: StudyDirection) -> float:
+    """Multiply by this and smaller is better."""
+    return -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+
+
+def ranked(complete: list[FrozenTrial], direction: StudyDirection, index: int = 0) -> list[FrozenTrial]:
+    return sorted(complete, key=lambda t: (_sign(direction) * t.values[index], t.number))
+
+
+def importances(study: optuna.Study, complete: list[FrozenTrial], params: list[str], metric: str, index: int) -> Importances:
+    """Both evaluators on one objective; a note instead of numbers where the trials cannot support them."""
+    if not params:
+        return Importances(metric, {}, "no searched parameters")
+    if len(complete) < 2:
+        return Importances(metric, {}, f"not enough trials for importance ({len(complete)} complete)")
+    if all(len({repr(t.params.get(p)) for t in complete}) < 2 for p in params):
+        return Importances(metric, {}, "not enough trials for importance (no parameter varied across the complete trials)")
+    multi = len(study.directions) > 1
+    direction = study.directions[index]
+    out, notes = {}, []
+    for name, make in EVALUATORS.items():
+        if not multi:
+            target = None
+        elif name == "PED-ANOVA":  # PED-ANOVA ranks by "lower is better" when given a target
+            target = lambda t, i=index, s=_sign(direction): s * t.values[i]  # noqa: E731
+        else:
+            target = lambda t, i=index: t.values[i]  # noqa: E731
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
+        except (ValueError, RuntimeError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError) as e:
+            notes.append(f"{name}: not enough trials for importance ({str(e).splitlines()[0][:120]})")
+            continue
+        result = {p: float(v) for p, v in result.items() if p in params}
+        if len(result) > 1 and len(set(round(v, 12) for v in result.values())) == 1:
+            notes.append(f"{name}: all parameters equal, not enough trials to tell them apart")
+        out[name] = dict(sorted(result.items(), key=lambda kv: -kv[1]))
+    if len(params) == 1:
+        notes.append("only one searched parameter, so its importance is trivially 1.0")
+    return Importances(metric, out, "; ".join(notes))
+
+
+def _stats(trials: list[FrozenTrial], direction: StudyDirection) -> dict:
+    values = [t.values[0] for t in trials]
+    tests = [t.user_attrs["test_acc"] for t in trials if isinstance(t.user_attrs.get("test_acc"), (int, float))]
+    if not values:
+        return dict(trials=0, mean=None, best=None, worst=None, mean_test=None)
+    key = lambda v: _sign(direction) * v  # noqa: E731
+    return dict(trials=len(values), mean=float(np.mean(values)), best=float(min(values, key=key)),
+                worst=float(max(values, key=key)), mean_test=float(np.mean(tests)) if tests else None)
+
+
+def _edge(x: float, digits: int) -> str:
+    return f"{x:.{digits}g}"
+
+
+def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection) -> tuple[str, tuple[Group, ...]]:
+    """Split the trials that set ``name`` into choices, values or ~4-5 bins (log-spaced for log ranges)."""
+    trials = [t for t in trials if name in t.params]
+    if isinstance(dist, CategoricalDistribution):
+        rows = [Group(label=fmt_value(c), value=c, **_stats([t for t in trials if t.params[name] == c], direction))
+                for c in dist.choices]
+        return "choice", tuple(rows)
+    xs = np.array([float(t.params[name]) for t in trials])
+    distinct = sorted(set(xs.tolist()))
+    if len(distinct) <= MAX_VALUES and (isinstance(dist, IntDistribution) or dist.step is not None or len(trials) > 2 * len(distinct)):
+        cast = int if isinstance(dist, IntDistribution) else float
+        rows = [Group(label=fmt_value(cast(v)), value=cast(v), **_stats([t for t, x in zip(trials, xs) if x == v], direction))
+                for v in distinct]
+        return "value", tuple(rows)
+    n_bins = min(5, max(2, len(trials) // 4))
+    lo, hi = float(xs.min()), float(xs.max())
+    log = bool(getattr(dist, "log", False)) and lo > 0
+    edges = np.geomspace(lo, hi, n_bins + 1) if log else np.linspace(lo, hi, n_bins + 1)
+    index = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, n_bins - 1)
+    digits = 2
+    while digits < 6 and len({_edge(e, digits) for e in edges}) < len(edges):
+        digits += 1
+    rows = [Group(label=f"{_edge(edges[i], digits)}–{_edge(edges[i + 1], digits)}", low=float(edges[i]), high=float(edges[i + 1]),
+                  **_stats([t for t, k in zip(trials, index) if k == i], direction)) for i in range(n_bins)]
+    return "range", tuple(rows)
+
+
+def effect_sentence(name: str, kind: str, rows: tuple[Group, ...], metric: str, direction: StudyDirection) -> str:
+    """"lr: best between 0.012 and 0.05 (mean val acc 88.1%, 4 trials); below 0.0012 it drops to 61.0%"."""
+    seen = [g for g in rows if g.trials]
+    if len(seen) < 2:
+        where = f"= {seen[0].label}" if seen and kind != "range" else "in one range"
+        return f"{name}: all {seen[0].trials if seen else 0} complete trials {where}; no spread to compare."
+    order = sorted(seen, key=lambda g: _sign(direction) * g.mean)
+    best, worst = order[0], order[-1]
+    lab = label(metric)
+    if kind == "range":
+        where_best = f"between {_edge(best.low, 2)} and {_edge(best.high, 2)}"
+        if worst is seen[0]:
+            where_worst = f"below {_edge(worst.high, 2)}"
+        elif worst is seen[-1]:
+            where_worst = f"above {_edge(worst.low, 2)}"
+        else:
+            where_worst = f"between {_edge(worst.low, 2)} and {_edge(worst.high, 2)}"
+        move = "drops to" if direction == StudyDirection.MAXIMIZE else "rises to"
+        return (f"{name}: best {where_best} (mean {lab} {fmt(metric, best.mean)}, {best.trials} trials); "
+                f"{where_worst} it {move} {fmt(metric, worst.mean)} ({worst.trials} trials).")
+    return (f"{name}: {best.label} reaches {fmt(metric, best.mean)} mean {lab} ({best.trials} trials) "
+            f"vs {fmt(metric, worst.mean)} at {worst.label} ({worst.trials} trials).")
+
+
+def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
+    """Epochs trained vs the full budget of every finished trial; None where the store lacks either."""
+    finished = [t for t in trials if t.state.is_finished() and isinstance(t.user_attrs.get("epochs_run"), int)]
+    epochs = study.user_attrs.get("epochs")
+    if not isinstance(epochs, int) or epochs <= 0 or not finished:
+        return None
+    run = sum(t.user_attrs["epochs_run"] for t in finished)
+    budget = epochs * len(finished)
+    problem = [t for t in finished if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES]
+    pruned = [t for t in finished if t.state == TrialState.PRUNED and t.number not in {p.number for p in problem}]
+    short = lambda ts: sum(max(0, epochs - t.user_attrs["epochs_run"]) for t in ts)  # noqa: E731
+    return Pruning(epochs=epochs, trials=len(finished), budget=budget, run=run, saved=budget - run,
+                   saved_pct=100.0 * (budget - run) / budget, pruned=len(pruned), pruned_saved=short(pruned),
+                   stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < epochs), stopped_saved=short(problem))
+
+
+def reproducibility(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial, folder: str, command: str) -> Reproducibility:
+    versions = [t.user_attrs["versions"] for t in trials if isinstance(t.user_attrs.get("versions"), dict)]
+    devices = Counter(str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device"))
+    threads = sorted({t.user_attrs["threads"] for t in trials if isinstance(t.user_attrs.get("threads"), int)})
+    study_file = study.user_attrs.get("study_file") or (str(Path(folder) / "study.toml") if folder else "unknown")
+    return Reproducibility(
+        seed=study.user_attrs.get("seed"), study_file=str(study_file),
+        versions={k: str(v) for k, v in (best.user_attrs.get("versions") or (versions[0] if versions else {})).items()},
+        versions_vary=len({json.dumps(v, sort_keys=True) for v in versions}) > 1,
+        devices=dict(devices.most_common()), threads=tuple(threads), command=command,
+    )
+
+
+def compute(study: optuna.Study, *, storage: str = "", folder: str = "", command: str = "", study_toml: str = "") -> Findings:
+    """Everything the report says about ``study``. Needs at least one COMPLETE trial (the caller checks)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)]
+    if not complete:
+        raise ValueError("compute needs at least one complete trial")
+    metrics, directions = metric_names(study), study.directions
+    top = ranked(complete, directions[0])
+    best = top[0]
+    space = searched_params(complete)
+    imps = tuple(importances(study, complete, list(space), m, i) for i, m in enumerate(metrics))
+    first = imps[0].by_evaluator
+    ped = first.get("PED-ANOVA", {})
+    order = sorted(space, key=lambda p: (-ped.get(p, 0.0), -first.get("fANOVA", {}).get(p, 0.0), p))
+    effects = []
+    for name in order:
+        kind, rows = groups(name, space[name], complete, directions[0])
+        effects.append(ParamEffect(
+            name=name, kind=kind, log=bool(getattr(space[name], "log", False)),
+            importance={e: v[name] for e, v in first.items() if name in v}, groups=rows,
+            summary=effect_sentence(name, kind, rows, metrics[0], directions[0])))
+    counts = counts_by_state(trials)
+    problems = tuple(row(t) for t in trials if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES)
+    pareto = tuple(row(t) for t in sorted(study.best_trials, key=lambda t: t.number)) if len(directions) > 1 else ()
+    findings = Findings(
+        study_name=study.study_name, storage=storage, folder=folder,
+        description=str(study.user_attrs.get("description", "")), metrics=metrics,
+        directions=tuple(d.name.lower() for d in directions), counts=counts, best=row(best),
+        best_config=dict(best.user_attrs.get("config") or {}), pareto=pareto,
+        top=tuple(row(t) for t in top[:TOP_N]), importances=imps, params=tuple(effects),
+        pruning=pruning(study, trials), problems=problems,
+        reproducibility=reproducibility(study, trials, best, folder, command), headline=(),
+        study_toml=str(study.user_attrs.get("study_toml") or study_toml),
+    )
+    return _with_headline(findings)
+
+
+def _with_headline(f: Findings) -> Findings:
+    """The few sentences a reader wants first."""
+    m = f.metrics[0]
+    done = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
+    test = f", test {fmt('test_acc', f.best.test_acc)}" if f.best.test_acc is not None else ""
+    lines = [f"{sum(f.counts.values())} trials ({done}).",
+             f"Best {label(m)} {fmt(m, f.best.values[0])} in trial {f.best.number}{test}."]
+    if f.counts.get("RUNNING"):
+        lines.append(f"The study is still running: {f.counts['RUNNING']} trials are not finished and are left out.")
+    if f.multi_objective:
+        lines.append(f"{len(f.pareto)} trials on the Pareto front of {' and '.join(label(x) for x in f.metrics)}.")
+    ranking = f.importances[0].by_evaluator
+    if f.params and ranking:
+        tops = {e: next(iter(v)) for e, v in ranking.items() if v}
+        p = f.params[0]
+        scores = ", ".join(f"{e} {p.importance[e]:.2f}" for e in ranking if p.importance.get(e) is not None)
+        text = f"{p.name} matters most ({scores})"
+        if len(set(tops.values())) > 1:
+            text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
+        lines.append(text + ".")
+    lines += [p.summary for p in f.params[:3]]
+    if f.pruning and f.pruning.saved:
+        lines.append(f"Stopping early saved {f.pruning.saved} of {f.pruning.budget} epochs ({f.pruning.saved_pct:.0f}%).")
+    return dataclasses.replace(f, headline=tuple(lines))
+
+
+def trials_table(study: optuna.Study):
+    """One row per trial for trials.csv: Optuna's dataframe, big user attrs left out, the rest as JSON."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start", "datetime_complete", "duration",
+                                       "params", "user_attrs"), multi_index=False)
+    big = [c for c in df.columns if c in ("user_attrs_curve", "user_attrs_config")]
+    df = df.drop(columns=big)
+    for column in df.columns:
+        if df[column].map(lambda v: isinstance(v, (dict, list, tuple))).any():
+            df[column] = df[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
+    if "duration" in df.columns:
+        df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
+    return df

@@ -1,0 +1,84 @@
+"""Write a study's report: ``python -m hpo.report studies/lenet_lr``.
+
+Reads the study from the store (never creating one), computes its findings (``hpo.findings``) and
+draws them (``hpo.figures``) into studies/NAME/report/: index.html (offline, interactive),
+report.md with PNGs, trials.csv.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo import cli
+from hpo.config import STUDIES_DIR, STUDY_FILE
+from hpo.errors import HpoError, closest
+from hpo.figures import write_report
+from hpo.findings import compute
+from hpo.study import DEFAULT_STORAGE, open_storage, redact
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hpo.report", description="Write a study's report: figures, findings, trials.csv.")
+    p.add_argument("folder", help="the study folder (the one holding study.toml), e.g. studies/lenet_lr")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--study-name", default=None, metavar="NAME", help="the study in the store (default: the folder's name)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: FOLDER/report)")
+    p.add_argument("--no-png", action="store_true", help="skip the PNG export, which needs Chromium (default: write PNGs)")
+    return p
+
+
+def study_folder(arg: str) -> Path:
+    """The folder itself, or a bare name under studies/; it must hold a study file."""
+    for folder in (Path(arg), STUDIES_DIR / arg):
+        if (folder / STUDY_FILE).is_file():
+            return folder
+    parent = Path(arg).parent if Path(arg).parent != Path(".") else STUDIES_DIR
+    known = sorted({p.parent.name for d in (parent, STUDIES_DIR) for p in d.glob(f"*/{STUDY_FILE}")})
+    raise HpoError(f"{arg} is not a study folder (no {STUDY_FILE}){closest(Path(arg).name, known)}; "
+                   f"studies: {', '.join(known) or 'none'}")
+
+
+def load_study(url: str, name: str) -> optuna.Study:
+    storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
+    names = sorted(optuna.get_all_study_names(storage))
+    if name not in names:
+        raise HpoError(f"no study {name!r} in {redact(url)}{closest(name, names)}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def commands(folder: Path, args) -> str:
+    storage = "" if args.storage == DEFAULT_STORAGE else f" --storage {redact(args.storage)}"
+    name = f" --study-name {args.study_name}" if args.study_name else ""
+    out = f" --out {args.out}" if args.out else ""
+    return f"python -m hpo.run --study {folder}{storage}\npython -m hpo.report {folder}{storage}{name}{out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # plots warn about empty panels; the report says it in words
+    folder = study_folder(args.folder)
+    name = args.study_name or folder.resolve().name
+    study = load_study(args.storage, name)
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+    if not count(TrialState.COMPLETE):
+        raise HpoError(f"study {name} has no complete trials yet ({count(TrialState.RUNNING)} running, "
+                       f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
+    source = (folder / STUDY_FILE).read_text(encoding="utf-8")
+    findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args), study_toml=source)
+    out = Path(args.out) if args.out else folder / "report"
+    written = write_report(study, findings, out, png=not args.no_png)
+    if count(TrialState.RUNNING):
+        cli.say(f"note: {count(TrialState.RUNNING)} trials are still running; the report covers the {count(TrialState.COMPLETE)} complete ones")
+    if written.png_error:
+        cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
+    pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"
+    print(f"report written to {written.index} (and report.md, trials.csv, {pngs})")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

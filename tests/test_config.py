@@ -1,0 +1,130 @@
+"""hpo.config: study files parse into typed specs; every bad input is one clear HpoError."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hpo import config
+from hpo.errors import HpoError
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = """
+description = "test"
+seed = 3
+[data]
+dataset = "fashion_mnist"
+[model]
+name = "lenet5"
+[train]
+epochs = 2
+lr = 0.01
+[search]
+lr = { low = 1e-4, high = 1.0, log = true }
+batch_size = { choices = [32, 64] }
+"""
+
+
+def parse(text: str, overrides=()):
+    raw = config.apply_overrides(tomllib.loads(text), list(overrides))
+    return config.parse(raw, "t", Path("studies/t"), text)
+
+
+def test_parse_gives_typed_frozen_specs():
+    spec = parse(BASE)
+    assert spec.seed == 3 and spec.base.train.epochs == 2 and spec.base.train.lr == 0.01
+    assert spec.base.train.batch_size == 128  # default kept
+    lr, bs = spec.search
+    assert (lr.key, lr.low, lr.high, lr.log, lr.is_int) == ("train.lr", 1e-4, 1.0, True, False)
+    assert (bs.key, bs.choices, bs.is_int) == ("train.batch_size", (32, 64), True)
+    assert spec.objective.directions == ["maximize"]
+    with pytest.raises(AttributeError):
+        spec.base.train.lr = 1.0  # frozen
+
+
+def test_overrides_use_the_contract_spellings():
+    spec = parse(BASE, ["train.epochs=5", "train.lr=0.2", "train.batch_size=64", "data.dataset=cifar10",
+                        "data.train_size=1000", "model.name=simple_cnn", "sampler.name=random", "pruner.name=none"])
+    b = spec.base
+    assert (b.train.epochs, b.train.lr, b.train.batch_size) == (5, 0.2, 64)
+    assert (b.data.dataset, b.data.train_size, b.model.name) == ("cifar10", 1000, "simple_cnn")
+    assert (spec.sampler.name, spec.pruner.name) == ("random", "none")
+
+
+def test_override_values_are_toml_and_bare_words_are_strings():
+    assert config.parse_override("train.milestones=[2, 4]") == (["train", "milestones"], [2, 4])
+    assert config.parse_override("train.nesterov=true") == (["train", "nesterov"], True)
+    assert config.parse_override("model.activation=gelu") == (["model", "activation"], "gelu")
+
+
+def test_sampler_and_pruner_options_pass_through():
+    spec = parse(BASE + '[sampler]\nname = "tpe"\nn_startup_trials = 4\n[pruner]\nname = "median"\nn_warmup_steps = 1\n')
+    assert spec.sampler.options == {"n_startup_trials": 4}
+    assert spec.pruner.options == {"n_warmup_steps": 1}
+
+
+def test_dotted_search_keys_and_int_ranges():
+    spec = parse(BASE + '"model.name" = { choices = ["lenet5", "simple_cnn"] }\nwarmup_epochs = { low = 0, high = 2 }\n')
+    keys = {p.key: p for p in spec.search}
+    assert keys["model.name"].choices == ("lenet5", "simple_cnn")
+    assert keys["train.warmup_epochs"].is_int and keys["train.warmup_epochs"].high == 2
+
+
+def test_with_values_replaces_only_what_it_names():
+    spec = parse(BASE)
+    changed = config.with_values(spec.base, {"train.lr": 0.5, "model.activation": "gelu"})
+    assert changed.train.lr == 0.5 and changed.model.activation == "gelu"
+    assert changed.train.epochs == spec.base.train.epochs and spec.base.train.lr == 0.01
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("[train]\nlr = 0.1\nepoch = 3\n", [], "unknown key train.epoch (did you mean 'epochs'?)"),
+    ("[trian]\nlr = 0.1\n", [], "unknown key 'trian'"),
+    ("[search]\nlr = { low = 1.0, high = 0.1 }\n", [], "low (1.0) is greater than high (0.1)"),
+    ("[search]\nlr = { low = 0.0, high = 0.1, log = true }\n", [], "log scale needs low > 0"),
+    ("[search]\nbatch_size = { choices = [] }\n", [], "choices must be a non-empty list"),
+    ("[search]\nlearning_rate = { low = 0.1, high = 1.0 }\n", [], "unknown search parameter search.learning_rate"),
+    ("[search]\nactivation = { low = 1, high = 2 }\n", [], "give it choices"),
+    ("[search]\nactivation = { choices = [\"relu\", \"relux\"] }\n", [], "unknown model.activation 'relux'"),
+    ("[search]\nlr = { low = 0.1 }\n", [], "needs both low and high"),
+    ("[train]\nlr = \"fast\"\n", [], "train.lr must be float"),
+    ("[train]\nepochs = 2.5\n", [], "train.epochs must be int"),
+    ("", ["train.lr=-1"], "train.lr must be > 0, got -1"),
+    ("", ["train.batch_size=0"], "train.batch_size must be >= 1"),
+    ("", ["train.momentum=1.0"], "train.momentum must be in [0, 1)"),
+    ("", ["model.name=lenet6"], "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn"),
+    ("", ["train.optimizer=sgdd"], "unknown train.optimizer 'sgdd'"),
+    ("", ["train.schedule=linear"], "choose one of: constant, cosine, step"),
+    ("", ["data.dataset=mnist"], "unknown data.dataset 'mnist'"),
+    ("", ["train.nesterov=true", "train.optimizer=adam"], "train.nesterov needs optimizer"),
+    ("", ["objective.metrics=['test_acc']"], "unknown objective metric 'test_acc'"),
+    ("", ["train.lr"], "write SECTION.KEY=VALUE"),
+])
+def test_bad_input_is_one_clear_line(text, overrides, message):
+    with pytest.raises(HpoError) as error:
+        parse(text, overrides)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_find_study_lists_the_known_ones(monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert config.find_study("lenet_lr") == Path("studies/lenet_lr")
+    with pytest.raises(HpoError, match=r"no study 'lenet_rl'.*did you mean 'lenet_lr'.*studies here: .*lenet_momentum"):
+        config.find_study("lenet_rl")
+
+
+def test_malformed_toml(tmp_path):
+    (tmp_path / "study.toml").write_text("[train\nlr = 1")
+    with pytest.raises(HpoError, match="is not valid TOML"):
+        config.load(tmp_path)
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent.name for p in (REPO / "studies").glob("*/study.toml")))
+def test_every_preset_parses_and_describes_itself(folder, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = config.load(folder)
+    assert spec.description and spec.search
+    assert spec.name == folder
