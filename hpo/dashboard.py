@@ -73,16 +73,25 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def _reason(e: BaseException) -> str:
+    """The first line of the innermost cause: the driver's own words, not the wrappers'."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+
+
 def open_store(url: str):
     """optuna-dashboard's own storage (read as its CLI reads it), after checking it exists.
 
     Opening a SQLite URL creates the file when it is missing; a dashboard must never do that."""
-    import sqlalchemy.exc
-    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard URL` uses
-
     path = _sqlite_file(url)
     if path is not None and not path.is_file():
         raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
+
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard URL` uses
+
     try:
         storage = get_storage(url)
         storage.get_all_studies()  # fail now, not on the first page load
@@ -90,21 +99,17 @@ def open_store(url: str):
         raise HpoError(f"malformed storage URL {redact(url)!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
                        f"postgresql://USER@HOST/DB or a journal file") from None
     except ImportError as e:
-        raise HpoError(f"no database driver for {redact(url)}: {e}") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
-        raise HpoError(f"cannot read the store {redact(url)}: {reason}") from None
+        raise HpoError(f"no database driver for {redact(url)}: {_reason(e)}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
+        raise HpoError(f"cannot read the store {redact(url)}: {_reason(e)}") from None
     return storage
 
 
 def open_artifacts(folder: str):
-    """The artifact store the runs upload weights to; None (and a line saying so) when absent."""
+    """The artifact store the runs upload weights to, or None where the folder is missing."""
     from optuna.artifacts import FileSystemArtifactStore
 
-    if not Path(folder).is_dir():
-        say(f"no artifact folder at {folder}: running without artifacts (trial weights are not offered)")
-        return None
-    return FileSystemArtifactStore(folder)
+    return FileSystemArtifactStore(folder) if Path(folder).is_dir() else None
 
 
 def is_loopback(host: str) -> bool:
@@ -136,13 +141,16 @@ def page_url(host: str, port: int) -> str:
 
 
 def main(argv=None) -> int:
-    from optuna_dashboard import wsgi
-
     args = parse_args(argv)
     host, port = args.host, args.port
     storage = open_store(args.storage)
-    app = wsgi(storage, artifact_store=open_artifacts(args.artifact_dir))
-    server = listen(app, host, port)
+
+    from optuna_dashboard import wsgi  # after the checks: importing it takes a second
+
+    artifacts = open_artifacts(args.artifact_dir)
+    server = listen(wsgi(storage, artifact_store=artifacts), host, port)
+    if artifacts is None:
+        say(f"no artifact folder at {args.artifact_dir}: running without artifacts (trial weights are not offered)")
     if not is_loopback(host):
         say(f"warning: listening on {host}: the dashboard has no authentication, anyone who can "
             f"reach port {port} can read and change the studies")

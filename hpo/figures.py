@@ -66,8 +66,10 @@ def learning_curves(study: optuna.Study, f: Findings) -> go.Figure:
             trace.update(line={"width": 4})
             status = "best"
         trace.update(name=f"trial {number} ({status})")
+    last = max((max(t.intermediate_values) for t in states.values() if t.intermediate_values), default=0)
+    ticks = {"tickmode": "linear", "tick0": 1, "dtick": 1} if last <= 20 else {}  # whole epochs
     fig.update_layout(title="Learning curves: validation value per epoch (pruned trials gray, dashed; best bold)",
-                      xaxis={"title": "epoch"}, yaxis={"title": label(f.metrics[0]) if f.metrics[0] == "val_acc" else "intermediate value"})
+                      xaxis={"title": "epoch", **ticks}, yaxis={"title": label(f.metrics[0]) if f.metrics[0] == "val_acc" else "intermediate value"})
     return fig
 
 
@@ -215,7 +217,8 @@ def document(f: Findings, figures: list[str]) -> list:
                     f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
                     + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "") + f". Parameters: {_params_text(b.params)}."))
     if f.best_config:
-        out += [Para("Its full configuration:"), Code(_toml(f.best_config), "toml")]
+        out += [Para("Its full configuration, as it ran (with any `--set` overrides given to `hpo.run`):"),
+                Code(_toml(f.best_config), "toml")]
     if f.multi_objective:
         out += [Heading("Pareto front", 3), Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
                 _trial_table(f, f.pareto, rank=False), *fig("pareto_front")]
@@ -233,7 +236,8 @@ def document(f: Findings, figures: list[str]) -> list:
         if evaluators:
             names = list(next(iter(imp.by_evaluator.values())))
             out.append(Table(("parameter", *(f"{e} ({label(imp.metric)})" for e in evaluators)),
-                             tuple((n, *(f"{imp.by_evaluator[e].get(n, 0.0):.3f}" for e in evaluators)) for n in names)))
+                             tuple((n, *(f"{imp.by_evaluator[e][n]:.3f}" if n in imp.by_evaluator[e] else "—" for e in evaluators))
+                                   for n in names)))
         if imp.note:
             out.append(Para(f"{label(imp.metric)}: {imp.note}."))
         out += fig("importance" + (f"_{imp.metric}" if f.multi_objective else ""))

@@ -11,13 +11,13 @@ import json
 import math
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -125,7 +125,6 @@ class Findings:
     reproducibility: Reproducibility
     headline: tuple[str, ...]
     study_toml: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def multi_objective(self) -> bool:
@@ -164,6 +163,11 @@ def metric_names(study: optuna.Study) -> tuple[str, ...]:
     if names and len(names) == len(study.directions):
         return tuple(names)
     return ("value",) if len(study.directions) == 1 else tuple(f"value {i}" for i in range(len(study.directions)))
+
+
+def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials the tables use: COMPLETE, with finite values."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)]
 
 
 def counts_by_state(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -331,7 +335,7 @@ def reproducibility(study: optuna.Study, trials: list[FrozenTrial], best: Frozen
 def compute(study: optuna.Study, *, storage: str = "", folder: str = "", command: str = "", study_toml: str = "") -> Findings:
     """Everything the report says about ``study``. Needs at least one COMPLETE trial (the caller checks)."""
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)]
+    complete = complete_trials(trials)
     if not complete:
         raise ValueError("compute needs at least one complete trial")
     metrics, directions = metric_names(study), study.directions
@@ -377,7 +381,9 @@ def _with_headline(f: Findings) -> Findings:
     if f.multi_objective:
         lines.append(f"{len(f.pareto)} trials on the Pareto front of {' and '.join(label(x) for x in f.metrics)}.")
     ranking = f.importances[0].by_evaluator
-    if f.params and ranking:
+    if len(f.params) == 1:
+        lines.append(f"{f.params[0].name} is the only searched parameter.")
+    elif f.params and ranking:
         tops = {e: next(iter(v)) for e, v in ranking.items() if v}
         p = f.params[0]
         scores = ", ".join(f"{e} {p.importance[e]:.2f}" for e in ranking if p.importance.get(e) is not None)

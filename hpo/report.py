@@ -16,7 +16,7 @@ from hpo import cli
 from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
-from hpo.findings import compute
+from hpo.findings import complete_trials, compute
 from hpo.study import DEFAULT_STORAGE, open_storage, redact
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     study = load_study(args.storage, name)
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
-    if not count(TrialState.COMPLETE):
+    if not complete_trials(trials):
         raise HpoError(f"study {name} has no complete trials yet ({count(TrialState.RUNNING)} running, "
                        f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
     source = (folder / STUDY_FILE).read_text(encoding="utf-8")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else folder / "report"
     written = write_report(study, findings, out, png=not args.no_png)
     if count(TrialState.RUNNING):
-        cli.say(f"note: {count(TrialState.RUNNING)} trials are still running; the report covers the {count(TrialState.COMPLETE)} complete ones")
+        cli.say(f"note: {count(TrialState.RUNNING)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
     if written.png_error:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
     pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"

@@ -6,6 +6,7 @@ running again resumes it.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 
@@ -48,6 +49,11 @@ class FailureGuard:
                 study.stop()
         else:
             self.in_a_row = 0
+
+
+def _not_an_interrupt(record) -> bool:
+    """Optuna logs a failed trial with its traceback: right for a crash, noise for Ctrl-C."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 def _raise_interrupt(signum, frame):
@@ -94,17 +100,20 @@ def run(args) -> int:
         return run_workers(args, spec, trials)
     # Everything that can be wrong with the input fails here, before the store is touched.
     make_sampler(spec, 0), make_pruner(spec)
-    progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
-                             worker=f"worker {args.worker_index} " if args.worker_index else "")
-    objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch)
+    objective = Objective(spec, args.data_dir, args.keep, artifact_store())
     objective.data(spec.base.data)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it shorter
+    for handler in logging.getLogger("optuna").handlers:  # handler filters see the child loggers' records too
+        handler.addFilter(_not_an_interrupt)
     storage = open_storage(args.storage, create=True)
     study = create_or_resume(spec, storage, worker=args.worker_index)
     before = {t.number for t in study.trials}
     guard = FailureGuard()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
+    progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
+                             worker=f"worker {args.worker_index} " if args.worker_index else "")
+    objective.progress = progress.on_epoch
     try:
         study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard], catch=(Exception,))
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from hpo.config import StudySpec
@@ -109,7 +110,8 @@ def sampler_seed(study_seed: int, trials_so_far: int, worker: int = 0) -> int:
 
 
 def sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+    """The file of a plain SQLite URL (None for other stores, memory, or URLs with options)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:" and "?" not in url:
         return Path(url[len("sqlite:///"):])
     return None
 
@@ -129,6 +131,13 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
                 raise HpoError(f"cannot create the store folder {path.parent}: {e.strerror}; pass --storage elsewhere") from None
         # Several local workers write one file: wait for the lock instead of failing at once.
         engine_kwargs = {"connect_args": {"timeout": 60}}
+        if create:  # WAL lets readers (dashboard, report) work while workers write; it persists in
+            # the file, so it is set once, before any connection of Optuna's opens it
+            try:
+                with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.Error as e:
+                raise HpoError(f"cannot open the store {path}: {e}") from None
     elif url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True}  # a restarted server leaves dead pooled connections
     try:
@@ -141,9 +150,6 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
                 grace_period=GRACE_S,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-        if path is not None:  # WAL lets readers (dashboard, report) work while workers write
-            with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")  # persists in the file, for every later connection
     except HpoError:
         raise
     except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
@@ -184,6 +190,15 @@ def study_attrs(spec: StudySpec) -> dict:
 def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0) -> optuna.Study:
     """The study named after the folder: created on the first run, resumed after. Its sampler is
     seeded from the study seed; the direction(s) must match what the store holds."""
+    try:
+        return _create_or_resume(spec, storage, worker)
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        cause = e.__cause__ or e  # Optuna wraps the database's own words
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise HpoError(f"cannot open the store {redact(storage.url)} for writing: {first}") from None
+
+
+def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optuna.Study:
     directions = spec.objective.directions
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     if spec.name in existing and list(map(_dir_name, existing[spec.name].directions)) != directions:

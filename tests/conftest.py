@@ -102,6 +102,7 @@ def idx_writer():
 # ---- hpo.report: studies built from records (no training) --------------------------------------
 # Used by tests/test_findings.py and tests/test_report.py. A study is written into a real SQLite
 # store with optuna.create_trial + study.add_trial, its user attrs as docs/records.md lists them.
+import datetime as _report_dt
 import math as _report_math
 
 import pytest as _report_pytest
@@ -169,6 +170,7 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
     keep = {"full": dists, "multi": dists, "one": {"lr": dists["lr"]}, "empty": dists,
             "categorical": {k: dists[k] for k in ("momentum", "batch_size")}, "fixed": {}}[kind]
     rng = np.random.default_rng(0)
+    start = _report_dt.datetime(2026, 1, 5, 9, 0, 0)
     n = 20
     for number in range(n):
         full = {"lr": float(10 ** rng.uniform(-4, _report_math.log10(0.3))), "momentum": [0.5, 0.9, 0.99][number % 3],
@@ -195,8 +197,11 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
             value = [acc, 10.0 + 200.0 / full["batch_size"] + number] if kind == "multi" else [acc]
         attrs = _report_trial_attrs(number, params, acc, epochs_run, status, reason,
                                     test_acc=acc - 0.5 if state == TrialState.COMPLETE else None)
-        study.add_trial(optuna.create_trial(state=state, values=value, params=params, distributions=keep,
-                                            user_attrs=attrs, intermediate_values=inter if state != TrialState.FAIL else {}))
+        trial = optuna.create_trial(state=state, values=value, params=params, distributions=keep,
+                                    user_attrs=attrs, intermediate_values=inter if state != TrialState.FAIL else {})
+        trial.datetime_start = start + _report_dt.timedelta(seconds=20 * number)  # two workers' worth of overlap
+        trial.datetime_complete = None if state == TrialState.RUNNING else trial.datetime_start + _report_dt.timedelta(seconds=4 * epochs_run)
+        study.add_trial(trial)
     return folder, url
 
 
@@ -255,15 +260,17 @@ def study_dir(tmp_path, monkeypatch, fashion_mnist_system):
 
 
 # ---- hpo.nets / hpo.train: a tiny real Fashion-MNIST subset, one thread --------------------------
-# Used by tests/test_train.py. The subset is cut once per session from the real files; runs use
-# one thread: on a shared 2-core machine a 2-thread OpenMP pool stalls at every barrier whenever
-# another process holds a core (measured 5-10x slower), and one thread is bit-identical anyway.
+# Used by tests/test_train.py (and restore_threads by tests/test_nets.py). The subset is cut once
+# per session from the real files. Runs use one thread: on a shared 2-core machine a 2-thread
+# OpenMP pool stalls at every barrier whenever another process holds a core (measured 5-10x
+# slower), and a run is bit-identical at any fixed thread count.
+import pytest as _train_pytest
 import torch as _train_torch
 
 TRAIN_SUBSET = {"train_size": 2000, "test_size": 1000}
 
 
-@_report_pytest.fixture(scope="session")
+@_train_pytest.fixture(scope="session")
 def fashion_subset(empty_data_dir):
     """(DataSpec, Data): 2,000 train / 6,000 val / 1,000 test real Fashion-MNIST images on the CPU."""
     from hpo import data as data_mod
@@ -273,7 +280,7 @@ def fashion_subset(empty_data_dir):
     return spec, data_mod.load(spec, 0, "cpu", root=empty_data_dir)
 
 
-@_report_pytest.fixture
+@_train_pytest.fixture
 def train_config(fashion_subset):
     """A factory: train_config(lr=0.05, epochs=2, ...) -> TrainConfig of LeNet-5 on the subset.
     Keyword arguments go to TrainSpec, except seed, model, activation and augment."""
@@ -289,7 +296,7 @@ def train_config(fashion_subset):
     return make
 
 
-@_report_pytest.fixture
+@_train_pytest.fixture
 def restore_threads():
     """setup_runtime sets torch's process-wide thread count; put it back after the test."""
     before = _train_torch.get_num_threads()

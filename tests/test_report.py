@@ -114,7 +114,7 @@ def test_not_a_study_folder(tmp_path, report_study):
 
 def test_unknown_and_chosen_study_names(tmp_path, monkeypatch, report_study):
     monkeypatch.chdir(tmp_path)
-    report_study()
+    report_study(kind="none")
     report_study(kind="one", name="lr_only")  # same store; its folder is studies/lr_only
     with pytest.raises(HpoError, match=r"no study 'nope' in sqlite:///storage/hpo.db; studies there: lenet_lr, lr_only"):
         report.main(["studies/lenet_lr", "--study-name", "nope", "--no-png"])
