@@ -44,7 +44,7 @@ class EpochStats:
     train_acc: float  # percent
     val_loss: float
     val_acc: float  # percent
-    lr: float
+    lr: float  # the lr of the epoch's first step (the scheduler moves it every step)
     seconds: float
 
 
