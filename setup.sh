@@ -11,6 +11,7 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[dev]'
+# This machine's local package mirror warns about every folder it lacks: keep real messages only.
+quiet() { "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
+quiet .venv/bin/pip install -q -e '.[dev]'
 echo "hpo is set up: .venv/bin/python -m hpo.run --study lenet_lr --trials 50" >&2

@@ -24,7 +24,37 @@ MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same p
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def _grid(spec: StudySpec, **options):
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.GridSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "patient": optuna.pruners.PatientPruner,
+    "none": optuna.pruners.NopPruner,
+}
+# Arguments Optuna requires that a study file may leave out. "patient" alone stops a trial whose
+# validation accuracy has not improved for `patience` epochs (it wraps no other pruner).
+PRUNER_DEFAULTS = {"percentile": {"percentile": 25.0}, "patient": {"wrapped_pruner": None, "patience": 2}}
+
+
+def _check_options(what: str, name: str, cls, options: dict) -> None:
+    reserved = ("seed", "search_space", "wrapped_pruner")  # filled in by hpo, not the study file
+    known = [p for p in inspect.signature(cls).parameters if p not in reserved]
+    for key in options:
+        if key not in known:
+            raise HpoError(f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}")
+
+
+def grid_space(spec: StudySpec) -> dict[str, list]:
     space = {}
     for p in spec.search:
         if p.choices:
@@ -38,45 +68,7 @@ def _grid(spec: StudySpec, **options):
             )
     if not space:
         raise HpoError("sampler.name = \"grid\" needs at least one parameter under [search]")
-    return optuna.samplers.GridSampler(space, **options)
-
-
-SAMPLERS = {
-    "tpe": lambda spec, **o: optuna.samplers.TPESampler(**o),
-    "random": lambda spec, **o: optuna.samplers.RandomSampler(**o),
-    "grid": _grid,
-    "cmaes": lambda spec, **o: optuna.samplers.CmaEsSampler(**o),
-    "gp": lambda spec, **o: optuna.samplers.GPSampler(**o),
-    "qmc": lambda spec, **o: optuna.samplers.QMCSampler(**o),
-    "nsga2": lambda spec, **o: optuna.samplers.NSGAIISampler(**o),
-}
-SAMPLER_CLASSES = {
-    "tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler, "grid": optuna.samplers.GridSampler,
-    "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler, "qmc": optuna.samplers.QMCSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-}
-
-PRUNERS = {
-    "median": optuna.pruners.MedianPruner,
-    "percentile": lambda percentile=25.0, **o: optuna.pruners.PercentilePruner(percentile, **o),
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    # Stops a trial whose validation accuracy has not improved for `patience` epochs.
-    "patient": lambda patience=2, **o: optuna.pruners.PatientPruner(None, patience, **o),
-    "none": optuna.pruners.NopPruner,
-}
-PRUNER_CLASSES = {
-    "median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner,
-    "patient": optuna.pruners.PatientPruner, "none": optuna.pruners.NopPruner,
-}
-
-
-def _check_options(what: str, name: str, cls, options: dict, reserved=("seed",)) -> None:
-    known = [p for p in inspect.signature(cls).parameters if p not in reserved and p not in ("search_space", "wrapped_pruner")]
-    for key in options:
-        if key not in known:
-            raise HpoError(f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}")
+    return space
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -84,9 +76,10 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     s = spec.sampler
     if s.name not in SAMPLERS:
         raise unknown("sampler.name", s.name, SAMPLERS)
-    _check_options("sampler", s.name, SAMPLER_CLASSES[s.name], s.options)
+    _check_options("sampler", s.name, SAMPLERS[s.name], s.options)
+    args = (grid_space(spec),) if s.name == "grid" else ()
     try:
-        return SAMPLERS[s.name](spec, seed=seed, **s.options)
+        return SAMPLERS[s.name](*args, seed=seed, **s.options)
     except (TypeError, ValueError) as e:
         raise HpoError(f"sampler {s.name!r}: {e}") from None
 
@@ -95,9 +88,9 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.name not in PRUNERS:
         raise unknown("pruner.name", p.name, PRUNERS)
-    _check_options("pruner", p.name, PRUNER_CLASSES[p.name], p.options)
+    _check_options("pruner", p.name, PRUNERS[p.name], p.options)
     try:
-        return PRUNERS[p.name](**p.options)
+        return PRUNERS[p.name](**{**PRUNER_DEFAULTS.get(p.name, {}), **p.options})
     except (TypeError, ValueError) as e:
         raise HpoError(f"pruner {p.name!r}: {e}") from None
 
