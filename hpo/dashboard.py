@@ -13,14 +13,13 @@ import argparse
 import errno
 import ipaddress
 import socket
-import sys
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIServer, make_server
 
 from hpo.cli import run_main, say
-from hpo.errors import HpoError
-from hpo.study import ARTIFACT_DIR, DEFAULT_STORAGE, redact
+from hpo.errors import HpoError, reason
+from hpo.study import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -54,37 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The database file a sqlite URL names; None for other stores and in-memory SQLite."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None  # not a URL: optuna-dashboard may still read it as a journal file
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    if parsed.host:  # sqlite://storage/hpo.db: the folder went into the host part
-        raise HpoError(f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db "
-                       f"or sqlite:////absolute/path.db")
-    if parsed.database in (None, "", ":memory:"):
-        raise HpoError(f"{url!r} is an empty in-memory store: give the file, e.g. {DEFAULT_STORAGE}")
-    return Path(parsed.database)
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of the innermost cause: the driver's own words, not the wrappers'."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    return str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-
-
 def open_store(url: str):
     """optuna-dashboard's own storage (read as its CLI reads it), after checking it exists.
 
     Opening a SQLite URL creates the file when it is missing; a dashboard must never do that."""
-    path = _sqlite_file(url)
+    path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
 
@@ -99,9 +72,9 @@ def open_store(url: str):
         raise HpoError(f"malformed storage URL {redact(url)!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
                        f"postgresql://USER@HOST/DB or a journal file") from None
     except ImportError as e:
-        raise HpoError(f"no database driver for {redact(url)}: {_reason(e)}") from None
+        raise HpoError(f"no database driver for {redact(url)}: {reason(e)}") from None
     except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
-        raise HpoError(f"cannot read the store {redact(url)}: {_reason(e)}") from None
+        raise HpoError(f"cannot read the store {redact(url)}: {reason(e)}") from None
     return storage
 
 

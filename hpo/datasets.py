@@ -25,7 +25,7 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t1
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())  # torchvision's download errors span several lines
+    text = " ".join(str(error).split())  # torchvision's download errors span several lines: join them
     return text[:300] or type(error).__name__
 
 

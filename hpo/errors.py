@@ -17,3 +17,11 @@ def unknown(what: str, name, known) -> HpoError:
     """Error for a name missing from a registry, listing the known names."""
     choices = ", ".join(sorted(map(str, known)))
     return HpoError(f"unknown {what} {name!r}{closest(name, known)}; choose one of: {choices}")
+
+
+def reason(error: BaseException) -> str:
+    """The innermost cause's first line: the driver's or library's own words, not the wrappers'."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(getattr(error, "orig", None) or error).strip()
+    return (text.splitlines() or [type(error).__name__])[0][:300]

@@ -153,6 +153,7 @@ class Objective:
             path = Path(tmp) / f"{self.spec.name}-trial{trial.number}.pt"
             torch.save(model.state_dict(), path)  # load with torch.load(..., weights_only=True)
             artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial
+                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial,
+                mimetype="application/octet-stream",  # mimetypes guesses .pt as a SNES page table
             )
         trial.set_user_attr("weights_artifact_id", artifact_id)
