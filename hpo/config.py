@@ -5,6 +5,7 @@ Nothing downstream reads raw dicts or re-validates: a ``StudySpec`` that exists 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ class TrainSpec:
     nesterov: bool = False
     weight_decay: float = 0.0
     schedule: str = "constant"
-    milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
+    milestones: tuple[int, ...] = ()  # "step": the lr is multiplied by gamma after each of these epochs
     gamma: float = 0.1
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -298,7 +299,7 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
         (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
-        (t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
     )
     for ok, message in checks:
         if not ok:

@@ -4,8 +4,11 @@ Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import platform
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -23,6 +26,7 @@ from hpo.train import EpochStats, TrainResult, fit, resolve_device
 KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # each trial's "worker" attr: who ran it (and who lost it)
 
 
 class StopTrial(Exception):
@@ -73,6 +77,7 @@ class Objective:
     ):
         self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts
         self.progress = on_epoch
+        self.interrupts = None  # hpo.run's Interrupts: where a signal may stop a trial at once
         self.multi = len(spec.objective.metrics) > 1
         self.device = resolve_device(spec.base.train.device)
         self._data: dict[DataSpec, data_mod.Data] = {}
@@ -85,32 +90,37 @@ class Objective:
         return self._data[spec]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        config = trial_config(trial, self.spec)
-        trial.set_user_attr("seed", config.seed)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("versions", versions())
-        data = self.data(config.data)
-        chance = 100.0 / data.info.num_classes
+        trial.set_user_attr("worker", WORKER)
         curve: list[dict] = []
 
         def on_epoch(stats: EpochStats) -> None:
-            curve.append(dataclasses.asdict(stats))
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("epochs_run", stats.epoch)
-            if self.progress:
-                self.progress(trial, stats)
-            if not self.multi:  # Optuna prunes single-objective studies only
-                trial.report(stats.val_acc, stats.epoch)
+            with self._guard("held"):  # a signal waits until the epoch's store writes are done
+                curve.append(dataclasses.asdict(stats))
+                trial.set_user_attr("curve", curve)
+                trial.set_user_attr("epochs_run", stats.epoch)
+                if self.progress:
+                    self.progress(trial, stats)
+                if not self.multi:  # Optuna prunes single-objective studies only
+                    trial.report(stats.val_acc, stats.epoch)
+                prune = not self.multi and trial.should_prune()
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
                 raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
                                              f"({chance:.0f}% for {data.info.num_classes} classes) at epoch {stats.epoch}")
-            if not self.multi:
-                if trial.should_prune():
-                    raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
-                                              f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
+            if prune:
+                raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
+                                          f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
 
+        # Every way a trial ends records a status, so a failed trial without one was lost with its
+        # worker (hpo.study.is_lost).
         try:
-            result, model = fit(config, data, on_epoch)
+            config = trial_config(trial, self.spec)
+            trial.set_user_attr("seed", config.seed)
+            trial.set_user_attr("config", config.to_dict())
+            trial.set_user_attr("versions", versions())
+            data = self.data(config.data)
+            chance = 100.0 / data.info.num_classes
+            with self._guard("armed"):  # a signal stops the training at once
+                result, model = fit(config, data, on_epoch)
         except StopTrial as stop:
             self._record(trial, stop.status, stop.reason)
             raise optuna.TrialPruned(stop.reason) from None
@@ -130,6 +140,9 @@ class Objective:
         if self._should_keep(trial, values):
             self._save_weights(trial, model)
         return values if self.multi else values[0]
+
+    def _guard(self, where: str):
+        return getattr(self.interrupts, where)() if self.interrupts is not None else contextlib.nullcontext()
 
     @staticmethod
     def _record(trial: optuna.Trial, status: str, reason: str) -> None:

@@ -1,4 +1,5 @@
-"""Study progress on stderr: trial n/N, epoch, current and best value, pruned count, ETA (tqdm)."""
+"""Study progress on stderr: trial n/N, epoch, current and best value, pruned count, ETA (tqdm);
+or, quiet (workers, batch logs), one line per finished trial."""
 from __future__ import annotations
 
 import sys
@@ -11,12 +12,13 @@ from hpo.train import EpochStats
 
 class StudyProgress:
     """One tqdm bar over the trials this command adds; tqdm supplies rate and ETA. Also an Optuna
-    callback (called after each trial) and the objective's per-epoch hook."""
+    callback (called after each trial) and the objective's per-epoch hook. ``quiet``: no bar, one
+    line per finished trial instead (a bar per worker would interleave; a log file wants lines)."""
 
-    def __init__(self, total: int | None, epochs: int, multi: bool, worker: str = ""):
-        self.epochs, self.multi = epochs, multi
+    def __init__(self, total: int | None, epochs: int, multi: bool, worker: str = "", quiet: bool = False):
+        self.epochs, self.multi, self.quiet, self.total = epochs, multi, quiet, total
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
-        self.bar = tqdm(total=total, desc=f"{worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
+        self.bar = tqdm(total=total, desc=f"{worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True, disable=quiet,
                         mininterval=1.0, bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}")
         self.best = ""
 
@@ -35,12 +37,23 @@ class StudyProgress:
                 self.best = f"  best {best.value:.2f}% (#{best.number})"
             except ValueError:  # no complete trial yet
                 pass
-        if state != optuna.trial.TrialState.COMPLETE:
+        if self.quiet:
+            print(self.line(trial), file=sys.stderr, flush=True)
+        elif state != optuna.trial.TrialState.COMPLETE:
             reason = trial.user_attrs.get("reason", "")
             if state == optuna.trial.TrialState.FAIL or reason.startswith(("diverged", "collapsed")):
                 self.bar.write(f"trial #{trial.number} {state.name.lower()}: {reason or 'see the log above'}", file=sys.stderr)
         self.bar.update(1)
         self.bar.set_postfix_str(f"{self.best.strip()}  pruned {self.counts['pruned']}  failed {self.counts['failed']}")
+
+    def line(self, trial: optuna.trial.FrozenTrial) -> str:
+        done = sum(self.counts.values())
+        what = trial.state.name.lower()
+        if trial.values:
+            what += " " + " ".join(f"{v:.4g}" for v in trial.values)
+        reason = trial.user_attrs.get("reason", "")
+        return (f"trial #{trial.number} {what}{': ' + reason if reason else ''}  "
+                f"({done}/{self.total or '?'}{',' + self.best if self.best else ''})")
 
     def close(self) -> None:
         self.bar.close()

@@ -6,7 +6,9 @@ running again resumes it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -14,12 +16,15 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
-from hpo.errors import HpoError
+from hpo.errors import HpoError, reason
 from hpo.objective import KEEP, Objective
 from hpo.progress import StudyProgress
-from hpo.study import DEFAULT_STORAGE, artifact_store, create_or_resume, make_pruner, make_sampler, open_storage, redact
+from hpo.study import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, create_or_resume, env_seconds, make_pruner,
+                       make_sampler, open_storage, redact, store_error)
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
+EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.workers starts the worker again
+INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kubernetes indexed Jobs
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,7 +36,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
     p.add_argument("--workers", default="1", help="worker processes sharing the study: a number or auto (default: 1)")
-    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # set by hpo.workers
+    p.add_argument("--worker-index", type=int, default=None, metavar="I",
+                   help="this process's index among those sharing the study, mixed into the sampler seed so that "
+                        "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
+                        "else 0; --workers sets it for its own workers)")
+    p.add_argument("--quiet", action="store_true",
+                   help="one line per finished trial instead of a progress bar, for logs (default: off)")
     return p
 
 
@@ -56,10 +66,79 @@ def _not_an_interrupt(record) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
-def _raise_interrupt(signum, frame):
-    # SIGTERM (docker stop, Slurm, kill) takes the same path as Ctrl-C: the running trial is
-    # marked FAIL by Optuna instead of being left RUNNING in the store.
-    raise KeyboardInterrupt
+class Interrupts:
+    """SIGINT and SIGTERM (Ctrl-C, docker stop, Slurm, kill, hpo.workers) stop the run without
+    leaving a trial RUNNING. While a network trains, the signal raises KeyboardInterrupt at once
+    and the objective marks the trial FAIL (status "interrupted"). Anywhere else (asking for a
+    trial, writing an epoch's records, telling the result) it is only noted and acted on at the
+    next safe point, so no store write is cut in half; and no new trial starts after it. A second
+    signal is not a second interrupt: under a supervisor one may come from the terminal and one
+    forwarded, and a KeyboardInterrupt inside the first one's clean-up would undo it."""
+
+    def __init__(self):
+        self.requested = False
+        self._armed = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            return
+        self.requested = True
+        if self._armed:
+            self._armed = False
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def armed(self):
+        """Around the training: a signal stops it at once."""
+        self.check()
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
+
+    @contextlib.contextmanager
+    def held(self):
+        """Around store writes inside the training: a signal waits until they are done."""
+        outer, self._armed = self._armed, False
+        try:
+            yield
+        finally:
+            self._armed = outer
+        if outer:
+            self.check()
+
+    def stop_study(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """An Optuna callback: no new trial after a signal."""
+        if self.requested:
+            study.stop()
+
+
+def worker_index(args) -> int:
+    if args.worker_index is not None:
+        return args.worker_index
+    for name in INDEX_ENV:
+        text = os.environ.get(name, "").strip()
+        if text:
+            if not text.isdigit():
+                raise HpoError(f"${name} = {text!r} is not a worker index; pass --worker-index")
+            return int(text)
+    return 0
+
+
+def _lost_trial(e: Exception) -> bool:
+    """Telling a trial that is already finished: the store was out of reach for longer than the
+    grace period and another worker failed the trial as lost (and queued its retry)."""
+    return isinstance(e, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(e, ValueError) and str(e).startswith("Cannot tell a "))
 
 
 def summary(study: optuna.Study, spec, added: list[optuna.trial.FrozenTrial]) -> str:
@@ -105,29 +184,48 @@ def run(args) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it shorter
     for handler in logging.getLogger("optuna").handlers:  # handler filters see the child loggers' records too
         handler.addFilter(_not_an_interrupt)
+    index = worker_index(args)
     storage = open_storage(args.storage, create=True)
-    study = create_or_resume(spec, storage, worker=args.worker_index)
+    study = create_or_resume(spec, storage, worker=index)
     before = {t.number for t in study.trials}
     guard = FailureGuard()
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts = Interrupts()
+    interrupts.install()
+    objective.interrupts = interrupts
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
     progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
-                             worker=f"worker {args.worker_index} " if args.worker_index else "")
+                             worker=f"worker {index} " if index else "", quiet=args.quiet)
     objective.progress = progress.on_epoch
     try:
-        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard], catch=(Exception,))
+        interrupts.check()  # a signal before the first trial
+        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard, interrupts.stop_study],
+                       catch=(Exception,))
+        interrupts.check()
     except KeyboardInterrupt:
         progress.close()
         running = [t.number for t in study.trials if t.number not in before and t.user_attrs.get("status") == "interrupted"]
-        cli.say(f"interrupted: trial {', '.join(f'#{n}' for n in running) or 'in progress'} marked FAIL, the store is "
-                f"consistent; resume with: python -m hpo.run --study {args.study} --trials N")
+        cli.say(f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in running) + ' marked FAIL' if running else 'between trials'}, "
+                f"the store is consistent; resume with: python -m hpo.run --study {args.study} --trials N")
         return 130
+    except Exception as e:
+        if not (store_error(e) or _lost_trial(e)):
+            raise
+        progress.close()  # the trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
+        cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); the trial in hand is failed as lost "
+                f"{env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters by "
+                f"the next run; resume with: python -m hpo.run --study {args.study} --trials N")
+        return EXIT_STORE_LOST
     progress.close()
     added = [t for t in study.trials if t.number not in before]
-    print(summary(study, spec, added))
+    text = summary(study, spec, added)
+    if args.quiet:
+        cli.say(text.splitlines()[0])
+    else:
+        print(text)
     if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
         raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
-    print(f"report: python -m hpo.report {spec.folder}" + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"))
+    if not args.quiet:
+        print(f"report: python -m hpo.report {spec.folder}" + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"))
     return 0
 
 

@@ -171,23 +171,31 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
                 raise HpoError(f"cannot open the store {path}: {e}") from None
     elif url.startswith("postgresql"):
         # pre_ping: a restarted server leaves dead pooled connections; the ping finds them before use.
-        engine_kwargs = {"pool_pre_ping": True}
-        if "connect_timeout" not in url:  # an unreachable host fails in seconds, not at the kernel's TCP timeout
-            engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = Store(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )
-    except HpoError:
-        raise
-    except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
-        raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
+        # connect_timeout: an unreachable host fails in seconds, not at the kernel's TCP timeout;
+        # application_name: pg_stat_activity shows which process holds which connection.
+        defaults = {"connect_timeout": 10, "application_name": f"hpo pid {os.getpid()}"}
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = Store(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+            break
+        except HpoError:
+            raise
+        except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
+            # Workers started at once on a new database race to create Optuna's tables; the loser
+            # finds them made a moment later.
+            if attempt < 2 and isinstance(e, sqlalchemy.exc.SQLAlchemyError) and _lost_create_race(e):
+                time.sleep(0.5 + attempt)
+                continue
+            raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
     if path is not None:
         mode = "BEGIN IMMEDIATE" if create else "BEGIN"
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql(mode))
@@ -196,6 +204,11 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
         # rather than failing the trial in hand: a restart or a network blip costs seconds, not trials.
         _wait_for_server(storage.engine, env_seconds(STORE_WAIT_ENV, grace), redact(url))
     return storage
+
+
+def _lost_create_race(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate key" in text
 
 
 def _wait_for_server(engine, seconds: int, name: str) -> None:
@@ -209,25 +222,14 @@ def _wait_for_server(engine, seconds: int, name: str) -> None:
                 if time.monotonic() + delay > deadline:
                     raise
                 if delay == 0.5:
-                    say(f"store {name} unreachable ({_first_line(e)}); retrying for up to {seconds} s")
+                    say(f"store {name} unreachable ({reason(e)}); retrying for up to {seconds} s")
                 time.sleep(delay)
-                delay = min(2 * delay, 5.0)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+                delay = min(2 * delay, 2.0)
 
 
 def store_error(e: BaseException) -> bool:
     """True for the database's own failures (lost connection, server gone), as Optuna raises them."""
     return isinstance(e, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError))
-
-
-def store_error_line(e: BaseException) -> str:
-    """The database's own words (Optuna wraps them in a generic message)."""
-    while isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
-        e = e.__cause__
-    return _first_line(getattr(e, "orig", None) or e)
 
 
 def _disconnected(e: BaseException) -> bool:
@@ -266,7 +268,7 @@ class Store(RDBStorage):
         except Exception as e:
             if not store_error(e):
                 raise
-            say(f"heartbeat of trial id {trial_id} not written ({store_error_line(e)}); trying again in {self.heartbeat_interval} s")
+            say(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
 
 
 for _name in ("get_all_studies", "get_all_trials", "get_best_trial", "get_n_trials", "get_study_directions",

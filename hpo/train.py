@@ -156,7 +156,9 @@ def fit(
     optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t)
     steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch))
-    shuffle = torch.Generator().manual_seed(config.seed + 1)  # batch order and augmentation
+    # Batch order and augmentation: a stream apart from every model-init seed (trial seeds are
+    # consecutive integers below 2**31, so seed + 1 would be the next trial's init).
+    shuffle = torch.Generator().manual_seed(config.seed + (1 << 32))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and t.amp else nullcontext
     # A host sync per step costs little on the CPU but stalls a GPU; check less often there.
     check_every = 25 if cuda else 1

@@ -79,6 +79,25 @@ def test_same_seed_is_bit_identical(train_config, fashion_subset, model, epochs,
     assert not same_state(other_model, first_model)
 
 
+def test_batch_order_follows_the_seed(train_config, fashion_subset, monkeypatch):
+    """The shuffle (and crop) generator is seeded from the config's seed, not a fixed or global one."""
+    _, data = fashion_subset
+    firsts = []
+
+    def first_batch_only(split, batch_size, info, **kwargs):
+        assert kwargs["generator"] is not None
+        x, y = next(batches(split, batch_size, info, **kwargs))
+        firsts.append(y.clone())
+        yield x, y
+
+    monkeypatch.setattr(train, "batches", lambda split, *args, **kwargs: (
+        first_batch_only(split, *args, **kwargs) if split is data.train else batches(split, *args, **kwargs)))
+    for seed in (3, 3, 4):
+        fit(train_config(seed=seed, epochs=1), data)
+    assert torch.equal(firsts[0], firsts[1])
+    assert not torch.equal(firsts[0], firsts[2])
+
+
 # ---------------------------------------------------------------- the result and the epoch hook
 
 
@@ -133,12 +152,17 @@ def test_on_epoch_exception_stops_the_run(train_config, fashion_subset):
 # ---------------------------------------------------------------- divergence is a result
 
 
-def test_divergence_in_the_first_epoch(train_config, fashion_subset):
+def test_divergence_in_the_first_epoch(train_config, fashion_subset, monkeypatch):
     _, data = fashion_subset
     seen = []
-    result, _ = fit(train_config(lr=1e6), data, on_epoch=seen.append)
+    steps = record_lrs(monkeypatch)
+    config = train_config(lr=1e6)
+    result, _ = fit(config, data, on_epoch=seen.append)
     assert result.status == "diverged"
     assert "epoch 1" in result.reason and result.reason.startswith("diverged:")
+    # On the CPU the loss is checked every step: the run stops at the first non-finite one.
+    assert len(steps) < steps_per_epoch(config, data)
+    assert f"epoch 1, step {len(steps)}" in result.reason
     assert result.test_acc is None
     assert (result.epochs_run, result.curve, seen) == (0, (), [])
     assert (result.best_val_acc, result.final_val_acc) == (0.0, 0.0)
