@@ -158,3 +158,10 @@ def test_multi_objective_study_keeps_a_pareto_front(study_dir, tmp_path):
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / STORE}")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert study.best_trials and all(len(t.values) == 2 for t in study.best_trials)
+
+
+def test_timeout_bounds_the_run(study_dir, tmp_path):
+    proc = hpo_run("--study", "tiny", "--trials", "50", "--timeout", "0.5", cwd=tmp_path)
+    added = len(trials_of(tmp_path))
+    assert 1 <= added < 50  # Optuna checks the clock between trials: the running one finishes
+    assert f"tiny: {added} trials added" in proc.stdout
