@@ -329,6 +329,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             section = raw.setdefault(path[0], {})
             if not isinstance(section, dict):
                 raise HpoError(f"--set {text!r}: {path[0]} is not a section")
+            if path[0] in ("sampler", "pruner") and path[1] == "name" and section.get("name") != value:
+                section.clear()  # the file's options belong to the sampler/pruner being replaced
             section[path[1]] = value
     return raw
 

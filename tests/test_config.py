@@ -65,6 +65,15 @@ def test_sampler_and_pruner_options_pass_through():
     assert spec.pruner.options == {"n_warmup_steps": 1}
 
 
+def test_overriding_a_sampler_or_pruner_name_drops_the_old_ones_options():
+    text = BASE + '[sampler]\nname = "tpe"\nn_startup_trials = 4\n[pruner]\nname = "median"\nn_warmup_steps = 1\n'
+    spec = parse(text, ["pruner.name=none", "sampler.name=random"])
+    assert (spec.pruner.name, spec.pruner.options) == ("none", {})
+    assert (spec.sampler.name, spec.sampler.options) == ("random", {})
+    kept = parse(text, ["pruner.name=median", "pruner.n_startup_trials=2"])
+    assert kept.pruner.options == {"n_warmup_steps": 1, "n_startup_trials": 2}
+
+
 def test_dotted_search_keys_and_int_ranges():
     spec = parse(BASE + '"model.name" = { choices = ["lenet5", "simple_cnn"] }\nwarmup_epochs = { low = 0, high = 2 }\n')
     keys = {p.key: p for p in spec.search}
