@@ -47,13 +47,19 @@ class StudyProgress:
         self.bar.set_postfix_str(f"{self.best.strip()}  pruned {self.counts['pruned']}  failed {self.counts['failed']}")
 
     def line(self, trial: optuna.trial.FrozenTrial) -> str:
-        done = sum(self.counts.values())
+        """``trial #4 complete 59.17  (3/3; best 59.17% (#4))``, with the reason when it has one."""
         what = trial.state.name.lower()
-        if trial.values:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
             what += " " + " ".join(f"{v:.4g}" for v in trial.values)
         reason = trial.user_attrs.get("reason", "")
-        return (f"trial #{trial.number} {what}{': ' + reason if reason else ''}  "
-                f"({done}/{self.total or '?'}{',' + self.best if self.best else ''})")
+        done = f"{sum(self.counts.values())}/{self.total or '?'}" + (f"; {self.best.strip()}" if self.best else "")
+        return f"trial #{trial.number} {what}{': ' + reason if reason else ''}  ({done})"
+
+    def done_line(self) -> str:
+        """What this process added, for logs: ``done: 3 trials (2 complete, 1 pruned)``."""
+        n = sum(self.counts.values())
+        parts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
+        return f"done: {n} trial{'s' * (n != 1)}" + (f" ({parts})" if parts else "")
 
     def close(self) -> None:
         self.bar.close()

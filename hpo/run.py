@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 
 import optuna
 
@@ -35,13 +34,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
-    p.add_argument("--workers", default="1", help="worker processes sharing the study: a number or auto (default: 1)")
+    p.add_argument("--workers", default="1",
+                   help="worker processes on this machine sharing the study and the --trials between them: a number, "
+                        "or auto (CPU: one per core for small nets, one for ResNet-18; GPU: two small trials per GPU "
+                        "or one large) (default: 1)")
     p.add_argument("--worker-index", type=int, default=None, metavar="I",
                    help="this process's index among those sharing the study, mixed into the sampler seed so that "
                         "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
                         "else 0; --workers sets it for its own workers)")
     p.add_argument("--quiet", action="store_true",
                    help="one line per finished trial instead of a progress bar, for logs (default: off)")
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
+    # the supervisor, not the worker, says how to resume
     return p
 
 
@@ -194,7 +198,7 @@ def run(args) -> int:
     objective.interrupts = interrupts
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
     progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
-                             worker=f"worker {index} " if index else "", quiet=args.quiet)
+                             worker=f"worker {index} " if index else "", quiet=args.quiet or args.supervised)
     objective.progress = progress.on_epoch
     try:
         interrupts.check()  # a signal before the first trial
@@ -204,28 +208,27 @@ def run(args) -> int:
     except KeyboardInterrupt:
         progress.close()
         running = [t.number for t in study.trials if t.number not in before and t.user_attrs.get("status") == "interrupted"]
-        cli.say(f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in running) + ' marked FAIL' if running else 'between trials'}, "
-                f"the store is consistent; resume with: python -m hpo.run --study {args.study} --trials N")
+        cli.say(f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in running) + ' marked FAIL' if running else 'between trials'}"
+                + ("" if args.supervised else f", the store is consistent; resume with: python -m hpo.run --study {args.study} --trials N"))
         return 130
     except Exception as e:
         if not (store_error(e) or _lost_trial(e)):
             raise
-        progress.close()  # the trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
-        cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); the trial in hand is failed as lost "
-                f"{env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters by "
-                f"the next run; resume with: python -m hpo.run --study {args.study} --trials N")
+        progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
+        cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); a trial it leaves RUNNING is failed as "
+                f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
+                + ("" if args.supervised else f"; resume with: python -m hpo.run --study {args.study} --trials N"))
         return EXIT_STORE_LOST
     progress.close()
     added = [t for t in study.trials if t.number not in before]
-    text = summary(study, spec, added)
-    if args.quiet:
-        cli.say(text.splitlines()[0])
+    if args.quiet or args.supervised:  # other workers may share the study: say what this one did
+        cli.say(progress.done_line())
     else:
-        print(text)
+        print(summary(study, spec, added))
     if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
         raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
-    if not args.quiet:
-        print(f"report: python -m hpo.report {spec.folder}" + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"))
+    if not (args.quiet or args.supervised):
+        print(f"report: python -m hpo.report {spec.folder}" + ("" if args.storage == DEFAULT_STORAGE else f" --storage {redact(args.storage)}"))
     return 0
 
 

@@ -271,7 +271,8 @@ class Store(RDBStorage):
             say(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
 
 
-for _name in ("get_all_studies", "get_all_trials", "get_best_trial", "get_n_trials", "get_study_directions",
+for _name in ("get_all_studies", "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id",
+              "get_n_trials", "get_study_directions",
               "get_study_id_from_name", "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs",
               "get_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
               "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",

@@ -20,6 +20,7 @@ each marks its running trial FAIL (status "interrupted") and exits; a second one
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -63,12 +64,14 @@ def largest_net(spec) -> int:
 
 
 def auto_workers(spec, cores: int, gpus: int) -> int:
-    """``--workers auto``. On the CPU, small nets (LeNet-5, the simple CNN) get one worker per core
-    with one thread each: their kernels are too short to keep two threads busy, and every trial has
-    serial parts (Python, evaluation, store writes) that a second process overlaps; measured on 2
-    cores in bench/README.md ("workers.py"). A large net (ResNet-18) scales over threads inside one
-    process, and more workers would only split the cores and memory: one worker. With GPUs: two
-    small trials per GPU, one large one."""
+    """``--workers auto``. CPU, small net (LeNet-5, the simple CNN): one worker per core, one thread
+    each. Two torch threads in one process were the slowest setting in every run on 2 shared cores
+    (1.2x to 10x: the OpenMP pool waits at each barrier for a thread that lost its core), while a
+    second process on a free core runs a second trial for a start of about 3 CPU s. A large net
+    (ResNet-18) keeps all threads busy with long kernels: one worker. GPU: two small trials per GPU
+    (one leaves it idle between kernels), one large. Figures in bench/README.md ("workers.py"),
+    with the case the rule does not cover: when other jobs already hold every core, a single
+    one-thread worker is faster (--workers 1 --set train.threads=1)."""
     small = largest_net(spec) < SMALL_NET
     if gpus:
         return gpus * (SMALL_PER_GPU if small else 1)
@@ -104,6 +107,7 @@ class Worker:
     proc: subprocess.Popen
     restarts: int = 0
     last: str = ""  # its last line: the reason when it stops with an error
+    relay: threading.Thread | None = None
 
     @property
     def tag(self) -> str:
@@ -116,6 +120,7 @@ class Replacement:
     quota: int
     restarts: int
     stuck: set[int] = field(default_factory=set)  # trial numbers the dead worker left RUNNING
+    since: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:
@@ -133,6 +138,7 @@ class Supervisor:
         self.signals = 0
         self.said_stopping = False
         self.changed = threading.Event()
+        self.last_done = 0
         self.print_lock = threading.Lock()
         self.deadline = time.monotonic() + args.timeout if args.timeout else None
         self.start_time = time.monotonic()
@@ -142,7 +148,7 @@ class Supervisor:
     def command(self, slot: int, quota: int) -> list[str]:
         a = self.args
         cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, "--trials", str(quota), "--workers", "1",
-               "--worker-index", str(self.base + slot), "--storage", a.storage, "--keep", a.keep, "--quiet"]
+               "--worker-index", str(self.base + slot), "--storage", a.storage, "--keep", a.keep, "--supervised"]
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
         if self.deadline is not None:
@@ -166,7 +172,8 @@ class Supervisor:
         where = ", ".join(x for x in (f"{self.threads} thread{'s' * (self.threads > 1)}" if self.threads else "",
                                       self.gpus[slot % len(self.gpus)] if self.gpus else "") if x)
         self.say(f"[worker {slot}] pid {proc.pid}: {quota} trial{'s' * (quota > 1)}" + (f", {where}" if where else ""))
-        threading.Thread(target=self.relay, args=(worker,), daemon=True).start()
+        worker.relay = threading.Thread(target=self.relay, args=(worker,), daemon=True)
+        worker.relay.start()
         self.running.append(worker)
         return worker
 
@@ -189,17 +196,20 @@ class Supervisor:
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             for slot, quota in enumerate(quotas(self.trials, self.k)):
-                self.start(slot, quota)
+                if not self.signals:
+                    self.start(slot, quota)
             last_progress = 0.0
             while self.running or self.pending:
                 time.sleep(POLL_S)
                 if self.signals and not self.said_stopping:
                     self.said_stopping = True
+                    self.pending.clear()
+                    self.forward(signal.SIGTERM)  # again: one may have started as the signal came
                     self.say("stopping: each worker marks its running trial FAIL (status interrupted) and exits; "
                              "a second Ctrl-C kills them (their trials are then failed as lost and retried on resume)")
                 self.reap()
                 self.replace()
-                if self.changed.is_set() and time.monotonic() - last_progress >= PROGRESS_S:
+                if self.changed.is_set() and time.monotonic() - last_progress >= PROGRESS_S and not self.signals:
                     self.changed.clear()
                     last_progress = time.monotonic()
                     self.progress()
@@ -209,18 +219,22 @@ class Supervisor:
         return self.finish()
 
     def on_signal(self, signum, frame) -> None:
-        # Only flags and kill() here: printing from a handler can re-enter a print in progress.
+        # Only a count and kill() here: the loop does the rest (a print from a handler can
+        # re-enter a print in progress).
         self.signals += 1
-        self.pending.clear()
-        for worker in self.running:
+        self.forward(signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
+
+    def forward(self, sig: int) -> None:
+        for worker in list(self.running):
             try:
-                os.kill(worker.proc.pid, signal.SIGTERM if self.signals == 1 else signal.SIGKILL)
+                os.kill(worker.proc.pid, sig)  # a worker ignores a second SIGTERM (hpo.run.Interrupts)
             except ProcessLookupError:
                 pass
 
     def reap(self) -> None:
         for worker in [w for w in self.running if w.proc.poll() is not None]:
             self.running.remove(worker)
+            worker.relay.join(timeout=5)  # its last lines before ours
             code = worker.proc.returncode
             if code == 0 or self.signals:
                 continue
@@ -255,7 +269,14 @@ class Supervisor:
             self.pending.append(Replacement(worker.slot, left, worker.restarts + 1, stuck))
 
     def replace(self) -> None:
+        if self.signals:
+            return
         for plan in list(self.pending):
+            if plan.stuck and time.monotonic() - plan.since > 2 * self.grace + 10:
+                # Killed before its first heartbeat: Optuna never counts such a trial as stale.
+                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): it "
+                         f"stays RUNNING in the store; the new worker starts without waiting for it")
+                plan.stuck = set()
             if plan.stuck:
                 try:
                     optuna.storages.fail_stale_trials(self.study)  # queues the retries (the store's callback)
@@ -283,6 +304,9 @@ class Supervisor:
                 raise
             return
         done = [t for t in added if t.state.is_finished() and not is_lost(t)]
+        if len(done) == self.last_done:
+            return
+        self.last_done = len(done)
         count = lambda state: sum(t.state == state for t in done)  # noqa: E731
         lost = sum(is_lost(t) for t in added)
         text = (f"[study] {len(done)}/{self.trials} trials: {count(TrialState.COMPLETE)} complete, "
@@ -297,9 +321,13 @@ class Supervisor:
             text += f"; ETA {_clock(elapsed / len(done) * (self.trials - len(done)))}"
         self.say(text)
 
-    def resume_command(self, left: int) -> str:
-        storage = "" if self.args.storage == DEFAULT_STORAGE else f" --storage {redact(self.args.storage)}"
-        return f"python -m hpo.run --study {self.args.study} --trials {left} --workers {self.args.workers}{storage}"
+    def resume_command(self, added: list[optuna.trial.FrozenTrial]) -> str:
+        """The same command for the trials still to do (interrupted and lost trials are redone)."""
+        done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
+        a = self.args
+        extra = ([] if a.storage == DEFAULT_STORAGE else ["--storage", redact(a.storage)]) + [x for s in a.set for x in ("--set", s)]
+        return shlex.join(["python", "-m", "hpo.run", "--study", a.study, "--trials", str(max(self.trials - done, 1)),
+                           "--workers", a.workers, *extra])
 
     def finish(self) -> int:
         added = self.added(self.study)
@@ -310,7 +338,7 @@ class Supervisor:
         if self.signals:
             marked = [t.number for t in added if t.user_attrs.get("status") == "interrupted"]
             self.say(f"interrupted: {'trial ' + _numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
-                     f"{later}; the store is consistent; resume with: {self.resume_command(max(self.trials - len(done), 1))}")
+                     f"{later}; the store is consistent; resume with: {self.resume_command(added)}")
             return 130
         print(summary(self.study, self.spec, [t for t in added if not is_lost(t)]))
         lost = [t for t in added if is_lost(t)]
@@ -320,9 +348,9 @@ class Supervisor:
         if self.stopped:
             why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}" for w, code in self.stopped)
             raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
-                           f"{self.trials} trials{later}; resume with: {self.resume_command(max(self.trials - len(done), 1))}")
+                           f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
         print(f"report: python -m hpo.report {self.spec.folder}"
-              + ("" if self.args.storage == DEFAULT_STORAGE else f" --storage {self.args.storage}"))
+              + ("" if self.args.storage == DEFAULT_STORAGE else f" --storage {redact(self.args.storage)}"))
         return 0
 
 
@@ -346,6 +374,7 @@ def run_workers(args, spec, trials: int) -> int:
         args.workers = "1"
         return run(args)
     # Everything that can be wrong with the input fails here, before the store is touched.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     make_sampler(spec, 0), make_pruner(spec)
     resolve_device(spec.base.train.device)
     worker_index(args)

@@ -1,0 +1,284 @@
+"""python -m hpo.run --workers K: real worker processes, real SQLite and PostgreSQL, real signals.
+
+The tiny study (2,000 training images, 1 thread per worker) keeps a trial to a second or two;
+most of each test's time is the workers starting (importing torch). PostgreSQL runs on loopback
+on every development and CI machine; each test here makes its own study and deletes it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import psycopg
+import pytest
+import sqlalchemy.exc
+from conftest import write_study
+from optuna.trial import TrialState
+
+from hpo.study import is_lost
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+STORE = "storage/hpo.db"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpo.run", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+
+
+@functools.cache
+def storage(url: str) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(url)  # one engine per store: polling does not open connection after connection
+
+
+def trials_of(name: str, url: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage(url)).trials
+
+
+def wait_for(check, proc: subprocess.Popen, what: str, deadline: float = 120):
+    """Poll ``check()`` until it returns something truthy; the supervisor must stay alive meanwhile."""
+    end = time.time() + deadline
+    while time.time() < end:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the run ended before {what}:\n{err[-3000:]}")
+        try:
+            found = check()
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):  # not there yet
+            found = None
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def training(name: str, url: str):
+    """RUNNING trials that have reported an epoch (so their worker is training)."""
+    return [t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values]
+
+
+def assert_exactly(trials, n: int) -> None:
+    """n trials that count (lost ones aside), unique numbers, nothing left RUNNING or WAITING."""
+    counted = [t for t in trials if not is_lost(t)]
+    assert len(counted) == n, [(t.number, t.state.name) for t in trials]
+    assert len({t.number for t in trials}) == len(trials)
+    assert all(t.state in FINISHED for t in trials), [(t.number, t.state.name) for t in trials]
+
+
+@pytest.fixture
+def pg_study(study_dir):
+    """A study folder with a unique name, deleted from PostgreSQL afterwards."""
+    name = f"w{uuid.uuid4().hex[:10]}"
+    folder = write_study(study_dir.parent / name)
+    yield name, folder
+    try:
+        optuna.delete_study(study_name=name, storage=PG)
+    except KeyError:
+        pass
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_k_workers_on_sqlite_add_exactly_n_while_readers_read(k, study_dir, tmp_path):
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
+    url = f"sqlite:///{tmp_path / STORE}"
+    proc = start("--study", "tiny", "--trials", "6", "--workers", str(k), cwd=tmp_path)
+    # Readers while the workers write: Optuna's own (what the dashboard uses) and the report.
+    wait_for(lambda: (tmp_path / STORE).exists() and trials_of("tiny", url) is not None, proc, "the study")
+    counts, report = [], None
+    while proc.poll() is None:
+        trials = trials_of("tiny", url)
+        counts.append(len([t for t in trials if t.state in FINISHED]))
+        if report is None and any(t.state == TrialState.COMPLETE for t in trials):
+            report = subprocess.Popen([sys.executable, "-m", "hpo.report", "studies/tiny", "--no-png"], cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.1)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert "database is locked" not in err and "Traceback" not in err
+    assert counts == sorted(counts) and len(counts) > 3  # read during the writes, never going back
+    assert_exactly(trials_of("tiny", url), 6)
+    assert "tiny: 6 trials added" in out and f"adding 6 with {k} workers" in err
+    assert len(set(re.findall(r"\[worker (\d)\] done: ", err))) == k  # every worker took part
+    assert report is not None
+    r_out, r_err = finish(report, 120)
+    assert report.returncode == 0, r_err[-2000:]
+    assert "report written to" in r_out
+
+
+def test_two_workers_on_postgresql_add_exactly_n(pg_study, tmp_path):
+    name, folder = pg_study
+    write_study(folder, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
+    out, err = finish(start("--study", name, "--trials", "5", "--workers", "2", "--storage", PG, cwd=tmp_path))
+    assert "Traceback" not in err
+    assert f"{name}: 5 trials added" in out, err[-3000:]
+    trials = trials_of(name, PG)
+    assert_exactly(trials, 5)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len({t.params["lr"] for t in trials}) == 5  # the two workers' samplers do not propose the same values
+
+
+def test_kill_9_mid_trial_is_failed_and_retried_with_the_same_parameters(study_dir, tmp_path):
+    write_study(study_dir, train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
+                search="lr = { low = 0.01, high = 0.05 }")  # no trial ends early: the victim is still training
+    url = f"sqlite:///{tmp_path / STORE}"
+    proc = start("--study", "tiny", "--trials", "3", "--workers", "2", cwd=tmp_path,
+                 env={"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "3"})
+    victim = wait_for(lambda: training("tiny", url), proc, "a trial in training")[0]
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"pid {pid} was killed (SIGKILL)" in err and f"trial #{victim.number} is failed as lost" in err
+    trials = trials_of("tiny", url)
+    assert_exactly(trials, 3)
+    lost = [t for t in trials if is_lost(t)]
+    assert [t.number for t in lost] == [victim.number]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == victim.params and retry.user_attrs["seed"] == victim.user_attrs["seed"]
+    # The retry trains as the lost trial did: the epochs the lost one reported match bit for bit.
+    lost_curve = lost[0].intermediate_values
+    assert lost_curve and all(retry.intermediate_values[e] == v for e, v in lost_curve.items())
+    assert f"trial #{victim.number}" in out  # named in the summary as lost and retried
+
+
+def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes(study_dir, tmp_path):
+    write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
+                search="lr = { low = 0.01, high = 0.05 }")
+    url = f"sqlite:///{tmp_path / STORE}"
+    proc = start("--study", "tiny", "--trials", "4", "--workers", "2", "--set", "data.test_size=100", cwd=tmp_path)
+    running = wait_for(lambda: len(training("tiny", url)) == 2 and training("tiny", url), proc, "both workers training")
+    proc.send_signal(signal.SIGTERM)
+    out, err = finish(proc, 60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    trials = trials_of("tiny", url)
+    assert all(t.state in FINISHED for t in trials)  # nothing left RUNNING
+    interrupted = [t.number for t in trials if t.user_attrs.get("status") == "interrupted"]
+    assert interrupted == [t.number for t in running] and all(trials[n].state == TrialState.FAIL for n in interrupted)
+    resume = re.search(r"resume with: (python -m hpo.run .*)$", err, re.M).group(1)
+    assert resume == "python -m hpo.run --study tiny --trials 4 --workers 2 --set data.test_size=100"
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
+    out, err = finish(start(*resume.split()[3:], cwd=tmp_path))
+    assert "tiny: 4 trials added" in out, err[-3000:]
+    assert_exactly(trials_of("tiny", url), 6)
+
+
+def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir, tmp_path):
+    # The grid's four points: train_size 10**9 raises in the data loader; lr = 50 diverges.
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1", sampler='name = "grid"',
+                search="train_size = [1500, 1000000000]\nlr = [0.05, 50.0]")
+    out, err = finish(start("--study", "tiny", "--trials", "4", "--workers", "2", cwd=tmp_path))
+    trials = trials_of("tiny", f"sqlite:///{tmp_path / STORE}")
+    assert_exactly(trials, 4)
+    reasons = [t.user_attrs["reason"] for t in trials]
+    assert any(r.startswith("failed: HpoError: data.train_size") for r in reasons), reasons
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    assert len(re.findall(r"\[worker \d\] done: 2 trials", err)) == 2  # neither worker stopped early
+    assert "tiny: 4 trials added" in out
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL: ``cut()`` drops every connection through it and refuses
+    new ones until ``mend()`` (a network outage, or the server restarting, as the clients see it)."""
+
+    def __init__(self, target=("127.0.0.1", 5432)):
+        self.target, self.up, self.lock, self.sockets = target, True, threading.Lock(), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            client, _ = self.listener.accept()
+            if not self.up:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self):
+        self.up = False
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.sockets = []
+
+    def mend(self):
+        self.up = True
+
+
+def test_postgresql_lost_mid_study_is_ridden_out_and_nothing_is_lost(pg_study, tmp_path):
+    name, folder = pg_study
+    write_study(folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1")
+    proxy = Proxy()
+    url = PG.replace(":5432", f":{proxy.port}")
+    proc = start("--study", name, "--trials", "8", "--workers", "2", "--storage", url, cwd=tmp_path,
+                 env={"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "10"})
+    wait_for(lambda: training(name, PG), proc, "a trial in training")
+    proxy.cut()  # the network goes: every connection dropped, new ones refused for 3 s
+    time.sleep(3)
+    proxy.mend()
+    finished = len([t for t in trials_of(name, PG) if t.state in FINISHED])
+    wait_for(lambda: len([t for t in trials_of(name, PG) if t.state in FINISHED]) > finished and training(name, PG),
+             proc, "the workers writing again")
+    pids = {proc.pid} | {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials_of(name, PG) if "worker" in t.user_attrs}
+    with psycopg.connect(PG.replace("+psycopg", ""), autocommit=True) as conn:  # a real server-side disconnect
+        (killed,) = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                 "WHERE application_name = ANY(%s)", ([f"hpo pid {p}" for p in pids],)).fetchone()
+    assert killed >= 2  # the workers' own connections (application_name names the process)
+    out, err = finish(proc)
+    assert proc.returncode == 0, err[-3000:]
+    assert "unreachable" in err and "Traceback" not in err
+    trials = trials_of(name, PG)
+    assert_exactly(trials, 8)
+    assert not [t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL and not is_lost(t)]
+    for t in filter(is_lost, trials):  # a trial caught mid-write may be lost; then it was retried
+        assert any(r.system_attrs.get("failed_trial") == t.number and r.state in FINISHED for r in trials)
+
+
+@pytest.mark.parametrize("workers", ["0", "many"])
+def test_a_bad_worker_count_is_one_line_and_no_store(workers, study_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "tiny", "--workers", workers], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --workers must be a number >= 1 or auto, got {workers!r}"], proc.stderr
+    assert not (tmp_path / "storage").exists()
