@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.data import DATASETS, Data, Split  # noqa: E402
 from hpo.nets import NETS, build  # noqa: E402
-from hpo.train import OPTIMIZERS, cpu_count, fit  # noqa: E402
+from hpo.train import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 SEED = 0
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup_batches = min(args.warmup_batches, args.images // args.batch_size)
     args.threads = args.threads or cpu_count()
     torch.set_num_threads(args.threads)  # fit sets the same value from its config
+    keep_freed_memory()  # fit sets this allocator switch for its process; the other two loops get it too
 
     total = args.epochs * args.images
     print(f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), {platform.system()} {platform.release()}")
