@@ -47,6 +47,7 @@ from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.data import DATASETS, Data, Split  # noqa: E402
 from hpo.nets import NETS, build  # noqa: E402
 from hpo.train import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
+from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
 INFO = DATASETS["cifar10"]
 SEED = 0
@@ -56,21 +57,28 @@ EVAL_IMAGES = 256  # hpo's val/test splits: evaluation is not timed, so keep it 
 # ---------------------------------------------------------------- the machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+class Neighbours:
+    """How many cores other processes kept busy while a loop ran (Linux): /proc/stat's busy time
+    minus this process's and its waited-for children's (the coursework's workers). Near 0: the
+    figure is clean; near the core count: the loop shared the CPU and its figure is low."""
 
+    def __init__(self):
+        self.start = self._now()
 
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+    @staticmethod
+    def _now():
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        return busy / os.sysconf("SC_CLK_TCK"), sum(os.times()[:4]), time.perf_counter()
+
+    def cores(self) -> float | None:
+        end = self._now()
+        if self.start is None or end is None:
+            return None
+        return max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1])) / (end[2] - self.start[2])
 
 
 # ---------------------------------------------------------------- the data
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     images, labels = make_images(args.images)
     names = {"compute": "compute bound", "hpo": "hpo", "coursework": "coursework"}
     rates: dict[str, list[float]] = {k: [] for k in names}
+    busy: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory(prefix="hpo-bench-") as tmp:
         dataset_class = write_cifar(Path(tmp), images, labels)
         # Rounds interleave the loops, so a neighbour's burst on a shared CPU lands on all of them.
@@ -226,13 +235,19 @@ def main(argv: list[str] | None = None) -> int:
                              ("hpo", lambda: run_hpo(args, images, labels)),
                              ("coursework", lambda: run_coursework(args, dataset_class, tmp))):
                 torch.set_num_threads(args.threads)
+                neighbours = Neighbours()
                 rates[key].append(run())
-                print(f"  round {r}  {names[key]:<14} {rates[key][-1]:>9,.0f} img/s", flush=True)
+                others = neighbours.cores()
+                busy[key].append(others if others is not None else float("nan"))
+                print(f"  round {r}  {names[key]:<14} {rates[key][-1]:>9,.0f} img/s   other processes used "
+                      f"{busy[key][-1]:.2f} cores", flush=True)
 
     best = {k: max(v) for k, v in rates.items()}
     print(f"result (best of {args.rounds} round{'s' if args.rounds > 1 else ''}; spread = slowest/fastest round)")
     for key, name in names.items():
-        print(f"  {name:<14} {best[key]:>9,.0f} img/s   spread {min(rates[key]) / best[key]:.2f}")
+        i = rates[key].index(best[key])
+        print(f"  {name:<14} {best[key]:>9,.0f} img/s   spread {min(rates[key]) / best[key]:.2f}   "
+              f"other processes used {busy[key][i]:.2f} cores in that round")
     print(f"  hpo / coursework     {best['hpo'] / best['coursework']:5.2f}x")
     print(f"  hpo / compute bound  {best['hpo'] / best['compute']:5.2f}x")
     print(f"load average after   {load_average()}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,12 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpo import config, run  # noqa: E402
+from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, optuna {optuna.__version__}"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, optuna {optuna.__version__}, "
+            f"load average {load_average()}")
 
 
 def one_study(study: Path, trials: int, overrides: list[str], store: Path) -> dict:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from hpo.train import cpu_count  # noqa: E402
+from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"
@@ -57,23 +58,6 @@ name = "random"
 [pruner]
 name = "none"
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 COMMANDS = {  # label: extra arguments
