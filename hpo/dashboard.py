@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from hpo.cli import run_main, say
 from hpo.errors import HpoError, reason
-from hpo.study import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
+from hpo.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

@@ -111,7 +111,7 @@ class Objective:
                                           f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
 
         # Every way a trial ends records a status, so a failed trial without one was lost with its
-        # worker (hpo.study.is_lost).
+        # worker (hpo.store.is_lost).
         try:
             config = trial_config(trial, self.spec)
             trial.set_user_attr("seed", config.seed)

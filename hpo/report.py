@@ -17,7 +17,7 @@ from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
 from hpo.findings import complete_trials, compute
-from hpo.study import DEFAULT_STORAGE, open_storage, redact
+from hpo.store import DEFAULT_STORAGE, open_storage, redact
 
 
 def parser() -> argparse.ArgumentParser:

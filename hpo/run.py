@@ -18,8 +18,8 @@ from hpo import config as config_mod
 from hpo.errors import HpoError, reason
 from hpo.objective import KEEP, Objective
 from hpo.progress import StudyProgress
-from hpo.study import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, create_or_resume, env_seconds, make_pruner,
-                       make_sampler, open_storage, redact, store_error)
+from hpo.study import create_or_resume, make_pruner, make_sampler
+from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
 EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.workers starts the worker again

@@ -129,20 +129,6 @@ def test_bad_sampler_or_pruner(section, text, message, study_dir):
     assert message in str(error.value)
 
 
-def test_missing_sqlite_store_is_not_created(tmp_path):
-    path = tmp_path / "none.db"
-    with pytest.raises(HpoError, match="no store at"):
-        study_mod.open_storage(f"sqlite:///{path}", create=False)
-    assert not path.exists()
-
-
-def test_store_uses_wal_and_heartbeats(tmp_path):
-    storage = study_mod.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
-    with storage.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    assert storage.heartbeat_interval == study_mod.HEARTBEAT_S and storage.grace_period == study_mod.GRACE_S
-
-
 def test_sampler_seed_differs_on_resume_and_per_worker():
     seeds = {study_mod.sampler_seed(0, n, w) for n in (0, 3) for w in (0, 1)}
     assert len(seeds) == 4 and study_mod.sampler_seed(0, 0, 0) == study_mod.sampler_seed(0, 0, 0)

@@ -25,7 +25,7 @@ import sqlalchemy.exc
 from conftest import write_study
 from optuna.trial import TrialState
 
-from hpo.study import is_lost
+from hpo.store import is_lost
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 STORE = "storage/hpo.db"
