@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import os
 import signal
 
@@ -145,6 +146,15 @@ def _lost_trial(e: Exception) -> bool:
         isinstance(e, ValueError) and str(e).startswith("Cannot tell a "))
 
 
+def resume_command(args) -> str:
+    """The command that goes on where this one stopped, with the same overrides and store."""
+    parts = ["python -m hpo.run", "--study", shlex.quote(str(args.study)), "--trials", "N"]
+    parts += [f"--set {shlex.quote(s)}" for s in args.set]
+    if args.storage != DEFAULT_STORAGE:
+        parts += ["--storage", shlex.quote(redact(args.storage))]
+    return " ".join(parts)
+
+
 def summary(study: optuna.Study, spec, added: list[optuna.trial.FrozenTrial]) -> str:
     states = [t.state.name.lower() for t in added]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail") if states.count(s))
@@ -209,7 +219,7 @@ def run(args) -> int:
         progress.close()
         running = [t.number for t in study.trials if t.number not in before and t.user_attrs.get("status") == "interrupted"]
         cli.say(f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in running) + ' marked FAIL' if running else 'between trials'}"
-                + ("" if args.supervised else f", the store is consistent; resume with: python -m hpo.run --study {args.study} --trials N"))
+                + ("" if args.supervised else f", the store is consistent; resume with: {resume_command(args)}"))
         return 130
     except Exception as e:
         if not (store_error(e) or _lost_trial(e)):
@@ -217,7 +227,7 @@ def run(args) -> int:
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
         cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); a trial it leaves RUNNING is failed as "
                 f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
-                + ("" if args.supervised else f"; resume with: python -m hpo.run --study {args.study} --trials N"))
+                + ("" if args.supervised else f"; resume with: {resume_command(args)}"))
         return EXIT_STORE_LOST
     progress.close()
     added = [t for t in study.trials if t.number not in before]
