@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -10,6 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from torchvision.datasets import CIFAR10
+
+# Every `python -m hpo.*` subprocess runs this checkout's package, whatever the venv has installed
+# (an editable install of another checkout, a worktree): they inherit this.
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 # ---------------------------------------------------------------- hpo.data fixtures (tests/test_data.py)
 
