@@ -44,7 +44,8 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
-from hpo.data import DATASETS, Data, Split  # noqa: E402
+from hpo.data import Data, Split  # noqa: E402
+from hpo.datasets import DATASETS  # noqa: E402
 from hpo.nets import NETS, build  # noqa: E402
 from hpo.train import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)

@@ -1,10 +1,14 @@
-"""What the entry points share: common arguments, one-line errors, progress lines."""
+"""What the entry points share: common arguments, the worker index, one-line errors, progress lines."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Callable
 
-from hpo.errors import HpoError
+from hpo.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, HpoError
+
+INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kubernetes indexed Jobs
 
 
 def add_study_arguments(parser) -> None:
@@ -13,6 +17,19 @@ def add_study_arguments(parser) -> None:
                         help="override a study setting, e.g. --set train.epochs=3 (repeatable; default: none)")
     parser.add_argument("--data-dir", default=None,
                         help="dataset folder (default: $HPO_DATA_DIR, else ./data)")
+
+
+def worker_index(args) -> int:
+    """This process's index among those sharing a study: --worker-index, else the cluster's own."""
+    if args.worker_index is not None:
+        return args.worker_index
+    for name in INDEX_ENV:
+        text = os.environ.get(name, "").strip()
+        if text:
+            if not text.isdigit():
+                raise HpoError(f"${name} = {text!r} is not a worker index; pass --worker-index")
+            return int(text)
+    return 0
 
 
 def say(text: str) -> None:
@@ -25,14 +42,30 @@ def epoch_line(stats, epochs: int) -> str:
             f"val {stats.val_acc:.2f}%  lr {stats.lr:.4g}  {stats.seconds:.1f}s")
 
 
+class _SayHandler(logging.Handler):
+    """The library modules log (hpo.store's waits and retries); an entry point prints them as lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        say(self.format(record))
+
+
+def show_logs() -> None:
+    log = logging.getLogger("hpo")
+    if not any(isinstance(h, _SayHandler) for h in log.handlers):
+        log.addHandler(_SayHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def run_main(main: Callable[[], int]) -> None:
     """Known bad input: one line and exit 2. Anything else keeps its traceback (it is a bug)."""
+    show_logs()
     try:
         code = main()
     except HpoError as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 2
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        code = 130
+        code = EXIT_INTERRUPTED
     sys.exit(code)

@@ -1,6 +1,9 @@
 """Study files: TOML in, one typed, frozen spec tree out, validated once here.
 
 Nothing downstream reads raw dicts or re-validates: a ``StudySpec`` that exists is a good one.
+Every name a study file may use (a dataset, a net, an optimizer, a sampler...) is declared here as
+a ``Literal``; the modules that implement them keep a dict per kind, and a test checks that each
+dict's keys are the declared names.
 """
 from __future__ import annotations
 
@@ -10,17 +13,26 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hpo.errors import HpoError, closest, unknown
 
 STUDIES_DIR = Path("studies")
 STUDY_FILE = "study.toml"
 
+# The names a study file may use, each implemented where it is used (the module in the comment).
+Dataset = Literal["fashion_mnist", "cifar10"]  # hpo.datasets.DATASETS
+Net = Literal["lenet5", "simple_cnn", "resnet18"]  # hpo.nets.NETS
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]  # hpo.nets.ACTIVATIONS
+Optimizer = Literal["sgd", "adam", "adamw"]  # hpo.train.OPTIMIZERS
+Schedule = Literal["constant", "step", "cosine"]  # hpo.train.SCHEDULES
+Sampler = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]  # hpo.study.SAMPLERS
+Pruner = Literal["median", "percentile", "successive_halving", "hyperband", "patient", "none"]  # hpo.study.PRUNERS
+
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str = "fashion_mnist"
+    dataset: Dataset = "fashion_mnist"
     val_fraction: float = 0.1  # held out of the training set for selection; the test set never is
     train_size: int = 0  # 0: the whole training split; N: a seeded subset for quick runs
     test_size: int = 0  # 0: the whole test set
@@ -29,20 +41,20 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str = "lenet5"
-    activation: str = "relu"
+    name: Net = "lenet5"
+    activation: Activation = "relu"
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     milestones: tuple[int, ...] = ()  # "step": the lr is multiplied by gamma after each of these epochs
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -93,13 +105,13 @@ class ParamSpec:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    name: str = "tpe"
+    name: Sampler = "tpe"
     options: dict = field(default_factory=dict)  # keyword arguments of the Optuna sampler
 
 
 @dataclass(frozen=True)
 class PrunerSpec:
-    name: str = "median"
+    name: Pruner = "median"
     options: dict = field(default_factory=dict)  # keyword arguments of the Optuna pruner
 
 
@@ -143,8 +155,21 @@ def _field_type(section: str, name: str):
     return typing.get_type_hints(SECTIONS[section])[name]
 
 
+def names(kind) -> tuple:
+    """The accepted names of a ``Literal`` type (a field's declared names); () for other types."""
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
+
+
+def declared(cls, field_name: str) -> tuple:
+    """The names a spec's field accepts, e.g. ``declared(ModelSpec, "name")``."""
+    return names(typing.get_type_hints(cls)[field_name])
+
+
 def _coerce(value: Any, kind, where: str):
-    """Check a TOML value against a dataclass field type; ints are accepted for floats."""
+    """Check a TOML value against a dataclass field type; ints are accepted for floats. A name
+    (a ``Literal`` field) is checked for its type here and against the names in ``validate``."""
+    if names(kind):
+        kind = type(names(kind)[0])
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typing.get_origin(kind) is tuple:
@@ -218,6 +243,8 @@ def _named(cls, raw: Any, where: str):
     name = raw.pop("name", cls().name)
     if not isinstance(name, str):
         raise HpoError(f"{where}.name must be a string, got {name!r}")
+    if name not in declared(cls, "name"):
+        raise unknown(f"{where}.name", name, declared(cls, "name"))
     return cls(name=name, options=raw)
 
 
@@ -269,22 +296,14 @@ def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
 
 
 def validate(config: TrainConfig, where: str = "") -> None:
-    """Names against the registries, values against their ranges. One line per problem."""
-    from hpo.data import DATASETS  # the registries live with what they register
-    from hpo.nets import ACTIVATIONS, NETS
-    from hpo.train import OPTIMIZERS, SCHEDULES
-
+    """Names against their declarations, values against their ranges. One line per problem."""
     d, m, t = config.data, config.model, config.train
     at = f" (in {where})" if where else ""
-    for what, value, known in (
-        ("data.dataset", d.dataset, DATASETS),
-        ("model.name", m.name, NETS),
-        ("model.activation", m.activation, ACTIVATIONS),
-        ("train.optimizer", t.optimizer, OPTIMIZERS),
-        ("train.schedule", t.schedule, SCHEDULES),
-    ):
-        if value not in known:
-            raise HpoError(str(unknown(what, value, known)) + at)
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value, known = getattr(getattr(config, section), f.name), declared(cls, f.name)
+            if known and value not in known:
+                raise HpoError(str(unknown(f"{section}.{f.name}", value, known)) + at)
     checks = (
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),

@@ -15,31 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from hpo.config import DataSpec
-from hpo.datasets import read_cifar10, read_fashion_mnist
-from hpo.errors import HpoError, unknown
+from hpo.datasets import DATASETS, READERS, DatasetInfo
+from hpo.errors import HpoError
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    channels: int
-    size: int  # images are size x size
-    num_classes: int
-    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units, over the official training set
-    std: tuple[float, ...]
-    crop_padding: int  # zero padding of the random crop when augmenting
-    flip: bool  # random horizontal flip (p = 0.5) when augmenting
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "fashion_mnist": DatasetInfo("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), crop_padding=2, flip=False),
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), crop_padding=4, flip=True
-    ),
-}
-READERS = {"fashion_mnist": read_fashion_mnist, "cifar10": read_cifar10}
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
@@ -90,8 +69,6 @@ def _to(split: Split, device: torch.device) -> Split:
 def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: str | os.PathLike | None = None) -> Data:
     """The dataset ``spec`` names, split by ``seed``: validation held out of the training set
     (never the test set), then optional seeded subsets of train and test for quick runs."""
-    if spec.dataset not in DATASETS:
-        raise unknown("data.dataset", spec.dataset, DATASETS)
     (train_x, train_y), (test_x, test_y) = _raw(spec.dataset, data_dir(root).resolve())
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_y), generator=g)

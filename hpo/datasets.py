@@ -1,4 +1,5 @@
-"""Reading the raw datasets from disk into CPU uint8 tensors: Fashion-MNIST (IDX files) and CIFAR-10.
+"""The datasets a study can name (``DATASETS``: shape, classes, normalisation, augmentation), and
+reading them from disk into CPU uint8 tensors: Fashion-MNIST (IDX files) and CIFAR-10.
 
 Each reader returns ``((train_images, train_labels), (test_images, test_labels))`` with images
 uint8 [N, C, H, W] and labels int64 [N]; ``hpo.data`` caches the result and cuts the splits.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +17,13 @@ import torch
 from torchvision.datasets import CIFAR10, FashionMNIST
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, reason
 
 Arrays = tuple[torch.Tensor, torch.Tensor]  # (images uint8 [N, C, H, W], labels int64 [N])
 
 # Debian's dataset-fashion-mnist package installs the four .gz files here.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())  # torchvision's download errors span several lines: join them
-    return text[:300] or type(error).__name__
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -40,7 +37,7 @@ def read_idx(path: Path, ndim: int, fix: str) -> torch.Tensor:
         if raw[:2] == b"\x1f\x8b":  # sniff rather than trust the name: some mirrors store .gz uncompressed
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise HpoError(f"cannot read {path}: {_one_line(e)}; {fix}") from None
+        raise HpoError(f"cannot read {path}: {reason(e, whole=True)}; {fix}") from None
     head = 4 + 4 * ndim
     if len(raw) < head or raw[:3] != b"\x00\x00\x08" or raw[3] != ndim:
         raise HpoError(f"{path} is not an IDX file of {ndim}-d unsigned bytes (bad header); {fix}")
@@ -86,7 +83,7 @@ def read_fashion_mnist(root: Path, *, system: Path = SYSTEM_FASHION_MNIST, sourc
     except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision wraps mirror failures in RuntimeError
         names = ", ".join(f"{stem}.gz" for stem in FASHION_MNIST_FILES)
         raise HpoError(
-            f"Fashion-MNIST not found in {ours[0]}, {ours[1]} or {system}, and downloading failed ({_one_line(e)}): "
+            f"Fashion-MNIST not found in {ours[0]}, {ours[1]} or {system}, and downloading failed ({reason(e, whole=True)}): "
             f"put {names} into {ours[1]} (or point HPO_DATA_DIR at a folder holding fashion-mnist/), "
             f"or install Debian's dataset-fashion-mnist package"
         ) from None
@@ -126,16 +123,39 @@ def read_cifar10(root: Path, *, source: type[CIFAR10] = CIFAR10) -> tuple[Arrays
     folder = root / source.base_folder
     if not _cifar_intact(folder, source):
         tarball = root / source.filename
-        reason = "its files are incomplete or fail their md5 check" if folder.is_dir() else "no such folder"
+        why = "its files are incomplete or fail their md5 check" if folder.is_dir() else "no such folder"
         if tarball.is_file() and not check_integrity(str(tarball), source.tgz_md5):
-            reason = f"{tarball} fails its md5 check: an incomplete or different file"
+            why = f"{tarball} fails its md5 check: an incomplete or different file"
         try:
             download_and_extract_archive(source.url, str(root), filename=source.filename, md5=source.tgz_md5)
         except (OSError, RuntimeError) as e:  # offline: URLError (an OSError); bad download: RuntimeError
-            reason += f"; downloading failed: {_one_line(e)}"
+            why += f"; downloading failed: {reason(e, whole=True)}"
         if not _cifar_intact(folder, source):
             raise HpoError(
-                f"CIFAR-10 not found in {folder} ({reason}): put {source.filename} from {CIFAR10.url} into {root} "
+                f"CIFAR-10 not found in {folder} ({why}): put {source.filename} from {CIFAR10.url} into {root} "
                 f"(the data folder; set HPO_DATA_DIR to use another) and run again"
             )
     return _cifar_batches(folder, source.train_list), _cifar_batches(folder, source.test_list)
+
+
+# ---------------------------------------------------------------- the registry
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    size: int  # images are size x size
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units, over the official training set
+    std: tuple[float, ...]
+    crop_padding: int  # zero padding of the random crop when augmenting
+    flip: bool  # random horizontal flip (p = 0.5) when augmenting
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion_mnist": DatasetInfo("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), crop_padding=2, flip=False),
+    "cifar10": DatasetInfo(
+        "cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), crop_padding=4, flip=True
+    ),
+}
+READERS = {"fashion_mnist": read_fashion_mnist, "cifar10": read_cifar10}

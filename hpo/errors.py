@@ -1,4 +1,9 @@
-"""The one exception type for bad input: entry points print its message and exit 2."""
+"""The one exception type for bad input, the exit codes, and exceptions as one line of text."""
+
+# Exit codes of the entry points.
+EXIT_BAD_INPUT = 2  # an HpoError: one line on stderr, nothing in the store changed
+EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.workers starts the worker again
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: the running trial is marked FAIL "interrupted"
 
 
 class HpoError(Exception):
@@ -19,9 +24,16 @@ def unknown(what: str, name, known) -> HpoError:
     return HpoError(f"unknown {what} {name!r}{closest(name, known)}; choose one of: {choices}")
 
 
-def reason(error: BaseException) -> str:
-    """The innermost cause's first line: the driver's or library's own words, not the wrappers'."""
+def reason(error: BaseException, *, typed: bool = False, whole: bool = False, limit: int = 300) -> str:
+    """An exception as one line: the innermost cause (the driver's or library's own words, not the
+    wrappers'), its first line, or with ``whole`` all its lines joined (torchvision's download
+    errors put the useful part on the second line); ``typed`` puts the exception's type first."""
     while error.__cause__ is not None:
         error = error.__cause__
     text = str(getattr(error, "orig", None) or error).strip()
-    return (text.splitlines() or [type(error).__name__])[0][:300]
+    text = " ".join(text.split()) if whole else (text.splitlines() or [""])[0]
+    text = text[:limit]
+    name = type(error).__name__
+    if typed:
+        return f"{name}: {text}" if text else name
+    return text or name

@@ -18,6 +18,7 @@ import plotly.io as pio
 import plotly.offline
 from optuna.trial import TrialState
 
+from hpo.errors import reason
 from hpo.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
 
 PLOTLY_JS = "plotly.min.js"
@@ -377,8 +378,7 @@ def write_report(study: optuna.Study, f: Findings, out: Path, *, png: bool = Tru
         try:
             pngs = write_pngs(figs, out)
         except Exception as e:  # kaleido/Chromium missing or broken: the pages still get written
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            error = reason(e, typed=True, limit=200)
     written = Written(index=out / "index.html", markdown=out / "report.md", csv=out / "trials.csv",
                       pngs=[out / p for p in pngs.values()], png_error=error)
     written.markdown.write_text(render_markdown(f, pngs), encoding="utf-8")

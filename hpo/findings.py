@@ -21,6 +21,8 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.errors import reason
+
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
 EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEvaluator]] = {
@@ -227,7 +229,7 @@ def importances(study: optuna.Study, complete: list[FrozenTrial], params: list[s
                 warnings.simplefilter("ignore")
                 result = optuna.importance.get_param_importances(study, evaluator=make(), target=target)
         except (ValueError, RuntimeError, ZeroDivisionError, FloatingPointError, np.linalg.LinAlgError) as e:
-            notes.append(f"{name}: not enough trials for importance ({str(e).splitlines()[0][:120]})")
+            notes.append(f"{name}: not enough trials for importance ({reason(e, limit=120)})")
             continue
         result = {p: float(v) for p, v in result.items() if p in params}
         if len(result) > 1 and len(set(round(v, 12) for v in result.values())) == 1:

@@ -4,7 +4,6 @@ Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import platform
@@ -20,13 +19,19 @@ import torchvision
 import hpo
 from hpo import data as data_mod
 from hpo.config import DataSpec, StudySpec
+from hpo.errors import reason
+from hpo.interrupts import Interrupts, NoInterrupts
 from hpo.space import trial_config
 from hpo.train import EpochStats, TrainResult, fit, resolve_device
 
 KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
-WORKER = f"{socket.gethostname()}:{os.getpid()}"  # each trial's "worker" attr: who ran it (and who lost it)
+
+
+def worker_tag(pid: int | None = None) -> str:
+    """Each trial's "worker" attr, ``host:pid``: who ran it (and, for hpo.workers, who lost it)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 class StopTrial(Exception):
@@ -74,10 +79,11 @@ class Objective:
         keep: str = "best",
         artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
         on_epoch: Callable[[optuna.Trial, EpochStats], None] | None = None,
+        guard: Interrupts | NoInterrupts = NoInterrupts(),
     ):
         self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts
-        self.progress = on_epoch
-        self.interrupts = None  # hpo.run's Interrupts: where a signal may stop a trial at once
+        self.progress = on_epoch  # the progress bar's per-epoch hook
+        self.guard = guard  # where a signal may stop a trial at once (hpo.run's Interrupts)
         self.multi = len(spec.objective.metrics) > 1
         self.device = resolve_device(spec.base.train.device)
         self._data: dict[DataSpec, data_mod.Data] = {}
@@ -90,26 +96,7 @@ class Objective:
         return self._data[spec]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("worker", WORKER)
-        curve: list[dict] = []
-
-        def on_epoch(stats: EpochStats) -> None:
-            with self._guard("held"):  # a signal waits until the epoch's store writes are done
-                curve.append(dataclasses.asdict(stats))
-                trial.set_user_attr("curve", curve)
-                trial.set_user_attr("epochs_run", stats.epoch)
-                if self.progress:
-                    self.progress(trial, stats)
-                if not self.multi:  # Optuna prunes single-objective studies only
-                    trial.report(stats.val_acc, stats.epoch)
-                prune = not self.multi and trial.should_prune()
-            if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
-                raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
-                                             f"({chance:.0f}% for {data.info.num_classes} classes) at epoch {stats.epoch}")
-            if prune:
-                raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
-                                          f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
-
+        trial.set_user_attr("worker", worker_tag())
         # Every way a trial ends records a status, so a failed trial without one was lost with its
         # worker (hpo.store.is_lost).
         try:
@@ -118,9 +105,8 @@ class Objective:
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("versions", versions())
             data = self.data(config.data)
-            chance = 100.0 / data.info.num_classes
-            with self._guard("armed"):  # a signal stops the training at once
-                result, model = fit(config, data, on_epoch)
+            with self.guard.armed():  # a signal stops the training at once
+                result, model = fit(config, data, self._epoch_hook(trial, data.info.num_classes))
         except StopTrial as stop:
             self._record(trial, stop.status, stop.reason)
             raise optuna.TrialPruned(stop.reason) from None
@@ -128,7 +114,7 @@ class Objective:
             self._record(trial, "interrupted", "interrupted: stopped by the user (SIGINT/SIGTERM)")
             raise
         except Exception as e:  # the study goes on; the reason stays with the trial
-            self._record(trial, "failed", f"failed: {type(e).__name__}: {e}".splitlines()[0])
+            self._record(trial, "failed", "failed: " + reason(e, typed=True))
             raise
         for key, value in result_attrs(result).items():
             trial.set_user_attr(key, value)
@@ -141,8 +127,29 @@ class Objective:
             self._save_weights(trial, model)
         return values if self.multi else values[0]
 
-    def _guard(self, where: str):
-        return getattr(self.interrupts, where)() if self.interrupts is not None else contextlib.nullcontext()
+    def _epoch_hook(self, trial: optuna.Trial, num_classes: int) -> Callable[[EpochStats], None]:
+        """What each epoch does: record the curve, report to the pruner, stop a pruned or collapsed trial."""
+        curve: list[dict] = []
+        chance = 100.0 / num_classes
+
+        def on_epoch(stats: EpochStats) -> None:
+            with self.guard.held():  # a signal waits until the epoch's store writes are done
+                curve.append(dataclasses.asdict(stats))
+                trial.set_user_attr("curve", curve)
+                trial.set_user_attr("epochs_run", stats.epoch)
+                if self.progress:
+                    self.progress(trial, stats)
+                if not self.multi:  # Optuna prunes single-objective studies only
+                    trial.report(stats.val_acc, stats.epoch)
+                prune = not self.multi and trial.should_prune()
+            if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
+                raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
+                                             f"({chance:.0f}% for {num_classes} classes) at epoch {stats.epoch}")
+            if prune:
+                raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
+                                          f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
+
+        return on_epoch
 
     @staticmethod
     def _record(trial: optuna.Trial, status: str, reason: str) -> None:

@@ -7,6 +7,7 @@ import sys
 import optuna
 from tqdm import tqdm
 
+from hpo.outcome import STATE_WORDS
 from hpo.train import EpochStats
 
 
@@ -17,10 +18,16 @@ class StudyProgress:
 
     def __init__(self, total: int | None, epochs: int, multi: bool, worker: str = "", quiet: bool = False):
         self.epochs, self.multi, self.quiet, self.total = epochs, multi, quiet, total
+        self.worker = worker
         self.counts = {"complete": 0, "pruned": 0, "failed": 0}
-        self.bar = tqdm(total=total, desc=f"{worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True, disable=quiet,
-                        mininterval=1.0, bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}")
+        self.bar: tqdm | None = None
         self.best = ""
+
+    def start(self) -> None:
+        """Show the bar (0/N); separate from __init__ so that lines printed before the first trial come first."""
+        self.bar = tqdm(total=self.total, desc=f"{self.worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
+                        disable=self.quiet, mininterval=1.0,
+                        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}")
 
     def on_epoch(self, trial: optuna.Trial, stats: EpochStats) -> None:
         self.bar.set_postfix_str(f"#{trial.number} epoch {stats.epoch}/{self.epochs} val {stats.val_acc:.2f}%"
@@ -29,8 +36,7 @@ class StudyProgress:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         state = trial.state
-        key = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(state.name, "failed")
-        self.counts[key] += 1
+        self.counts[STATE_WORDS[state]] += 1
         if not self.multi:
             try:
                 best = study.best_trial
@@ -62,4 +68,5 @@ class StudyProgress:
         return f"done: {n} trial{'s' * (n != 1)}" + (f" ({parts})" if parts else "")
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()

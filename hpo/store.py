@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import time
@@ -15,7 +16,6 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from hpo.cli import say
 from hpo.errors import HpoError, reason
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
@@ -28,7 +28,7 @@ HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HP
 
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
+log = logging.getLogger(__name__)  # waits and retries; the entry points print these lines (hpo.cli)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -64,60 +64,16 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     """An RDB store with heartbeats (lost workers' trials are failed and retried). A missing SQLite
     file is an error unless ``create``: Optuna would silently create an empty one.
 
-    ``create`` is also the writers' mode (hpo.run); ``create=False`` opens for reading (hpo.report).
-    On SQLite, writers begin every transaction with BEGIN IMMEDIATE: it waits for the write lock
-    (60 s busy timeout) instead of failing with "database is locked", and it makes Optuna's
-    read-then-write steps atomic across processes (popping a queued trial, failing a stale one),
-    which SQLite's default deferred transactions do not: two workers could pop the same queued
-    trial. Readers begin a plain (deferred) transaction: one WAL snapshot, never a lock on writers."""
+    ``create`` is also the writers' mode (hpo.run); ``create=False`` opens for reading (hpo.report)."""
     path = sqlite_path(url)
-    engine_kwargs: dict = {}
     heartbeat, grace = env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), env_seconds(GRACE_ENV, GRACE_S)
     if path is not None:
-        if not path.exists():
-            if not create:
-                raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first, or pass --storage")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise HpoError(f"cannot create the store folder {path.parent}: {e.strerror}; pass --storage elsewhere") from None
-        # Several local workers write one file: wait for the lock instead of failing at once.
-        # isolation_level=None: the BEGIN below is ours, not the sqlite3 module's (which skips it before SELECTs).
-        engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}}
-        if create:  # WAL lets readers (dashboard, report) work while workers write; it persists in
-            # the file, so it is set once, before any connection of Optuna's opens it
-            try:
-                with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
-                    conn.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.Error as e:
-                raise HpoError(f"cannot open the store {path}: {e}") from None
+        engine_kwargs = _prepare_sqlite(path, create)
     elif url.startswith("postgresql"):
-        # pre_ping: a restarted server leaves dead pooled connections; the ping finds them before use.
-        # connect_timeout: an unreachable host fails in seconds, not at the kernel's TCP timeout;
-        # application_name: pg_stat_activity shows which process holds which connection.
-        defaults = {"connect_timeout": 10, "application_name": f"hpo pid {os.getpid()}"}
-        engine_kwargs = {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
-    for attempt in range(3):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = Store(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat,
-                    grace_period=grace,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                )
-            break
-        except HpoError:
-            raise
-        except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
-            # Workers started at once on a new database race to create Optuna's tables; the loser
-            # finds them made a moment later.
-            if attempt < 2 and isinstance(e, sqlalchemy.exc.SQLAlchemyError) and _lost_create_race(e):
-                time.sleep(0.5 + attempt)
-                continue
-            raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
+        engine_kwargs = _postgresql_kwargs(url)
+    else:
+        engine_kwargs = {}
+    storage = _connect(url, engine_kwargs, heartbeat, grace)
     if path is not None:
         mode = "BEGIN IMMEDIATE" if create else "BEGIN"
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql(mode))
@@ -126,6 +82,65 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
         # rather than failing the trial in hand: a restart or a network blip costs seconds, not trials.
         _wait_for_server(storage.engine, env_seconds(STORE_WAIT_ENV, grace), redact(url))
     return storage
+
+
+def _prepare_sqlite(path: Path, create: bool) -> dict:
+    """Check (or create) the file, and the engine options for many local workers on it.
+
+    Writers begin every transaction with BEGIN IMMEDIATE (see ``open_storage``): it waits for the
+    write lock (60 s busy timeout) instead of failing with "database is locked", and it makes
+    Optuna's read-then-write steps atomic across processes (popping a queued trial, failing a stale
+    one), which SQLite's default deferred transactions do not: two workers could pop the same
+    queued trial. Readers begin a plain (deferred) transaction: one WAL snapshot, never a lock on writers."""
+    if not path.exists():
+        if not create:
+            raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first, or pass --storage")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HpoError(f"cannot create the store folder {path.parent}: {e.strerror}; pass --storage elsewhere") from None
+    if create:  # WAL lets readers (dashboard, report) work while workers write; it persists in
+        # the file, so it is set once, before any connection of Optuna's opens it
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as e:
+            raise HpoError(f"cannot open the store {path}: {e}") from None
+    # isolation_level=None: the BEGIN is ours, not the sqlite3 module's (which skips it before SELECTs).
+    return {"connect_args": {"timeout": 60, "isolation_level": None}}
+
+
+def _postgresql_kwargs(url: str) -> dict:
+    """pre_ping: a restarted server leaves dead pooled connections; the ping finds them before use.
+    connect_timeout: an unreachable host fails in seconds, not at the kernel's TCP timeout;
+    application_name: pg_stat_activity shows which process holds which connection."""
+    defaults = {"connect_timeout": 10, "application_name": f"hpo pid {os.getpid()}"}
+    return {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
+
+
+def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int) -> "Store":
+    attempt = 0
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return Store(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+        except HpoError:
+            raise
+        except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
+            # Workers started at once on a new database race to create Optuna's tables; the loser
+            # finds them made a moment later.
+            if attempt < 2 and isinstance(e, sqlalchemy.exc.SQLAlchemyError) and _lost_create_race(e):
+                time.sleep(0.5 + attempt)
+                attempt += 1
+                continue
+            raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
 
 
 def _lost_create_race(e: Exception) -> bool:
@@ -144,7 +159,7 @@ def _wait_for_server(engine, seconds: int, name: str) -> None:
                 if time.monotonic() + delay > deadline:
                     raise
                 if delay == 0.5:
-                    say(f"store {name} unreachable ({reason(e)}); retrying for up to {seconds} s")
+                    log.warning(f"store {name} unreachable ({reason(e)}); retrying for up to {seconds} s")
                 time.sleep(delay)
                 delay = min(2 * delay, 2.0)
 
@@ -190,7 +205,7 @@ class Store(RDBStorage):
         except Exception as e:
             if not store_error(e):
                 raise
-            say(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
+            log.warning(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
 
 
 for _name in ("get_all_studies", "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id",

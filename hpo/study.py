@@ -8,7 +8,7 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage
 
 from hpo.config import StudySpec
-from hpo.errors import HpoError, reason, unknown
+from hpo.errors import HpoError, reason
 from hpo.store import redact
 
 SAMPLERS = {
@@ -61,8 +61,6 @@ def grid_space(spec: StudySpec) -> dict[str, list]:
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded. ``seed`` differs per resume and per worker (see ``sampler_seed``)."""
     s = spec.sampler
-    if s.name not in SAMPLERS:
-        raise unknown("sampler.name", s.name, SAMPLERS)
     _check_options("sampler", s.name, SAMPLERS[s.name], s.options)
     args = (grid_space(spec),) if s.name == "grid" else ()
     try:
@@ -73,8 +71,6 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
-    if p.name not in PRUNERS:
-        raise unknown("pruner.name", p.name, PRUNERS)
     _check_options("pruner", p.name, PRUNERS[p.name], p.options)
     try:
         return PRUNERS[p.name](**{**PRUNER_DEFAULTS.get(p.name, {}), **p.options})

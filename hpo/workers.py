@@ -19,10 +19,9 @@ each marks its running trial FAIL (status "interrupted") and exits; a second one
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,14 +31,17 @@ from dataclasses import dataclass, field
 import optuna
 import torch
 from optuna.trial import TrialState
+from tqdm import tqdm
 
 from hpo import cli
 from hpo import data as data_mod
-from hpo.errors import HpoError, reason
+from hpo.datasets import DATASETS
+from hpo.errors import EXIT_STORE_LOST, HpoError, reason
 from hpo.nets import build, count_parameters
-from hpo.run import EXIT_STORE_LOST, summary, worker_index
+from hpo.objective import worker_tag
+from hpo.outcome import count_states, report_command, run_command, summary
 from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
 from hpo.train import cpu_count, resolve_device
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
@@ -47,7 +49,6 @@ PROGRESS_S = 5.0  # at most one study-wide progress line this often
 MAX_RESTARTS = 3  # per worker: one that keeps dying is a problem to look at, not to hide
 SMALL_NET = 1_000_000  # parameters; lenet5 (62k) and simple_cnn are small, resnet18 (11M) is not
 SMALL_PER_GPU = 2  # small trials leave a GPU idle between kernels; two share one well
-HOST = socket.gethostname()  # with the pid, what hpo.objective stores as each trial's "worker"
 
 
 def model_names(spec) -> set[str]:
@@ -59,7 +60,7 @@ def model_names(spec) -> set[str]:
 
 
 def largest_net(spec) -> int:
-    info = data_mod.DATASETS[spec.base.data.dataset]
+    info = DATASETS[spec.base.data.dataset]
     return max(count_parameters(build(n, info.channels, info.size, info.num_classes)) for n in model_names(spec))
 
 
@@ -86,9 +87,11 @@ def devices(spec) -> list[str]:
     return []
 
 
-def parse_workers(text: str, spec, cores: int, gpus: int) -> int:
+def worker_count(text: str, spec) -> int:
+    """``--workers``: a number >= 1, or auto (for this machine's cores and GPUs)."""
     if text == "auto":
-        return auto_workers(spec, cores, gpus)
+        gpus = len(devices(spec)) or spec.base.train.device.startswith("cuda")
+        return auto_workers(spec, cpu_count(), gpus)
     k = int(text) if text.strip().isdigit() else 0
     if k < 1:
         raise HpoError(f"--workers must be a number >= 1 or auto, got {text!r}")
@@ -111,7 +114,7 @@ class Worker:
 
     @property
     def tag(self) -> str:
-        return f"{HOST}:{self.proc.pid}"
+        return worker_tag(self.proc.pid)
 
 
 @dataclass
@@ -126,7 +129,7 @@ class Replacement:
 class Supervisor:
     def __init__(self, args, spec, trials: int, k: int, threads: int | None, gpus: list[str]):
         self.args, self.spec, self.trials, self.k, self.threads, self.gpus = args, spec, trials, k, threads, gpus
-        self.base = worker_index(args) * k  # several supervisors (a Slurm array of them) get disjoint indices
+        self.base = cli.worker_index(args) * k  # several supervisors (a Slurm array of them) get disjoint indices
         self.grace = env_seconds(GRACE_ENV, GRACE_S)
         self.study = create_or_resume(spec, open_storage(args.storage, create=True), worker=self.base)
         # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
@@ -307,27 +310,24 @@ class Supervisor:
         if len(done) == self.last_done:
             return
         self.last_done = len(done)
-        count = lambda state: sum(t.state == state for t in done)  # noqa: E731
+        counts = count_states(done)
         lost = sum(is_lost(t) for t in added)
-        text = (f"[study] {len(done)}/{self.trials} trials: {count(TrialState.COMPLETE)} complete, "
-                f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed" + (f", {lost} lost and retried" if lost else ""))
-        complete = [t for t in self.reader.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        if complete and len(self.spec.objective.metrics) == 1:
-            pick = max if self.study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-            best = pick(complete, key=lambda t: t.value)
-            text += f"; best {best.value:.4g} (#{best.number})"
+        text = (f"[study] {len(done)}/{self.trials} trials: " + ", ".join(f"{counts[w]} {w}" for w in ("complete", "pruned", "failed"))
+                + (f", {lost} lost and retried" if lost else ""))
+        if len(self.spec.objective.metrics) == 1:
+            with contextlib.suppress(ValueError):  # no complete trial yet
+                best = self.reader.best_trial
+                text += f"; best {best.value:.4g} (#{best.number})"
         if done and len(done) < self.trials:
             elapsed = time.monotonic() - self.start_time
-            text += f"; ETA {_clock(elapsed / len(done) * (self.trials - len(done)))}"
+            text += f"; ETA {tqdm.format_interval(elapsed / len(done) * (self.trials - len(done)))}"
         self.say(text)
 
     def resume_command(self, added: list[optuna.trial.FrozenTrial]) -> str:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
         done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
         a = self.args
-        extra = ([] if a.storage == DEFAULT_STORAGE else ["--storage", redact(a.storage)]) + [x for s in a.set for x in ("--set", s)]
-        return shlex.join(["python", "-m", "hpo.run", "--study", a.study, "--trials", str(max(self.trials - done, 1)),
-                           "--workers", a.workers, *extra])
+        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers)
 
     def finish(self) -> int:
         added = self.added(self.study)
@@ -349,8 +349,7 @@ class Supervisor:
             why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}" for w, code in self.stopped)
             raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
                            f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
-        print(f"report: python -m hpo.report {self.spec.folder}"
-              + ("" if self.args.storage == DEFAULT_STORAGE else f" --storage {redact(self.args.storage)}"))
+        print("report: " + report_command(self.spec.folder, self.args.storage))
         return 0
 
 
@@ -358,26 +357,14 @@ def _numbers(numbers) -> str:
     return ", ".join(f"#{n}" for n in sorted(numbers))
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
-
-
-def run_workers(args, spec, trials: int) -> int:
-    """``hpo.run`` with ``--workers`` other than 1: check everything, then supervise K workers."""
-    gpus = devices(spec)
-    cores = cpu_count()
-    k = parse_workers(args.workers, spec, cores, len(gpus) or spec.base.train.device.startswith("cuda"))
-    if k == 1:  # auto chose one: the plain single-process run, in this process
-        from hpo.run import run
-
-        args.workers = "1"
-        return run(args)
+def run_workers(args, spec, trials: int, k: int) -> int:
+    """``hpo.run`` with ``k`` > 1 workers: check everything, then supervise them."""
+    gpus, cores = devices(spec), cpu_count()
     # Everything that can be wrong with the input fails here, before the store is touched.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     make_sampler(spec, 0), make_pruner(spec)
     resolve_device(spec.base.train.device)
-    worker_index(args)
+    cli.worker_index(args)
     env_seconds(GRACE_ENV, GRACE_S)
     data_mod.load(spec.base.data, spec.seed, "cpu", root=args.data_dir)  # files there, subset sizes fit
     threads = max(1, cores // k) if spec.base.train.threads == 0 else None  # a set thread count is kept

@@ -11,20 +11,20 @@ import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.transforms.v2 import functional as TF
 
-from hpo import data
+from hpo import config, data, datasets
 from hpo.config import DataSpec
 from hpo.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
 from hpo.errors import HpoError
 
-FASHION, CIFAR = data.DATASETS["fashion_mnist"], data.DATASETS["cifar10"]
+FASHION, CIFAR = datasets.DATASETS["fashion_mnist"], datasets.DATASETS["cifar10"]
 
 
 # ---------------------------------------------------------------- registry and data folder
 
 
-@pytest.mark.parametrize("name", sorted(data.DATASETS))
+@pytest.mark.parametrize("name", sorted(datasets.DATASETS))
 def test_registry(name):
-    info = data.DATASETS[name]
+    info = datasets.DATASETS[name]
     assert info.name == name and name in data.READERS
     assert len(info.mean) == len(info.std) == info.channels
     assert all(0 < v < 1 for v in info.mean + info.std)
@@ -49,7 +49,13 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
 
 def test_unknown_dataset():
     with pytest.raises(HpoError, match="unknown data.dataset 'cifar100'.*choose one of: cifar10, fashion_mnist"):
-        data.load(DataSpec(dataset="cifar100"), 0)
+        config.validate(config.TrainConfig(data=DataSpec(dataset="cifar100")))
+
+
+def test_registries_implement_exactly_the_declared_datasets():
+    declared = set(config.declared(DataSpec, "dataset"))
+    assert set(datasets.DATASETS) == declared and set(datasets.READERS) == declared
+    assert all(info.name == name for name, info in datasets.DATASETS.items())
 
 
 # ---------------------------------------------------------------- Fashion-MNIST

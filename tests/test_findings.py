@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from conftest import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPORT_FAIL_REASON, build_report_study
+from builders import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPORT_FAIL_REASON, build_report_study
 from hpo import findings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -7,8 +7,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from hpo import nets
-from hpo.data import DATASETS
+from hpo import config, nets
+from hpo.datasets import DATASETS
 from hpo.errors import HpoError
 
 # The shapes the nets must take come from the dataset registry: (channels, size, classes).
@@ -138,17 +138,27 @@ def test_activation_by_name():
         assert type(a) is cls and a is not b  # a fresh module each time, never a shared one
 
 
+def test_registries_implement_exactly_the_declared_names():
+    assert set(nets.NETS) == set(config.declared(config.ModelSpec, "name"))
+    assert set(nets.ACTIVATIONS) == set(config.declared(config.ModelSpec, "activation"))
+
+
+def _validated(**model):
+    """A name is checked once, where the settings are read (hpo.config), never again in nets."""
+    config.validate(config.TrainConfig(model=config.ModelSpec(**model)))
+
+
 def test_unknown_activation_lists_the_known_ones():
     known = ", ".join(sorted(nets.ACTIVATIONS))
     with pytest.raises(HpoError, match=f"unknown model.activation 'relux' \\(did you mean 'relu'\\?\\); choose one of: {known}$"):
-        nets.activation("relux")
+        _validated(activation="relux")
     with pytest.raises(HpoError, match="unknown model.activation 'swish'"):
-        nets.build("lenet5", 1, 28, 10, "swish")
+        _validated(name="lenet5", activation="swish")
 
 
 def test_unknown_net_lists_the_known_ones():
     with pytest.raises(HpoError) as info:
-        nets.build("lenet6", 1, 28, 10)
+        _validated(name="lenet6")
     message = str(info.value)
     assert message == "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn"
     assert "\n" not in message and all(name in message for name in nets.NETS)

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import REPORT_FAIL_REASON
+from builders import REPORT_FAIL_REASON
 from hpo import figures, report
 from hpo.errors import HpoError
 

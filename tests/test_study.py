@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import write_study
+from builders import write_study
 
 from hpo import config, run, study as study_mod
 from hpo.errors import HpoError
@@ -14,6 +14,11 @@ STORE = "sqlite:///storage/hpo.db"
 
 def load_trials(name="tiny", url=STORE):
     return optuna.load_study(study_name=name, storage=url).trials
+
+
+def test_registries_implement_exactly_the_declared_names():
+    assert set(study_mod.SAMPLERS) == set(config.declared(config.SamplerSpec, "name"))
+    assert set(study_mod.PRUNERS) == set(config.declared(config.PrunerSpec, "name"))
 
 
 @pytest.mark.parametrize("sampler", sorted(study_mod.SAMPLERS))
@@ -123,8 +128,8 @@ def test_grid_over_a_continuous_range_is_refused(study_dir):
 ])
 def test_bad_sampler_or_pruner(section, text, message, study_dir):
     write_study(study_dir, **{section: text})
-    spec = config.load(study_dir)
-    with pytest.raises(HpoError) as error:
+    with pytest.raises(HpoError) as error:  # names fail as the file is read, options as Optuna gets them
+        spec = config.load(study_dir)
         study_mod.make_sampler(spec, 0), study_mod.make_pruner(spec)
     assert message in str(error.value)
 

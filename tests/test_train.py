@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from hpo import train
 from hpo.config import TrainConfig
-from hpo.data import DATASETS, Data, Split, batches
+from hpo.data import Data, Split, batches
+from hpo.datasets import DATASETS
 from hpo.errors import HpoError
 from hpo.nets import ACTIVATIONS, NETS
 from hpo.train import OPTIMIZERS, SCHEDULES, EpochStats, fit, lr_lambda, resolve_device, setup_runtime
@@ -49,6 +50,13 @@ def record_lrs(monkeypatch, name="sgd") -> list[float]:
 
     monkeypatch.setitem(OPTIMIZERS, name, recording)
     return used
+
+
+def test_registries_implement_exactly_the_declared_names():
+    from hpo.config import TrainSpec, declared
+
+    assert set(OPTIMIZERS) == set(declared(TrainSpec, "optimizer"))
+    assert set(SCHEDULES) == set(declared(TrainSpec, "schedule"))
 
 
 def steps_per_epoch(config: TrainConfig, data: Data) -> int:

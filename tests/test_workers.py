@@ -22,7 +22,7 @@ import optuna
 import psycopg
 import pytest
 import sqlalchemy.exc
-from conftest import write_study
+from builders import write_study
 from optuna.trial import TrialState
 
 from hpo.store import is_lost

@@ -1,0 +1,80 @@
+"""What the entry points say about a study: trials counted by state, the best-trials table, and the
+commands that resume a run and write its report. One home for each, so hpo.run, hpo.workers and
+hpo.report print the same words."""
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.store import DEFAULT_STORAGE, redact
+
+# How each state is written wherever hpo prints or reports it.
+STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+               TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+FINISHED_WORDS = ("complete", "pruned", "failed")
+
+
+def count_states(trials) -> Counter:
+    """Trials by state word: ``Counter({"complete": 3, "pruned": 1})``."""
+    return Counter(STATE_WORDS[t.state] for t in trials)
+
+
+def counts_text(counts: Counter, words=FINISHED_WORDS) -> str:
+    """``3 complete, 1 pruned`` (states with no trial left out)."""
+    return ", ".join(f"{counts[w]} {w}" for w in words if counts[w])
+
+
+def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
+    """The end of a run: what it added, and the best trials (the Pareto front when multi-objective)."""
+    trials = study.get_trials(deepcopy=False)
+    lines = [f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); {len(trials)} in the study"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return "\n".join(lines + ["no complete trial yet"])
+    multi = len(spec.objective.metrics) > 1
+    if multi:
+        best = study.best_trials
+    else:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best = sorted(complete, key=lambda t: t.value, reverse=maximize)[:5]
+    names = sorted({k for t in best for k in t.params})
+    table = pd.DataFrame(
+        [[f"#{t.number}", *(f"{v:.4g}" for v in t.values), _fmt(t.user_attrs.get("test_acc")),
+          str(t.user_attrs.get("epochs_run", "")), *(_fmt(t.params.get(n)) for n in names)] for t in best],
+        columns=["trial", *spec.objective.metrics, "test_acc", "epochs", *names])
+    lines.append("Pareto front:" if multi else "best trials:")
+    lines += ["  " + line for line in table.to_string(index=False).splitlines()]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def storage_args(url: str) -> list[str]:
+    """``--storage URL`` (password masked) unless it is the default store."""
+    return [] if url == DEFAULT_STORAGE else ["--storage", redact(url)]
+
+
+def run_command(study: str | Path, trials: int | str, sets=(), storage: str = DEFAULT_STORAGE, workers: str | None = None) -> str:
+    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store."""
+    parts = ["--study", str(study), "--trials", str(trials)]
+    parts += ["--workers", workers] if workers else []
+    parts += storage_args(storage) + [x for s in sets for x in ("--set", s)]
+    return "python -m hpo.run " + shlex.join(parts)
+
+
+def report_command(folder: str | Path, storage: str = DEFAULT_STORAGE, study_name: str | None = None,
+                   out: str | None = None) -> str:
+    """The ``python -m hpo.report`` command for a study folder."""
+    parts = [str(folder), *storage_args(storage)]
+    parts += ["--study-name", study_name] if study_name else []
+    parts += ["--out", out] if out else []
+    return "python -m hpo.report " + shlex.join(parts)
