@@ -48,7 +48,8 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
           str(t.user_attrs.get("epochs_run", "")), *(_fmt(t.params.get(n)) for n in names)] for t in best],
         columns=["trial", *spec.objective.metrics, "test_acc", "epochs", *names])
     lines.append("Pareto front:" if multi else "best trials:")
-    lines += ["  " + line for line in table.to_string(index=False).splitlines()]
+    widths = {c: 1 + max(len(c), *table[c].str.len()) for c in table.columns[1:]}  # pandas adds one more space
+    lines += ["  " + line for line in table.to_string(index=False, col_space=widths).splitlines()]
     return "\n".join(lines)
 
 
