@@ -141,6 +141,7 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     source: str = ""  # the study file's text, stored with the study so the recipe travels
+    overrides: tuple[str, ...] = ()  # the --set texts applied on top of it, stored beside it
 
     @property
     def seed(self) -> int:
@@ -375,4 +376,5 @@ def load(name_or_path: str | Path, overrides: list[str] = ()) -> StudySpec:
         raw = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise HpoError(f"{file} is not valid TOML: {e}") from None
-    return parse(apply_overrides(raw, list(overrides)), folder.resolve().name, folder, source)
+    spec = parse(apply_overrides(raw, list(overrides)), folder.resolve().name, folder, source)
+    return dataclasses.replace(spec, overrides=tuple(overrides))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import optuna
 
@@ -18,8 +19,9 @@ from hpo.interrupts import Interrupts
 from hpo.objective import KEEP, Objective
 from hpo.outcome import report_command, run_command, summary
 from hpo.progress import StudyProgress
+from hpo.recipe import named
 from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
+from hpo.store import DEFAULT_STORAGE, STORAGE_ENV, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
@@ -30,7 +32,14 @@ def parser() -> argparse.ArgumentParser:
     cli.add_study_arguments(p)
     p.add_argument("--trials", type=int, default=None, help="trials this command adds (default: the study file's `trials`, else 20)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds (default: none)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=None,
+                   help=f"Optuna storage URL (default: ${STORAGE_ENV}, which keeps a password off the command line, "
+                        f"else {DEFAULT_STORAGE})")
+    p.add_argument("--study-name", default=None, metavar="NAME",
+                   help="the study's name in the store (default: the study folder's name)")
+    p.add_argument("--same-study", action="store_true",
+                   help="resume the stored study of this name although it came from another study file "
+                        "(a moved folder); without it that is refused (default: off)")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
     p.add_argument("--workers", default="1",
@@ -84,7 +93,7 @@ def _lost_trial(e: Exception) -> bool:
 
 def resume_command(args) -> str:
     """The command that goes on where this one stopped, with the same overrides and store."""
-    return run_command(args.study, "N", args.set, args.storage)
+    return run_command(args.study, "N", args.set, args.storage, study_name=args.study_name)
 
 
 def run_single(args, spec, trials: int) -> int:
@@ -98,7 +107,7 @@ def run_single(args, spec, trials: int) -> int:
     objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch, guard=interrupts)
     objective.data(spec.base.data)
     _quiet_optuna()
-    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index)
+    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     interrupts.install()
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
@@ -142,13 +151,16 @@ def _finish(args, spec, study: optuna.Study, before: set[int], progress: StudyPr
     if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
         raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
     if not quiet:
-        print("report: " + report_command(spec.folder, args.storage))
+        print("report: " + report_command(spec.folder, args.storage, study_name=args.study_name))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE
     spec = config_mod.load(args.study, args.set)
+    if args.study_name is not None:
+        spec = named(spec, args.study_name)
     trials = spec.trials if args.trials is None else args.trials
     if trials < 1:
         raise HpoError(f"--trials must be >= 1, got {trials}")

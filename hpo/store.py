@@ -26,6 +26,7 @@ GRACE_S = 30
 MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same parameters, at most twice
 # The three can be changed per process through the environment (tests use seconds, not minutes).
 HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HPO_STORE_WAIT_S"
+STORAGE_ENV = "HPO_STORAGE"  # hpo.run's --storage when not given: how workers get a URL with a password (never in argv)
 
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -9,6 +9,7 @@ from optuna.storages import RDBStorage
 
 from hpo.config import StudySpec
 from hpo.errors import HpoError, reason
+from hpo.recipe import RECIPES_ATTR, check_resume, recipes, study_path
 from hpo.store import redact
 
 SAMPLERS = {
@@ -91,6 +92,8 @@ def study_attrs(spec: StudySpec) -> dict:
         "description": spec.description,
         "study_file": str(spec.folder / "study.toml"),
         "study_toml": spec.source,
+        "study_path": study_path(spec),  # who the study is: hpo.recipe refuses another file of the same name
+        "overrides": list(spec.overrides),
         "seed": spec.seed,
         "metrics": list(spec.objective.metrics),
         "epochs": b.train.epochs,
@@ -99,16 +102,17 @@ def study_attrs(spec: StudySpec) -> dict:
     }
 
 
-def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0) -> optuna.Study:
+def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0, same_study: bool = False) -> optuna.Study:
     """The study named after the folder: created on the first run, resumed after. Its sampler is
-    seeded from the study seed; the direction(s) must match what the store holds."""
+    seeded from the study seed; the direction(s) must match what the store holds, and the study
+    file and search space must be ones the stored study can go on from (hpo.recipe)."""
     try:
-        return _create_or_resume(spec, storage, worker)
+        return _create_or_resume(spec, storage, worker, same_study)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
         raise HpoError(f"cannot open the store {redact(storage.url)} for writing: {reason(e)}") from None
 
 
-def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optuna.Study:
+def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_study: bool = False) -> optuna.Study:
     directions = spec.objective.directions
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     if spec.name in existing and list(map(_dir_name, existing[spec.name].directions)) != directions:
@@ -116,6 +120,8 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optu
             f"study {spec.name!r} in the store optimises {list(map(_dir_name, existing[spec.name].directions))}, "
             f"the study file asks for {directions}; use another --storage or a new study folder"
         )
+    if spec.name in existing:  # before anything is written
+        check_resume(spec, storage.get_study_id_from_name(spec.name), storage, same_study=same_study)
     trials_so_far = existing[spec.name].n_trials if spec.name in existing else 0
     pruner = make_pruner(spec)
     sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
@@ -124,7 +130,8 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optu
         directions=directions, load_if_exists=True,
     )
     if spec.name not in existing or worker == 0:
-        for key, value in study_attrs(spec).items():
+        versions = recipes(study, spec, trials_so_far)
+        for key, value in {**study_attrs(spec), RECIPES_ATTR: versions}.items():
             study.set_user_attr(key, value)
         study.set_metric_names(list(spec.objective.metrics))  # the dashboard shows "val_acc", not "Objective 0"
     return study
