@@ -104,7 +104,7 @@ def run_single(args, spec, trials: int) -> int:
     progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
                              worker=f"worker {index} " if index else "", quiet=quiet)
     interrupts = Interrupts()
-    objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch, guard=interrupts)
+    objective = Objective(spec, args.data_dir, args.keep, artifact_store() if args.keep != "none" else None, on_epoch=progress.on_epoch, guard=interrupts)
     objective.data(spec.base.data)
     _quiet_optuna()
     study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)

@@ -246,5 +246,9 @@ def redact(url: str) -> str:
 
 
 def artifact_store(folder: Path = ARTIFACT_DIR) -> optuna.artifacts.FileSystemArtifactStore:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HpoError(f"cannot create the artifact folder {folder} for the weights: {e.strerror}; "
+                       f"run where it can be created, or pass --keep none") from None
     return optuna.artifacts.FileSystemArtifactStore(folder)
