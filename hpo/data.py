@@ -73,6 +73,7 @@ def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: st
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train_y), generator=g)
     n_val = round(spec.val_fraction * len(train_y))
+    _check_split(spec, n_val, len(train_y), DATASETS[spec.dataset].num_classes)
     val_idx = _subset(0, order[:n_val], "val_fraction")
     train_idx = _subset(spec.train_size, order[n_val:], "train_size")
     test_idx = _subset(spec.test_size, torch.randperm(len(test_y), generator=g), "test_size")
@@ -83,6 +84,15 @@ def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: st
         val=_to(Split(train_x[val_idx], train_y[val_idx]), device),
         test=_to(Split(test_x[test_idx], test_y[test_idx]), device),
     )
+
+
+def _check_split(spec: DataSpec, n_val: int, n_train: int, classes: int) -> None:
+    """A validation set smaller than the class count scores in steps too coarse to select by (one
+    image: 0% or 100%); a training set that small cannot learn every class."""
+    if min(n_val, n_train - n_val) < classes:
+        raise HpoError(f"data.val_fraction = {spec.val_fraction} of {n_train} {spec.dataset} training images leaves "
+                       f"{n_val} for validation and {n_train - n_val} for training; each needs at least {classes} "
+                       f"(one per class)")
 
 
 def random_crop_flip(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:

@@ -7,6 +7,7 @@ report.md with PNGs, trials.csv.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -41,6 +42,18 @@ def study_folder(arg: str) -> Path:
                    f"studies: {', '.join(known) or 'none'}")
 
 
+def writable_folder(out: Path) -> None:
+    """The report's folder, made now: a file in its place or no right to write is one line."""
+    if out.exists() and not out.is_dir():
+        raise HpoError(f"--out {out} is a file, not a folder: name a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise HpoError(f"cannot write the report into {out}: {e.strerror or e}") from None
+
+
 def load_study(url: str, name: str) -> optuna.Study:
     storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
     names = sorted(optuna.get_all_study_names(storage))
@@ -67,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     if not complete_trials(trials):
         raise HpoError(f"study {name} has no complete trials yet ({count(TrialState.RUNNING)} running, "
                        f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
-    source = (folder / STUDY_FILE).read_text(encoding="utf-8")
+    try:
+        source = (folder / STUDY_FILE).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HpoError(f"{folder / STUDY_FILE} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args), study_toml=source)
     out = Path(args.out) if args.out else folder / "report"
+    writable_folder(out)
     written = write_report(study, findings, out, png=not args.no_png)
     if count(TrialState.RUNNING):
         cli.say(f"note: {count(TrialState.RUNNING)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")

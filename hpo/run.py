@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = spec.trials if args.trials is None else args.trials
     if trials < 1:
         raise HpoError(f"--trials must be >= 1, got {trials}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not (0 < args.timeout < float("inf")):  # nan compares false
         raise HpoError(f"--timeout must be > 0 seconds, got {args.timeout}")
     k = worker_count(args.workers, spec)  # settled once: "auto" may come out as one
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials, k)

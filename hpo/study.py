@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import optuna
 import sqlalchemy.exc
@@ -40,6 +41,25 @@ def _check_options(what: str, name: str, cls, options: dict) -> None:
     for key in options:
         if key not in known:
             raise HpoError(f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}")
+    _check_option_types(what, name, inspect.signature(cls).parameters, options)
+
+
+def _check_option_types(what: str, name: str, params, options: dict) -> None:
+    """An option of the kind its default is (Optuna checks few at construction: a float
+    n_startup_trials would fail every trial instead)."""
+    for key, value in options.items():
+        default = params[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            continue
+        if not ok:
+            kind = "a finite number" if isinstance(default, float) and not isinstance(default, bool) else type(default).__name__
+            raise HpoError(f"{what}.{key} for {what} {name!r} must be {kind} (default {default!r}), got {value!r}")
 
 
 def grid_space(spec: StudySpec) -> dict[str, list]:
