@@ -39,6 +39,7 @@ class DataSpec:
     train_size: int = 0  # 0: the whole training split; N: a seeded subset for quick runs
     test_size: int = 0  # 0: the whole test set
     augment: bool = True  # the dataset's standard augmentation (crop, and flip where it makes sense)
+    split_seed: int = -1  # seeds the validation split and subsets; -1: the study seed (a trial's config names it)
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
         (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
+        (d.split_seed >= -1, f"data.split_seed must be >= 0, or -1 for the study seed, got {d.split_seed}"),
         (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
     )
     for ok, message in checks:

@@ -66,11 +66,16 @@ def _to(split: Split, device: torch.device) -> Split:
     return Split(*(t.pin_memory().to(device, non_blocking=True) for t in (split.images, split.labels)))
 
 
+def split_seed(spec: DataSpec, seed: int) -> int:
+    """The split's seed: the data section's own (a trial's recorded config sets it), else ``seed``."""
+    return seed if spec.split_seed < 0 else spec.split_seed
+
+
 def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: str | os.PathLike | None = None) -> Data:
     """The dataset ``spec`` names, split by ``seed``: validation held out of the training set
     (never the test set), then optional seeded subsets of train and test for quick runs."""
     (train_x, train_y), (test_x, test_y) = _raw(spec.dataset, data_dir(root).resolve())
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(split_seed(spec, seed))
     order = torch.randperm(len(train_y), generator=g)
     n_val = round(spec.val_fraction * len(train_y))
     _check_split(spec, n_val, len(train_y), DATASETS[spec.dataset].num_classes)

@@ -93,6 +93,7 @@ class Objective:
     def data(self, spec: DataSpec) -> data_mod.Data:
         """Loaded once per process and per data setting; the split seed is the study seed, so
         every trial is scored on the same validation images."""
+        spec = dataclasses.replace(spec, split_seed=data_mod.split_seed(spec, self.spec.seed))  # one key per split
         if spec not in self._data:
             self._data[spec] = data_mod.load(spec, self.spec.seed, self.device, root=self.data_dir)
         return self._data[spec]
