@@ -86,8 +86,8 @@ def check(url: str, *, create: bool) -> bool:
     where = _masked(url)
     if not found:
         if not create:
-            state = "no such file" if found is None else "an empty database"
-            raise HpoError(f"no study store at {where} ({state}): run `python -m hpo.run --study NAME` first, or pass --storage")
+            at = sqlite_file(parse(url)) if found is None else f"{where} (an empty database)"
+            raise HpoError(f"no store at {at}: run `python -m hpo.run --study NAME` first, or pass --storage")
         return True
     if not OPTUNA_TABLES <= found:
         shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
