@@ -89,11 +89,12 @@ def check_resume(spec: StudySpec, study_id: int, storage, *, same_study: bool = 
             f"study {spec.name!r} in the store came from {stored_file}, not {study_path(spec)}: two studies of one "
             f"name; pass --study-name NEW to start another study, or --same-study if this file continues that study")
     trials = storage.get_all_trials(study_id, deepcopy=False)
-    refused, noted = space_changes(stored_space(trials), {p.name: distribution(p) for p in spec.search})
+    old = stored_space(trials)
+    refused, noted = space_changes(old, {p.name: distribution(p) for p in spec.search})
     if refused:
         raise HpoError(f"study {spec.name!r} cannot go on with this search space: {'; '.join(refused)} "
                        f"(Optuna cannot mix the two in one study); pass --study-name NEW to start a new study with it")
-    if noted:
+    if noted and old:  # nothing sampled yet: nothing changed
         log.info(f"note: the search space changed from trial #{len(trials)} on: {'; '.join(noted)}")
 
 
