@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 
 import optuna
@@ -20,7 +21,7 @@ from hpo.objective import KEEP, Objective
 from hpo.outcome import report_command, run_command, summary
 from hpo.progress import StudyProgress
 from hpo.recipe import named
-from hpo.study import create_or_resume, make_pruner, make_sampler
+from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
 from hpo.store import DEFAULT_STORAGE, STORAGE_ENV, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
 from hpo.workers import run_workers, worker_count
 
@@ -150,9 +151,23 @@ def _finish(args, spec, study: optuna.Study, before: set[int], progress: StudyPr
         print(summary(study, spec, added))
     if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
         raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
+    if added and all(t.state == optuna.trial.TrialState.FAIL for t in added):  # fewer than the guard's three
+        raise HpoError(f"every trial failed ({len(added)}); last: {guard.reason}")
+    short = grid_short(spec, added, progress.total) if args.timeout is None else ""
+    if short:
+        cli.say(short)
     if not quiet:
         print("report: " + report_command(spec.folder, args.storage, study_name=args.study_name))
     return 0
+
+
+def grid_short(spec, added: list, asked: int) -> str:
+    """A grid stops the study once every point has run: say so, rather than add fewer trials unannounced."""
+    if spec.sampler.name != "grid" or len(added) >= asked:
+        return ""
+    points = math.prod(len(v) for v in grid_space(spec).values())
+    return (f"note: the grid's {points} points have all run: {len(added)} of the {asked} trials asked for were added; "
+            f"widen [search] or pass --study-name NEW for another study")
 
 
 def main(argv: list[str] | None = None) -> int:
