@@ -17,7 +17,7 @@ from hpo import cli
 from hpo import config as config_mod
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
-from hpo.objective import KEEP, Objective
+from hpo.objective import KEEP, Objective, worker_tag
 from hpo.outcome import report_command, run_command, summary
 from hpo.progress import StudyProgress
 from hpo.recipe import named
@@ -136,8 +136,9 @@ def run_single(args, spec, trials: int) -> int:
 
 
 def _interrupted(args, study: optuna.Study, before: set[int]) -> str:
-    marked = [t.number for t in study.get_trials(deepcopy=False)
-              if t.number not in before and t.user_attrs.get("status") == "interrupted"]
+    marked = [t.number for t in study.get_trials(deepcopy=False)  # this process's: other workers say their own
+              if t.number not in before and t.user_attrs.get("status") == "interrupted"
+              and t.user_attrs.get("worker", worker_tag()) == worker_tag()]
     return (f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in marked) + ' marked FAIL' if marked else 'between trials'}"
             + ("" if args.supervised else f", the store is consistent; resume with: {resume_command(args)}"))
 
