@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import re
 
 import optuna
 
@@ -79,10 +80,26 @@ def _not_an_interrupt(record) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
+class _InterruptNoise:
+    """Optuna logs a failed trial twice, its error (with the traceback) and then "Trial N failed
+    with value None": after Ctrl-C both are noise, and only the first carries the interrupt."""
+
+    def __init__(self):
+        self.interrupted: set[str] = set()
+
+    def filter(self, record) -> bool:
+        number = re.match(r"Trial (\d+) failed", str(record.msg))
+        if not _not_an_interrupt(record):
+            self.interrupted |= {number.group(1)} if number else set()
+            return False
+        return not (number and number.group(1) in self.interrupted)
+
+
 def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it shorter
+    noise = _InterruptNoise()
     for handler in logging.getLogger("optuna").handlers:  # handler filters see the child loggers' records too
-        handler.addFilter(_not_an_interrupt)
+        handler.addFilter(noise)
 
 
 def _lost_trial(e: Exception) -> bool:

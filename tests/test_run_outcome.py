@@ -29,3 +29,28 @@ def test_a_run_whose_every_trial_failed_is_an_error(study_dir):
     with pytest.raises(HpoError, match=r"every trial failed \(2\); last: failed: HpoError: data.val_fraction"):
         run.main(["--study", "tiny", "--trials", "2", "--keep", "none", "--quiet"])
     assert [t.state.name for t in trials()] == ["FAIL", "FAIL"]
+
+
+def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "2", "--keep", "none", "--quiet",
+                             "--set", "train.epochs=50"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, db = time.monotonic() + 120, tmp_path / "storage" / "hpo.db"
+    while time.monotonic() < deadline and proc.poll() is None:  # a trial RUNNING with an epoch recorded: it trains
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("SELECT count(*) FROM trial_intermediate_values").fetchone()[0]:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: trial #0 marked FAIL" in err
+    assert "failed with value" not in err and "failed with parameters" not in err, err
