@@ -39,7 +39,7 @@ def sqlite_file(parsed) -> Path | None:
     return Path(database)
 
 
-def tables(url: str) -> set[str] | None:
+def tables(url: str, verb: str = "read") -> set[str] | None:
     """The tables of the database a URL names; None where it does not exist (a missing SQLite file).
     Never creates anything: SQLite is opened read-only, PostgreSQL only inspected."""
     parsed = parse(url)
@@ -56,10 +56,10 @@ def tables(url: str) -> set[str] | None:
                 return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as e:
             raise HpoError(f"cannot read the store {path}: {reason(e)} (is it a SQLite database?)") from None
-    return _server_tables(url)
+    return _server_tables(url, verb)
 
 
-def _server_tables(url: str) -> set[str]:
+def _server_tables(url: str, verb: str) -> set[str]:
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
@@ -73,14 +73,14 @@ def _server_tables(url: str) -> set[str]:
     except ImportError as e:
         raise HpoError(f"no database driver for {_masked(url)}: {reason(e)}") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise HpoError(f"cannot open the store {_masked(url)}: {reason(e)}") from None
+        raise HpoError(f"cannot {verb} the store {_masked(url)}: {reason(e)}") from None
 
 
 def check(url: str, *, create: bool) -> bool:
     """Refuse a database that is not an Optuna store: readers (``create=False``) also refuse a
     missing or empty one, which Optuna would make into a store. Returns True where a writer will
     create the store (no database, or an empty one)."""
-    found = tables(url)
+    found = tables(url, "open" if create else "read")
     if parse(url) is None:
         return False  # not an RDB URL: the caller's own checks apply
     where = _masked(url)
