@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import signal
 
 import optuna
 
@@ -191,6 +192,9 @@ def grid_short(spec, added: list, asked: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Until hpo.interrupts takes over (after loading the data and opening the store), SIGTERM ends
+    # the run as Ctrl-C does, with a line and exit 130, not silently; nothing is written by then.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE
     spec = config_mod.load(args.study, args.set)
     if args.study_name is not None:

@@ -54,3 +54,27 @@ def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted: trial #0 marked FAIL" in err
     assert "failed with value" not in err and "failed with parameters" not in err, err
+
+
+def sigterm_caught(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & (1 << (15 - 1)))  # SIGTERM is signal 15
+
+
+def test_sigterm_before_the_first_trial_ends_with_a_line(study_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1", "--keep", "none"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not sigterm_caught(proc.pid) and time.monotonic() < deadline:  # the handler is in: hpo's code runs
+        time.sleep(0.005)
+    assert not (tmp_path / "storage").exists()  # caught from the start, before the store is opened
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted")
