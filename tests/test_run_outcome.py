@@ -39,7 +39,7 @@ def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "2", "--keep", "none", "--quiet",
-                             "--set", "train.epochs=50"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--set", "train.epochs=50", "--set", "data.train_size=300"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, db = time.monotonic() + 120, tmp_path / "storage" / "hpo.db"
     while time.monotonic() < deadline and proc.poll() is None:  # a trial RUNNING with an epoch recorded: it trains
         try:
