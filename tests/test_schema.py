@@ -79,11 +79,15 @@ def test_a_port_that_is_not_a_number_is_one_line_with_the_password_masked(tmp_pa
         assert "hunter2" not in proc.stderr
 
 
-def test_a_new_store_says_where_it_is(tmp_path, study_folder):
-    proc = hpo("run", "--study", "tiny", "--trials", "1", "--storage", "sqlite:///tmp/x.db", "--keep", "none",
-               "--set", "data.train_size=300", "--set", "train.epochs=1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert f"created the store {tmp_path / 'tmp' / 'x.db'}" in proc.stderr
+def test_a_new_store_says_where_it_is(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from hpo.store import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="hpo"):
+        open_storage("sqlite:///tmp/x.db", create=True).engine.dispose()  # three slashes: relative, ./tmp/x.db
+    assert f"created the store {tmp_path / 'tmp' / 'x.db'}" in caplog.text
 
 
 # ---------------------------------------------------------------- PostgreSQL: a database of our own
