@@ -8,6 +8,8 @@ dict's keys are the declared names.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 import tomllib
 import typing
@@ -37,6 +39,7 @@ class DataSpec:
     train_size: int = 0  # 0: the whole training split; N: a seeded subset for quick runs
     test_size: int = 0  # 0: the whole test set
     augment: bool = True  # the dataset's standard augmentation (crop, and flip where it makes sense)
+    split_seed: int = -1  # seeds the validation split and subsets; -1: the study seed (a trial's config names it)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
     source: str = ""  # the study file's text, stored with the study so the recipe travels
+    overrides: tuple[str, ...] = ()  # the --set texts applied on top of it, stored beside it
 
     @property
     def seed(self) -> int:
@@ -228,6 +232,11 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
     low, high = (_coerce(raw[b], kind, f"{where}.{key}.{b}") for b in ("low", "high"))
     log = _coerce(raw.get("log", False), bool, f"{where}.{key}.log")
     step = _coerce(raw["step"], kind, f"{where}.{key}.step") if "step" in raw else None
+    for what, value in (("low", low), ("high", high), ("step", step)):
+        if value is not None and not math.isfinite(value):
+            raise HpoError(f"{where}.{key}.{what} must be a finite number, got {value}")
+    if step is not None and step <= 0:
+        raise HpoError(f"{where}.{key}.step must be > 0, got {step}")
     if low > high:
         raise HpoError(f"{where}.{key}: low ({low}) is greater than high ({high}); swap them")
     if log and low <= 0:
@@ -239,6 +248,8 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
 
 def _named(cls, raw: Any, where: str):
     """[sampler] / [pruner]: a name plus the Optuna constructor's keyword arguments."""
+    if raw is not None and not isinstance(raw, dict):
+        raise HpoError(f"[{where}] must be a table, e.g. {where}.name = {cls().name!r}, got {raw!r}")
     raw = dict(raw or {})
     name = raw.pop("name", cls().name)
     if not isinstance(name, str):
@@ -264,9 +275,7 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
         metrics = [metrics]
     if set(objective) - {"metrics"} if isinstance(objective, dict) else False:
         raise HpoError(f"unknown key in [objective]: {sorted(set(objective) - {'metrics'})}; known: metrics")
-    for m in metrics:
-        if m not in METRICS:
-            raise unknown("objective metric", m, METRICS)
+    _check_metrics(metrics)
     spec = StudySpec(
         name=name,
         folder=folder,
@@ -284,6 +293,19 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
         for value in p.choices or (p.low, p.high):
             validate(with_values(spec.base, {p.key: value}), where=f"search.{p.name}")
     return spec
+
+
+def _check_metrics(metrics) -> None:
+    """A non-empty list of distinct known names: anything else would fail only once the store exists."""
+    if not isinstance(metrics, list) or not metrics:
+        raise HpoError(f"objective.metrics must be a non-empty list of {', '.join(METRICS)}, got {metrics!r}")
+    for m in metrics:
+        if not isinstance(m, str):
+            raise HpoError(f"objective.metrics holds {m!r}; write names, e.g. [\"val_acc\"]")
+        if m not in METRICS:
+            raise unknown("objective metric", m, METRICS)
+    if len(set(metrics)) < len(metrics):
+        raise HpoError(f"objective.metrics names a metric twice: {metrics}")
 
 
 def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
@@ -304,6 +326,8 @@ def validate(config: TrainConfig, where: str = "") -> None:
             value, known = getattr(getattr(config, section), f.name), declared(cls, f.name)
             if known and value not in known:
                 raise HpoError(str(unknown(f"{section}.{f.name}", value, known)) + at)
+            if isinstance(value, float) and not math.isfinite(value):  # inf/nan pass every range check below
+                raise HpoError(f"{section}.{f.name} must be a finite number, got {value}" + at)
     checks = (
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
@@ -314,15 +338,26 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}"),
         (t.gamma > 0, f"train.gamma must be > 0, got {t.gamma}"),
         (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
+        (t.threads <= _cores(), f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), "
+                                f"got {t.threads}"),
         (not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov needs optimizer = \"sgd\" and momentum > 0"),
         (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
         (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
+        (d.split_seed >= -1, f"data.split_seed must be >= 0, or -1 for the study seed, got {d.split_seed}"),
         (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
     )
     for ok, message in checks:
         if not ok:
             raise HpoError(message + at)
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity: a Slurm or container limit), as hpo.train counts them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -370,9 +405,13 @@ def find_study(name_or_path: str | Path) -> Path:
 def load(name_or_path: str | Path, overrides: list[str] = ()) -> StudySpec:
     folder = find_study(name_or_path)
     file = folder / STUDY_FILE
-    source = file.read_text(encoding="utf-8")
+    try:
+        source = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HpoError(f"{file} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     try:
         raw = tomllib.loads(source)
     except tomllib.TOMLDecodeError as e:
         raise HpoError(f"{file} is not valid TOML: {e}") from None
-    return parse(apply_overrides(raw, list(overrides)), folder.resolve().name, folder, source)
+    spec = parse(apply_overrides(raw, list(overrides)), folder.resolve().name, folder, source)
+    return dataclasses.replace(spec, overrides=tuple(overrides))

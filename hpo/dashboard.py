@@ -17,6 +17,7 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIServer, make_server
 
+from hpo import schema
 from hpo.cli import run_main, say
 from hpo.errors import HpoError, reason
 from hpo.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
@@ -60,6 +61,7 @@ def open_store(url: str):
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
+    schema.check(url, create=False)  # any query (?timeout=5), an empty file, another program's tables
 
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError

@@ -66,13 +66,19 @@ def _to(split: Split, device: torch.device) -> Split:
     return Split(*(t.pin_memory().to(device, non_blocking=True) for t in (split.images, split.labels)))
 
 
+def split_seed(spec: DataSpec, seed: int) -> int:
+    """The split's seed: the data section's own (a trial's recorded config sets it), else ``seed``."""
+    return seed if spec.split_seed < 0 else spec.split_seed
+
+
 def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: str | os.PathLike | None = None) -> Data:
     """The dataset ``spec`` names, split by ``seed``: validation held out of the training set
     (never the test set), then optional seeded subsets of train and test for quick runs."""
     (train_x, train_y), (test_x, test_y) = _raw(spec.dataset, data_dir(root).resolve())
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(split_seed(spec, seed))
     order = torch.randperm(len(train_y), generator=g)
     n_val = round(spec.val_fraction * len(train_y))
+    _check_split(spec, n_val, len(train_y), DATASETS[spec.dataset].num_classes)
     val_idx = _subset(0, order[:n_val], "val_fraction")
     train_idx = _subset(spec.train_size, order[n_val:], "train_size")
     test_idx = _subset(spec.test_size, torch.randperm(len(test_y), generator=g), "test_size")
@@ -83,6 +89,15 @@ def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: st
         val=_to(Split(train_x[val_idx], train_y[val_idx]), device),
         test=_to(Split(test_x[test_idx], test_y[test_idx]), device),
     )
+
+
+def _check_split(spec: DataSpec, n_val: int, n_train: int, classes: int) -> None:
+    """A validation set smaller than the class count scores in steps too coarse to select by (one
+    image: 0% or 100%); a training set that small cannot learn every class."""
+    if min(n_val, n_train - n_val) < classes:
+        raise HpoError(f"data.val_fraction = {spec.val_fraction} of {n_train} {spec.dataset} training images leaves "
+                       f"{n_val} for validation and {n_train - n_val} for training; each needs at least {classes} "
+                       f"(one per class)")
 
 
 def random_crop_flip(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:

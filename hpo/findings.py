@@ -311,14 +311,23 @@ def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
     epochs = study.user_attrs.get("epochs")
     if not isinstance(epochs, int) or epochs <= 0 or not finished:
         return None
-    run = sum(t.user_attrs["epochs_run"] for t in finished)
-    budget = epochs * len(finished)
+    # Each trial against its own budget: a study resumed with another train.epochs mixes budgets.
+    own = {t.number: _own_epochs(t, epochs) for t in finished}
+    run = sum(min(t.user_attrs["epochs_run"], own[t.number]) for t in finished)
+    budget = sum(own.values())
     problem = [t for t in finished if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES]
     pruned = [t for t in finished if t.state == TrialState.PRUNED and t.number not in {p.number for p in problem}]
-    short = lambda ts: sum(max(0, epochs - t.user_attrs["epochs_run"]) for t in ts)  # noqa: E731
+    short = lambda ts: sum(max(0, own[t.number] - t.user_attrs["epochs_run"]) for t in ts)  # noqa: E731
     return Pruning(epochs=epochs, trials=len(finished), budget=budget, run=run, saved=budget - run,
                    saved_pct=100.0 * (budget - run) / budget, pruned=len(pruned), pruned_saved=short(pruned),
-                   stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < epochs), stopped_saved=short(problem))
+                   stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < own[t.number]), stopped_saved=short(problem))
+
+
+def _own_epochs(trial: FrozenTrial, study_epochs: int) -> int:
+    """The epochs a trial was given: its recorded config's, else the study's."""
+    config = trial.user_attrs.get("config")
+    epochs = config.get("train", {}).get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and epochs > 0 else study_epochs
 
 
 def reproducibility(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial, folder: str, command: str) -> Reproducibility:

@@ -5,6 +5,7 @@ Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import platform
 import socket
@@ -24,6 +25,7 @@ from hpo.interrupts import Interrupts, NoInterrupts
 from hpo.space import trial_config
 from hpo.train import EpochStats, TrainResult, fit, resolve_device
 
+log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)
 KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
@@ -91,6 +93,7 @@ class Objective:
     def data(self, spec: DataSpec) -> data_mod.Data:
         """Loaded once per process and per data setting; the split seed is the study seed, so
         every trial is scored on the same validation images."""
+        spec = dataclasses.replace(spec, split_seed=data_mod.split_seed(spec, self.spec.seed))  # one key per split
         if spec not in self._data:
             self._data[spec] = data_mod.load(spec, self.spec.seed, self.device, root=self.data_dir)
         return self._data[spec]
@@ -124,8 +127,17 @@ class Objective:
         self._record(trial, "ok", "")
         values = objective_values(self.spec, result)
         if self._should_keep(trial, values):
-            self._save_weights(trial, model)
+            self._keep_weights(trial, model)
         return values if self.multi else values[0]
+
+    def _keep_weights(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
+        """A trained result is never lost to its weights: a failed save is a warning on the trial."""
+        try:
+            self._save_weights(trial, model)
+        except Exception as e:  # a full disk, an unwritable models/, a lost artifact store
+            why = reason(e, typed=True)
+            trial.set_user_attr("weights_error", why)
+            log.warning(f"warning: trial #{trial.number}: its weights were not kept ({why}); its result is")
 
     def _epoch_hook(self, trial: optuna.Trial, num_classes: int) -> Callable[[EpochStats], None]:
         """What each epoch does: record the curve, report to the pruner, stop a pruned or collapsed trial."""

@@ -7,6 +7,7 @@ report.md with PNGs, trials.csv.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import optuna
@@ -17,7 +18,8 @@ from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
 from hpo.findings import complete_trials, compute
-from hpo.store import DEFAULT_STORAGE, open_storage, redact
+from hpo.outcome import report_command, run_command
+from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,6 +43,18 @@ def study_folder(arg: str) -> Path:
                    f"studies: {', '.join(known) or 'none'}")
 
 
+def writable_folder(out: Path) -> None:
+    """The report's folder, made now: a file in its place or no right to write is one line."""
+    if out.exists() and not out.is_dir():
+        raise HpoError(f"--out {out} is a file, not a folder: name a folder for the report")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise HpoError(f"cannot write the report into {out}: {e.strerror or e}") from None
+
+
 def load_study(url: str, name: str) -> optuna.Study:
     storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
     names = sorted(optuna.get_all_study_names(storage))
@@ -49,11 +63,18 @@ def load_study(url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def commands(folder: Path, args) -> str:
-    storage = "" if args.storage == DEFAULT_STORAGE else f" --storage {redact(args.storage)}"
-    name = f" --study-name {args.study_name}" if args.study_name else ""
-    out = f" --out {args.out}" if args.out else ""
-    return f"python -m hpo.run --study {folder}{storage}\npython -m hpo.report {folder}{storage}{name}{out}"
+def looks_lost(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose heartbeat is older than the grace period (read only: failing them is a
+    writer's job, hpo.run's)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # load_study wraps the RDB store in a cache
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in stale)
+
+
+def commands(folder: Path, args, overrides=()) -> str:
+    """The run (with the --set overrides the study last ran under) and this report, quoted for a shell."""
+    run = run_command(folder, None, [str(o) for o in overrides], args.storage, study_name=args.study_name)
+    return run + "\n" + report_command(folder, args.storage, args.study_name, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     if not complete_trials(trials):
         raise HpoError(f"study {name} has no complete trials yet ({count(TrialState.RUNNING)} running, "
                        f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
-    source = (folder / STUDY_FILE).read_text(encoding="utf-8")
-    findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args), study_toml=source)
+    try:
+        source = (folder / STUDY_FILE).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HpoError(f"{folder / STUDY_FILE} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args, study.user_attrs.get("overrides") or ()), study_toml=source)
     out = Path(args.out) if args.out else folder / "report"
+    writable_folder(out)
     written = write_report(study, findings, out, png=not args.no_png)
-    if count(TrialState.RUNNING):
-        cli.say(f"note: {count(TrialState.RUNNING)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
+    lost = looks_lost(study)
+    if lost:
+        cli.say(f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: RUNNING with no heartbeat "
+                f"for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); the next hpo.run fails and retries "
+                f"{'it' if len(lost) == 1 else 'them'} with the same parameters")
+    if count(TrialState.RUNNING) > len(lost):
+        cli.say(f"note: {count(TrialState.RUNNING) - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
     if written.png_error:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
     pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import re
+import signal
 
 import optuna
 
@@ -15,11 +19,12 @@ from hpo import cli
 from hpo import config as config_mod
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
-from hpo.objective import KEEP, Objective
+from hpo.objective import KEEP, Objective, worker_tag
 from hpo.outcome import report_command, run_command, summary
 from hpo.progress import StudyProgress
-from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
+from hpo.recipe import named
+from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
+from hpo.store import DEFAULT_STORAGE, STORAGE_ENV, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
@@ -30,7 +35,14 @@ def parser() -> argparse.ArgumentParser:
     cli.add_study_arguments(p)
     p.add_argument("--trials", type=int, default=None, help="trials this command adds (default: the study file's `trials`, else 20)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds (default: none)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
+    p.add_argument("--storage", default=None,
+                   help=f"Optuna storage URL (default: ${STORAGE_ENV}, which keeps a password off the command line, "
+                        f"else {DEFAULT_STORAGE})")
+    p.add_argument("--study-name", default=None, metavar="NAME",
+                   help="the study's name in the store (default: the study folder's name)")
+    p.add_argument("--same-study", action="store_true",
+                   help="resume the stored study of this name although it came from another study file "
+                        "(a moved folder); without it that is refused (default: off)")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
     p.add_argument("--workers", default="1",
@@ -69,10 +81,26 @@ def _not_an_interrupt(record) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
+class _InterruptNoise:
+    """Optuna logs a failed trial twice, its error (with the traceback) and then "Trial N failed
+    with value None": after Ctrl-C both are noise, and only the first carries the interrupt."""
+
+    def __init__(self):
+        self.interrupted: set[str] = set()
+
+    def filter(self, record) -> bool:
+        number = re.match(r"Trial (\d+) failed", str(record.msg))
+        if not _not_an_interrupt(record):
+            self.interrupted |= {number.group(1)} if number else set()
+            return False
+        return not (number and number.group(1) in self.interrupted)
+
+
 def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it shorter
+    noise = _InterruptNoise()
     for handler in logging.getLogger("optuna").handlers:  # handler filters see the child loggers' records too
-        handler.addFilter(_not_an_interrupt)
+        handler.addFilter(noise)
 
 
 def _lost_trial(e: Exception) -> bool:
@@ -84,7 +112,7 @@ def _lost_trial(e: Exception) -> bool:
 
 def resume_command(args) -> str:
     """The command that goes on where this one stopped, with the same overrides and store."""
-    return run_command(args.study, "N", args.set, args.storage)
+    return run_command(args.study, "N", args.set, args.storage, study_name=args.study_name)
 
 
 def run_single(args, spec, trials: int) -> int:
@@ -95,10 +123,10 @@ def run_single(args, spec, trials: int) -> int:
     progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
                              worker=f"worker {index} " if index else "", quiet=quiet)
     interrupts = Interrupts()
-    objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch, guard=interrupts)
+    objective = Objective(spec, args.data_dir, args.keep, artifact_store() if args.keep != "none" else None, on_epoch=progress.on_epoch, guard=interrupts)
     objective.data(spec.base.data)
     _quiet_optuna()
-    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index)
+    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     interrupts.install()
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
@@ -126,8 +154,9 @@ def run_single(args, spec, trials: int) -> int:
 
 
 def _interrupted(args, study: optuna.Study, before: set[int]) -> str:
-    marked = [t.number for t in study.get_trials(deepcopy=False)
-              if t.number not in before and t.user_attrs.get("status") == "interrupted"]
+    marked = [t.number for t in study.get_trials(deepcopy=False)  # this process's: other workers say their own
+              if t.number not in before and t.user_attrs.get("status") == "interrupted"
+              and t.user_attrs.get("worker", worker_tag()) == worker_tag()]
     return (f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in marked) + ' marked FAIL' if marked else 'between trials'}"
             + ("" if args.supervised else f", the store is consistent; resume with: {resume_command(args)}"))
 
@@ -141,18 +170,39 @@ def _finish(args, spec, study: optuna.Study, before: set[int], progress: StudyPr
         print(summary(study, spec, added))
     if guard.in_a_row >= MAX_FAILS_IN_A_ROW:
         raise HpoError(f"stopped after {guard.in_a_row} failed trials in a row; last: {guard.reason}")
+    mine = [t for t in added if t.user_attrs.get("worker") == worker_tag()]  # other machines may share the study
+    if mine and all(t.state == optuna.trial.TrialState.FAIL for t in mine) and not args.supervised:  # below the guard's 3
+        raise HpoError(f"every trial failed ({len(mine)}); last: {guard.reason}")
+    short = grid_short(spec, added, progress.total) if args.timeout is None else ""
+    if short:
+        cli.say(short)
     if not quiet:
-        print("report: " + report_command(spec.folder, args.storage))
+        print("report: " + report_command(spec.folder, args.storage, study_name=args.study_name))
     return 0
+
+
+def grid_short(spec, added: list, asked: int) -> str:
+    """A grid stops the study once every point has run: say so, rather than add fewer trials unannounced."""
+    if spec.sampler.name != "grid" or len(added) >= asked:
+        return ""
+    points = math.prod(len(v) for v in grid_space(spec).values())
+    return (f"note: the grid's {points} points have all run: {len(added)} of the {asked} trials asked for were added; "
+            f"widen [search] or pass --study-name NEW for another study")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Until hpo.interrupts takes over (after loading the data and opening the store), SIGTERM ends
+    # the run as Ctrl-C does, with a line and exit 130, not silently; nothing is written by then.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE
     spec = config_mod.load(args.study, args.set)
+    if args.study_name is not None:
+        spec = named(spec, args.study_name)
     trials = spec.trials if args.trials is None else args.trials
     if trials < 1:
         raise HpoError(f"--trials must be >= 1, got {trials}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not (0 < args.timeout < float("inf")):  # nan compares false
         raise HpoError(f"--timeout must be > 0 seconds, got {args.timeout}")
     k = worker_count(args.workers, spec)  # settled once: "auto" may come out as one
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials, k)

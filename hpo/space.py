@@ -29,4 +29,7 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
     # A trial re-queued after its worker died inherits the user attrs, seed included, of the
     # trial it retries, so the retry trains exactly as the original would have.
     seed = trial.user_attrs.get("seed", trial_seed(spec.seed, trial.number))
-    return dataclasses.replace(with_values(spec.base, values), seed=seed)
+    config = dataclasses.replace(with_values(spec.base, values), seed=seed)
+    if config.data.split_seed < 0:  # the split is the study seed's: name it, so the recorded config reruns alone
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=spec.seed))
+    return config

@@ -16,6 +16,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from hpo import schema
 from hpo.errors import HpoError, reason
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
@@ -25,6 +26,7 @@ GRACE_S = 30
 MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same parameters, at most twice
 # The three can be changed per process through the environment (tests use seconds, not minutes).
 HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HPO_STORE_WAIT_S"
+STORAGE_ENV = "HPO_STORAGE"  # hpo.run's --storage when not given: how workers get a URL with a password (never in argv)
 
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -37,6 +39,7 @@ def sqlite_path(url: str) -> Path | None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    schema.parse(url)  # a malformed port: one line, not make_url's ValueError
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -67,6 +70,10 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     ``create`` is also the writers' mode (hpo.run); ``create=False`` opens for reading (hpo.report)."""
     path = sqlite_path(url)
     heartbeat, grace = env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), env_seconds(GRACE_ENV, GRACE_S)
+    if grace <= heartbeat:  # a live trial would look lost between two beats: workers would fail each other's
+        raise HpoError(f"${GRACE_ENV} ({grace} s) must be longer than ${HEARTBEAT_ENV} ({heartbeat} s), "
+                       f"or live trials are failed as lost; e.g. ${GRACE_ENV} = {3 * heartbeat}")
+    new = schema.check(url, create=create)  # before Optuna, which makes a store of whatever it opens
     if path is not None:
         engine_kwargs = _prepare_sqlite(path, create)
     elif url.startswith("postgresql"):
@@ -81,6 +88,8 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
         # After the first connection worked, a lost server is waited for (up to the grace period)
         # rather than failing the trial in hand: a restart or a network blip costs seconds, not trials.
         _wait_for_server(storage.engine, env_seconds(STORE_WAIT_ENV, grace), redact(url))
+    if new:  # a relative-looking sqlite:///tmp/x.db lands under the working directory: say where
+        log.info(f"created the store {path.resolve() if path is not None else redact(url)}")
     return storage
 
 
@@ -237,5 +246,9 @@ def redact(url: str) -> str:
 
 
 def artifact_store(folder: Path = ARTIFACT_DIR) -> optuna.artifacts.FileSystemArtifactStore:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HpoError(f"cannot create the artifact folder {folder} for the weights: {e.strerror}; "
+                       f"run where it can be created, or pass --keep none") from None
     return optuna.artifacts.FileSystemArtifactStore(folder)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 
 import optuna
 import sqlalchemy.exc
@@ -9,6 +10,7 @@ from optuna.storages import RDBStorage
 
 from hpo.config import StudySpec
 from hpo.errors import HpoError, reason
+from hpo.recipe import RECIPES_ATTR, check_resume, recipes, study_path
 from hpo.store import redact
 
 SAMPLERS = {
@@ -39,6 +41,25 @@ def _check_options(what: str, name: str, cls, options: dict) -> None:
     for key in options:
         if key not in known:
             raise HpoError(f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}")
+    _check_option_types(what, name, inspect.signature(cls).parameters, options)
+
+
+def _check_option_types(what: str, name: str, params, options: dict) -> None:
+    """An option of the kind its default is (Optuna checks few at construction: a float
+    n_startup_trials would fail every trial instead)."""
+    for key, value in options.items():
+        default = params[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            continue
+        if not ok:
+            kind = "a finite number" if isinstance(default, float) and not isinstance(default, bool) else type(default).__name__
+            raise HpoError(f"{what}.{key} for {what} {name!r} must be {kind} (default {default!r}), got {value!r}")
 
 
 def grid_space(spec: StudySpec) -> dict[str, list]:
@@ -91,6 +112,8 @@ def study_attrs(spec: StudySpec) -> dict:
         "description": spec.description,
         "study_file": str(spec.folder / "study.toml"),
         "study_toml": spec.source,
+        "study_path": study_path(spec),  # who the study is: hpo.recipe refuses another file of the same name
+        "overrides": list(spec.overrides),
         "seed": spec.seed,
         "metrics": list(spec.objective.metrics),
         "epochs": b.train.epochs,
@@ -99,16 +122,17 @@ def study_attrs(spec: StudySpec) -> dict:
     }
 
 
-def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0) -> optuna.Study:
+def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0, same_study: bool = False) -> optuna.Study:
     """The study named after the folder: created on the first run, resumed after. Its sampler is
-    seeded from the study seed; the direction(s) must match what the store holds."""
+    seeded from the study seed; the direction(s) must match what the store holds, and the study
+    file and search space must be ones the stored study can go on from (hpo.recipe)."""
     try:
-        return _create_or_resume(spec, storage, worker)
+        return _create_or_resume(spec, storage, worker, same_study)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
         raise HpoError(f"cannot open the store {redact(storage.url)} for writing: {reason(e)}") from None
 
 
-def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optuna.Study:
+def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_study: bool = False) -> optuna.Study:
     directions = spec.objective.directions
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     if spec.name in existing and list(map(_dir_name, existing[spec.name].directions)) != directions:
@@ -116,6 +140,8 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optu
             f"study {spec.name!r} in the store optimises {list(map(_dir_name, existing[spec.name].directions))}, "
             f"the study file asks for {directions}; use another --storage or a new study folder"
         )
+    if spec.name in existing:  # before anything is written
+        check_resume(spec, storage.get_study_id_from_name(spec.name), storage, same_study=same_study)
     trials_so_far = existing[spec.name].n_trials if spec.name in existing else 0
     pruner = make_pruner(spec)
     sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
@@ -124,7 +150,8 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int) -> optu
         directions=directions, load_if_exists=True,
     )
     if spec.name not in existing or worker == 0:
-        for key, value in study_attrs(spec).items():
+        versions = recipes(study, spec, trials_so_far)
+        for key, value in {**study_attrs(spec), RECIPES_ATTR: versions}.items():
             study.set_user_attr(key, value)
         study.set_metric_names(list(spec.objective.metrics))  # the dashboard shows "val_acc", not "Objective 0"
     return study

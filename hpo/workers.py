@@ -41,7 +41,7 @@ from hpo.nets import build, count_parameters
 from hpo.objective import worker_tag
 from hpo.outcome import count_states, report_command, run_command, summary
 from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.store import STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
 from hpo.train import cpu_count, resolve_device
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
@@ -131,7 +131,8 @@ class Supervisor:
         self.args, self.spec, self.trials, self.k, self.threads, self.gpus = args, spec, trials, k, threads, gpus
         self.base = cli.worker_index(args) * k  # several supervisors (a Slurm array of them) get disjoint indices
         self.grace = env_seconds(GRACE_ENV, GRACE_S)
-        self.study = create_or_resume(spec, open_storage(args.storage, create=True), worker=self.base)
+        self.study = create_or_resume(spec, open_storage(args.storage, create=True), worker=self.base,
+                                      same_study=args.same_study)
         # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
         self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage, create=False))
         self.before = {t.number for t in self.study.get_trials(deepcopy=False)}
@@ -151,7 +152,9 @@ class Supervisor:
     def command(self, slot: int, quota: int) -> list[str]:
         a = self.args
         cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, "--trials", str(quota), "--workers", "1",
-               "--worker-index", str(self.base + slot), "--storage", a.storage, "--keep", a.keep, "--supervised"]
+               "--worker-index", str(self.base + slot), "--keep", a.keep, "--supervised"]  # the store: $HPO_STORAGE
+        cmd += ["--study-name", a.study_name] if a.study_name else []
+        cmd += ["--same-study"] if a.same_study else []
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
         if self.deadline is not None:
@@ -165,7 +168,7 @@ class Supervisor:
         return cmd
 
     def start(self, slot: int, quota: int, restarts: int = 0) -> Worker:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: self.args.storage}  # a password never in argv (ps)
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         # A session of its own: Ctrl-C reaches the supervisor only, which forwards one SIGTERM.
@@ -327,7 +330,7 @@ class Supervisor:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
         done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
         a = self.args
-        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers)
+        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers, study_name=a.study_name)
 
     def finish(self) -> int:
         added = self.added(self.study)
@@ -349,7 +352,7 @@ class Supervisor:
             why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}" for w, code in self.stopped)
             raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
                            f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
-        print("report: " + report_command(self.spec.folder, self.args.storage))
+        print("report: " + report_command(self.spec.folder, self.args.storage, study_name=self.args.study_name))
         return 0
 
 

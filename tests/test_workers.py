@@ -176,7 +176,10 @@ def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes
     assert interrupted == [t.number for t in running] and all(trials[n].state == TrialState.FAIL for n in interrupted)
     resume = re.search(r"resume with: (python -m hpo.run .*)$", err, re.M).group(1)
     assert resume == "python -m hpo.run --study tiny --trials 4 --workers 2 --set data.test_size=100"
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
+    lines = re.findall(r"^\[worker \d\] interrupted: trial (.*) marked FAIL", err, re.M)
+    assert sorted(lines) == sorted(f"#{n}" for n in interrupted)  # each worker names its own trial, no other's
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+                search="lr = { low = 0.01, high = 0.05 }")  # the same space: a toggled log flag would be refused
     out, err = finish(start(*resume.split()[3:], cwd=tmp_path))
     assert "tiny: 4 trials added" in out, err[-3000:]
     assert_exactly(trials_of("tiny", url), 6)

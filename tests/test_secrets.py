@@ -1,0 +1,56 @@
+"""A store password never reaches a worker's command line (where `ps` shows it to every user):
+the supervisor hands the URL over in the environment ($HPO_STORAGE). A real two-worker run on
+the PostgreSQL test server (trust auth ignores the password), each worker's /proc/PID/cmdline
+read while it runs."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+
+SECRET = "hunter2-wt11"
+URL = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
+
+
+def test_workers_get_the_store_url_through_the_environment_never_argv(study_dir, tmp_path):
+    name = f"tiny_wt11_{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--study-name", name, "--trials", "2",
+                             "--workers", "2", "--keep", "none", "--storage", URL, "--set", "data.train_size=300"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids, lines, deadline = [], [], time.monotonic() + 120
+        while len(pids) < 2 and time.monotonic() < deadline:  # "[worker i] pid N: ..." as each starts
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            pids += [int(p) for p in re.findall(r"^\[worker \d\] pid (\d+):", line)]
+        assert len(pids) == 2, "".join(lines)
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().decode()
+            assert "hpo.run" in argv and "--supervised" in argv, (argv, proc.poll(), "".join(lines))
+            assert not any(SECRET in a for a in argv) and "--storage" not in argv, argv
+            assert f"HPO_STORAGE={URL}" in environ  # readable by this user only (/proc/PID/environ is 0400)
+            assert oct(os.stat(f"/proc/{pid}/environ").st_mode & 0o777) == "0o400"
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert SECRET not in "".join(lines) + out + err
+        study = optuna.load_study(study_name=name, storage=URL)
+        assert len(study.trials) == 2 and SECRET not in repr(study.user_attrs)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        try:
+            optuna.delete_study(study_name=name, storage=URL)
+        except KeyError:
+            pass
