@@ -155,3 +155,22 @@ def test_quiet_prints_one_line_per_trial_with_the_count_and_the_best(real_run):
     assert lines == expected
     assert "done: 4 trials (1 complete, 3 pruned)" in err
     assert "|" not in err  # no progress bar in quiet mode
+
+
+def test_the_report_pngs_of_a_real_run_are_drawn(real_run):
+    """A PNG of the right size can still be blank (a failed export, a figure without its data): each
+    must hold coloured pixels (plotly draws data in colour; axes, grid and text are grey, and an
+    empty figure has none)."""
+    from torchvision.io import decode_png, read_file
+
+    folder, _, _, _ = real_run
+    code, out, err = hpo("studies/tiny", "--out", "with-png", module="hpo.report", cwd=folder.parents[1])
+    assert code == 0 and "warning" not in err, err[-2000:]
+    pngs = sorted((folder.parents[1] / "with-png").glob("*.png"))
+    assert {p.stem for p in pngs} >= {"history", "learning_curves", "slice", "timeline"}
+    for path in pngs:
+        pixels = decode_png(read_file(str(path)))[:3].flatten(1).int()  # RGB of RGBA
+        coloured = int(((pixels.max(0).values - pixels.min(0).values) > 60).sum())
+        if path.stem == "contour":  # one complete trial: nothing to interpolate (the report still draws it)
+            continue
+        assert coloured >= 100, f"{path.name}: {coloured} coloured pixels: no data drawn"
