@@ -65,34 +65,43 @@ def _dashboard(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def _serving(*args: str, cwd: Path, port: int):
-    """The dashboard as a subprocess, until its port answers; stopped on the way out.
+def _serving(*args: str, cwd: Path):
+    """The dashboard as a subprocess on a free port, until it says it serves there and the port
+    answers; stopped on the way out. Yields (process, log, port). A port found free can be taken
+    before the dashboard binds it: then it says so (exit 2) and the next free port is tried.
     Its output goes to a file: a pipe nobody reads would stall the server once full."""
-    log = cwd / f"dashboard-{port}.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", *args, "--port", str(port)],
-                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
+    for _ in range(5):
+        port = _free_port()
+        log = cwd / f"dashboard-{port}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", *args, "--port", str(port)],
+                                    cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    if f"port {port} on" in log.read_text() and "is in use" in log.read_text():
+                        break  # taken in between: another port
+                    pytest.fail(f"the dashboard exited with {proc.returncode}:\n{log.read_text()}")
+                try:
+                    if f"http://127.0.0.1:{port}/" in log.read_text():  # it bound the port and says so
+                        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                        yield proc, log, port
+                        return
+                except OSError:
+                    pass
                 if time.monotonic() > deadline:
                     pytest.fail(f"the dashboard did not answer on port {port} in 30 s:\n{log.read_text()}")
                 time.sleep(0.1)
-        yield proc, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    pytest.fail("five free ports were each taken before the dashboard could bind them")
 
 
 def _get(port: int, path: str) -> bytes:
@@ -128,9 +137,8 @@ def store(tmp_path_factory):
 def served(store):
     """The dashboard over the test store, with every option but --host given, as the brief's user runs it."""
     root, study_id = store
-    port = _free_port()
     with _serving("--storage", f"sqlite:///{root / 'storage' / 'hpo.db'}",
-                  "--artifact-dir", str(root / "models"), cwd=root, port=port) as (_, log):
+                  "--artifact-dir", str(root / "models"), cwd=root) as (_, log, port):
         yield root, study_id, port, log
 
 
@@ -236,8 +244,7 @@ def test_open_to_all_warns_and_defaults_find_the_store(store, tmp_path):
     """--host 0.0.0.0 says who can reach it. Run from the project folder with no --storage or
     --artifact-dir, it finds storage/hpo.db and models/ by itself."""
     root, study_id = store
-    port = _free_port()
-    with _serving("--host", "0.0.0.0", cwd=root, port=port) as (_, log):
+    with _serving("--host", "0.0.0.0", cwd=root) as (_, log, port):
         assert _listeners(port) == {ANY_V4}
         assert json.loads(_get(port, "/api/studies"))["study_summaries"][0]["study_name"] == STUDY
         assert json.loads(_get(port, "/api/meta"))["artifact_is_available"] is True
@@ -249,9 +256,8 @@ def test_open_to_all_warns_and_defaults_find_the_store(store, tmp_path):
 
 def test_missing_artifact_folder_runs_without_artifacts(store, tmp_path):
     root, _ = store
-    port = _free_port()
     with _serving("--storage", f"sqlite:///{root / 'storage' / 'hpo.db'}",
-                  "--artifact-dir", str(tmp_path / "nowhere"), cwd=tmp_path, port=port) as (_, log):
+                  "--artifact-dir", str(tmp_path / "nowhere"), cwd=tmp_path) as (_, log, port):
         assert json.loads(_get(port, "/api/meta"))["artifact_is_available"] is False
         assert json.loads(_get(port, "/api/studies"))["study_summaries"][0]["study_name"] == STUDY
         assert f"no artifact folder at {tmp_path / 'nowhere'}" in log.read_text()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from builders import write_study
+from builders import TINY_STUDY, write_study
 
 from hpo import config, run, study as study_mod
 from hpo.errors import HpoError
@@ -38,25 +38,48 @@ def test_every_sampler_runs_a_study(sampler, study_dir):
         assert [s for s in t.intermediate_values] == ([] if sampler == "nsga2" else [1, 2])
 
 
+# Each pruner's options, chosen so that it must prune on the grid below (one bracket for Hyperband:
+# successive halving with reduction factor 3).
+PRUNER_OPTIONS = {"median": "n_startup_trials = 1", "percentile": "percentile = 50.0\nn_startup_trials = 1",
+                  "successive_halving": "min_resource = 1\nreduction_factor = 2",
+                  "hyperband": "min_resource = 1\nmax_resource = 2", "patient": "patience = 0", "none": ""}
+GOOD_LR, SLOW_LR = 0.05, 0.0001
+
+
 @pytest.mark.parametrize("pruner", sorted(study_mod.PRUNERS))
-def test_every_pruner_runs_and_records_why(pruner, study_dir):
-    options = {"median": "n_startup_trials = 1", "percentile": "percentile = 50.0\nn_startup_trials = 1",
-               "successive_halving": "", "hyperband": "min_resource = 1\nmax_resource = 2", "patient": "patience = 0",
-               "none": ""}[pruner]
-    write_study(study_dir, pruner=f'name = "{pruner}"\n{options}',
-                search='lr = { choices = [0.05, 0.0001, 0.05, 0.0001] }', sampler='name = "grid"')
+def test_every_pruner_prunes_what_it_should_and_records_why(pruner, study_dir):
+    # lr 1e-4 barely learns: at epoch 1 it trails any lr 0.05 trial that reached epoch 1 before it.
+    # For the patient pruner, lr x 3 after epoch 1 makes some trials worse at epoch 2 (gamma 1: none).
+    # Seed 1: the grid runs a slow trial after the good ones (seed 0 runs both slow ones first).
+    text = TINY_STUDY.replace("seed = 0", "seed = 1")
+    first, values = ("lr", [GOOD_LR, SLOW_LR]) if pruner != "patient" else ("gamma", [1.0, 3.0])
+    if pruner == "patient":
+        text = text.replace("momentum = 0.9\n", 'momentum = 0.9\nschedule = "step"\nmilestones = [1]\n')
+    write_study(study_dir, text=text, pruner=f'name = "{pruner}"\n{PRUNER_OPTIONS[pruner]}', sampler='name = "grid"',
+                search=f"{first} = {{ choices = {values} }}\nmomentum = {{ choices = [0.9, 0.8] }}")
     assert run.main(["--study", str(study_dir), "--trials", "4"]) == 0
     trials = load_trials()
-    assert len(trials) == 4
+    assert sorted((t.params[first], t.params["momentum"]) for t in trials) == sorted(
+        (v, m) for v in values for m in (0.9, 0.8))  # the whole grid, each point once
+    pruned = {t.number for t in trials if t.user_attrs["status"] == "pruned"}
     for t in trials:
         assert t.user_attrs["epochs_run"] == len(t.intermediate_values)
-        if t.user_attrs["status"] == "pruned":
-            assert t.state == optuna.trial.TrialState.PRUNED and "pruned at epoch" in t.user_attrs["reason"]
-    statuses = [t.user_attrs["status"] for t in trials]
+        if t.number in pruned:
+            assert t.state == optuna.trial.TrialState.PRUNED
+            assert t.user_attrs["reason"].startswith(f"pruned at epoch {t.user_attrs['epochs_run']}: ")
+            assert t.user_attrs["reason"].endswith(f"({pruner} pruner)")
     if pruner == "none":
-        assert "pruned" not in statuses
-    if pruner in ("median", "percentile"):  # lr 1e-4 trails lr 0.05 at epoch 1
-        assert statuses[1] == "pruned" and trials[1].user_attrs["epochs_run"] == 1
+        assert not pruned
+    elif pruner == "patient":  # patience 0: pruned exactly when epoch 2 is worse than epoch 1
+        fell = {t.number for t in trials if t.user_attrs["status"] in ("ok", "pruned") and len(t.intermediate_values) == 2
+                and t.intermediate_values[2] < t.intermediate_values[1]}
+        assert pruned and pruned == fell, [(t.params, t.intermediate_values, t.user_attrs["status"]) for t in trials]
+    else:
+        trailing = {t.number for t in trials if t.params["lr"] == SLOW_LR
+                    and any(u.params["lr"] == GOOD_LR and u.number < t.number for u in trials)}
+        assert trailing, "the grid's order leaves no slow trial after a good one: pick another seed"
+        assert trailing <= pruned, [(t.number, t.params, t.user_attrs["status"]) for t in trials]
+        assert all(trials[n].user_attrs["epochs_run"] == 1 for n in pruned)
 
 
 def test_objective_runs_without_a_study(study_dir):
@@ -136,8 +159,9 @@ def test_bad_sampler_or_pruner(section, text, message, study_dir):
 
 
 def test_sampler_seed_differs_on_resume_and_per_worker():
-    seeds = {study_mod.sampler_seed(0, n, w) for n in (0, 3) for w in (0, 1)}
-    assert len(seeds) == 4 and study_mod.sampler_seed(0, 0, 0) == study_mod.sampler_seed(0, 0, 0)
+    # Every study seed, resume point and worker index of a realistic range gets its own sampler seed.
+    seeds = [study_mod.sampler_seed(s, n, w) for s in (0, 1, 7) for n in (0, 1, 3, 50) for w in range(16)]
+    assert len(set(seeds)) == len(seeds) == 192 and all(0 <= x < 2**31 for x in seeds)
 
 
 def test_dominated():
