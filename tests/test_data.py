@@ -191,6 +191,7 @@ def test_subset_larger_than_the_set(empty_data_dir):
         data.load(DataSpec(test_size=10001), seed=0, root=empty_data_dir)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_load_to_cuda(empty_data_dir):
     d = data.load(DataSpec(train_size=256, test_size=128), seed=0, device="cuda", root=empty_data_dir)
