@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=30, help="trials (default: 30)")
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default: 6)")
     p.add_argument("--train-size", type=int, default=0, help="training images, 0: all 54,000 left after the validation split (default: 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads, 0: torch's default, as the example (default: 0)")
     args = p.parse_args(argv)
     ARGS.__dict__.update(vars(args))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEED))
     study.optimize(objective, n_trials=args.trials)
