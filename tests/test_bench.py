@@ -56,11 +56,12 @@ def test_meter_counts_a_grandchild_nobody_waits_for(tmp_path):
     # Ray's driver leaves its daemons: getrusage(RUSAGE_CHILDREN) never sees that CPU.
     script = tmp_path / "leave.py"
     script.write_text(textwrap.dedent("""
-        import subprocess, sys, time
+        import os, subprocess, sys, time
         spin = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.0: pass\\nprint('done', flush=True)"
         child = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
         child.stdout.readline()  # the grandchild has spent its second; it is not waited for
         time.sleep(0.6)  # a few samples of the zombie
+        os._exit(0)  # no clean-up: Popen.__del__ would reap it, and getrusage would count it
     """))
     m = measure([sys.executable, str(script)])
     assert m.returncode == 0
