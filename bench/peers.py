@@ -5,12 +5,14 @@
 The study: LeNet-5 on the real Fashion-MNIST (6,000 training images held out for validation,
 the rest for training, no augmentation), SGD with lr (log 1e-4..1), momentum (0.5..0.99) and
 batch size (32, 64, 128, 256) searched by Optuna's TPE (seed 0), ``--epochs`` epochs a trial,
-``--trials`` trials, median-style pruning. Four whole commands, each on fresh stores:
-1. ``python -m hpo.run --workers 1``: one process (median pruner, 5 startup trials);
-2. ``python -m hpo.run --workers auto``: on a CPU, one worker per core;
-3. plain Optuna: bench/peers/optuna_simple.py, a transcription of optuna-examples'
+``--trials`` trials, median-style pruning. Five whole commands, each on fresh stores:
+1. ``python -m hpo.run --workers 1 --set train.threads=0``: one process, a torch thread per core
+   (median pruner, 5 startup trials);
+2. ``... --workers 1 --set train.threads=1``: one process, one thread;
+3. ``python -m hpo.run --workers auto``: on a CPU, one worker per core, one thread each;
+4. plain Optuna: bench/peers/optuna_simple.py, a transcription of optuna-examples'
    pytorch/pytorch_simple.py (DataLoader, per-image transforms; create_study's MedianPruner);
-4. Ray Tune: bench/peers/ray_tune.py, Tuner + OptunaSearch + ASHAScheduler, one CPU per trial,
+5. Ray Tune: bench/peers/ray_tune.py, Tuner + OptunaSearch + ASHAScheduler, one CPU per trial,
    max_concurrent_trials = the cores. Where Ray cannot run, one line says why and the rest run.
 All read the same files (torchvision's FashionMNIST/raw layout, unpacked from Debian's package).
 
@@ -18,7 +20,7 @@ For each: wall time of the whole command, trials/hour, epochs trained, the best 
 accuracy any trial reached, the time at which the study first reached ``--target`` % validation
 accuracy (from the command's start to the end of that epoch), peak memory (RSS of the whole
 process tree at once) and CPU seconds (the tree's, user + system), and the cores other processes
-used meanwhile. Rounds interleave the four as bench/loop.py does; each one's fastest round counts.
+used meanwhile. Rounds interleave the five as bench/loop.py does; each one's fastest round counts.
 A benchmark, not a test: it prints figures and the machine, and never fails on a slow result.
 """
 from __future__ import annotations
@@ -94,10 +96,10 @@ def hpo_trials(store: Path) -> list[dict]:
     return out
 
 
-def run_hpo(workers: str, args, folder: Path, data: Path) -> Outcome:
-    store = folder / f"hpo-{workers}-{os.getpid()}-{datetime.datetime.now():%H%M%S%f}.db"
+def run_hpo(extra: list[str], args, folder: Path, data: Path) -> Outcome:
+    store = folder / f"hpo-{os.getpid()}-{datetime.datetime.now():%H%M%S%f}.db"
     cmd = [sys.executable, "-m", "hpo.run", "--study", str(folder / "studies" / "peers"), "--trials", str(args.trials),
-           "--workers", workers, "--storage", f"sqlite:///{store}", "--keep", "none", "--quiet", "--data-dir", str(data)]
+           *extra, "--storage", f"sqlite:///{store}", "--keep", "none", "--quiet", "--data-dir", str(data)]
     m = measure(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if m.returncode != 0:
         return Outcome(m, [], f"failed (exit {m.returncode}): {m.stderr.strip().splitlines()[-1] if m.stderr.strip() else ''}")
@@ -118,9 +120,10 @@ def run_peer(script: str, args, data: Path) -> Outcome:
                    + (f", ray {result['ray']}" if "ray" in result else ""))
 
 
-RUNS = {
-    "hpo --workers 1": lambda args, folder, data: run_hpo("1", args, folder, data),
-    "hpo --workers auto": lambda args, folder, data: run_hpo("auto", args, folder, data),
+RUNS = {  # hpo's settings spelled out, so that they do not move with hpo.run's defaults
+    "hpo 1 x 2 threads": lambda args, folder, data: run_hpo(["--workers", "1", "--set", "train.threads=0"], args, folder, data),
+    "hpo 1 x 1 thread": lambda args, folder, data: run_hpo(["--workers", "1", "--set", "train.threads=1"], args, folder, data),
+    "hpo --workers auto": lambda args, folder, data: run_hpo(["--workers", "auto"], args, folder, data),
     "plain Optuna": lambda args, folder, data: run_peer("optuna_simple.py", args, data),
     "Ray Tune": lambda args, folder, data: run_peer("ray_tune.py", args, data),
 }
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=89.0, help="validation accuracy %% to time (default: 89)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each run's fastest counts (default: 1)")
     p.add_argument("--only", action="append", choices=list(RUNS), default=None,
-                   help="run only these (repeatable; default: all four)")
+                   help="run only these (repeatable; default: all five)")
     args = p.parse_args(argv)
     if args.trials < 1 or args.epochs < 1 or args.rounds < 1 or args.train_size < 0:
         p.error("need --trials, --epochs, --rounds >= 1 and --train-size >= 0")
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[label].append(f)
                 print(f"round {r}  {line(label, f, args.target)}; {outcome.note}" if outcome.note else
                       f"round {r}  {line(label, f, args.target)}", flush=True)
-    print(f"\nresult (fastest round of each){'' if args.rounds > 1 else ''}; load average after {load_average()}")
+    print(f"\nresult (fastest round of each); load average after {load_average()}")
     print(f"| run | wall | trials/h | epochs | best val % | time to {args.target:g}% | peak RSS | CPU s | other processes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, rounds in results.items():
