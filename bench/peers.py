@@ -109,6 +109,8 @@ def run_hpo(extra: list[str], args, folder: Path, data: Path) -> Outcome:
 def run_peer(script: str, args, data: Path) -> Outcome:
     cmd = [sys.executable, str(BENCH / "peers" / script), "--data-dir", str(data), "--trials", str(args.trials),
            "--epochs", str(args.epochs), "--train-size", str(args.train_size)]
+    if script == "optuna_simple.py" and args.optuna_threads:
+        cmd += ["--threads", str(args.optuna_threads)]
     m = measure(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     last = m.stdout.strip().splitlines()[-1] if m.stdout.strip() else ""
     if m.returncode != 0 or not last.startswith("{"):
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=0,
                    help="training images, 0: all 54,000 left after the 6,000 held out (default: 0)")
     p.add_argument("--target", type=float, default=89.0, help="validation accuracy %% to time (default: 89)")
+    p.add_argument("--optuna-threads", type=int, default=0,
+                   help="torch threads of the plain Optuna peer; 0: torch's default (all cores), as the example (default: 0)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each run's fastest counts (default: 1)")
     p.add_argument("--only", action="append", choices=list(RUNS), default=None,
                    help="run only these (repeatable; default: all five)")
@@ -182,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"software  python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
     print(f"study     LeNet-5, Fashion-MNIST {args.train_size or 54000} train / 6000 val images, {args.epochs} epochs, "
           f"{args.trials} trials, TPE seed 0, median pruning (ASHA for Ray), {args.rounds} round(s)")
+    print(f"peers     plain Optuna with {args.optuna_threads or 'torch default'} thread(s); Ray: 1 CPU per trial")
     print(f"date      {datetime.datetime.now().isoformat(timespec='seconds')}, load average {load_average()}", flush=True)
     results: dict[str, list[Figures]] = {k: [] for k in runs}
     with tempfile.TemporaryDirectory(prefix="hpo-bench-peers-") as tmp:

@@ -25,6 +25,9 @@ from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, artifact_store, env_s
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
 EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.workers starts the worker again
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kubernetes indexed Jobs
+# The fastest setting measured on both a busy and a less busy 2-core machine for a real study
+# (bench/README.md, "peers.py" and "workers.py"): a small net gets one single-thread worker per core.
+DEFAULT_WORKERS = "auto"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,10 +38,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
-    p.add_argument("--workers", default="1",
+    p.add_argument("--workers", default=DEFAULT_WORKERS,
                    help="worker processes on this machine sharing the study and the --trials between them: a number, "
                         "or auto (CPU: one per core for small nets, one for ResNet-18; GPU: two small trials per GPU "
-                        "or one large) (default: 1)")
+                        f"or one large); 1 for bit-identical reruns (default: {DEFAULT_WORKERS})")
     p.add_argument("--worker-index", type=int, default=None, metavar="I",
                    help="this process's index among those sharing the study, mixed into the sampler seed so that "
                         "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
@@ -149,6 +152,8 @@ def _lost_trial(e: Exception) -> bool:
 def resume_command(args) -> str:
     """The command that goes on where this one stopped, with the same overrides and store."""
     parts = ["python -m hpo.run", "--study", shlex.quote(str(args.study)), "--trials", "N"]
+    if args.workers != DEFAULT_WORKERS:
+        parts += ["--workers", shlex.quote(args.workers)]
     parts += [f"--set {shlex.quote(s)}" for s in args.set]
     if args.storage != DEFAULT_STORAGE:
         parts += ["--storage", shlex.quote(redact(args.storage))]
