@@ -48,38 +48,11 @@ from hpo.data import Data, Split  # noqa: E402
 from hpo.datasets import DATASETS  # noqa: E402
 from hpo.nets import NETS, build  # noqa: E402
 from hpo.train import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
-from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
+from machine import Neighbours, cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
 INFO = DATASETS["cifar10"]
 SEED = 0
 EVAL_IMAGES = 256  # hpo's val/test splits: evaluation is not timed, so keep it short
-
-
-# ---------------------------------------------------------------- the machine
-
-
-class Neighbours:
-    """How many cores other processes kept busy while a loop ran (Linux): /proc/stat's busy time
-    minus this process's and its waited-for children's (the coursework's workers). Near 0: the
-    figure is clean; near the core count: the loop shared the CPU and its figure is low."""
-
-    def __init__(self):
-        self.start = self._now()
-
-    @staticmethod
-    def _now():
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        return busy / os.sysconf("SC_CLK_TCK"), sum(os.times()[:4]), time.perf_counter()
-
-    def cores(self) -> float | None:
-        end = self._now()
-        if self.start is None or end is None:
-            return None
-        return max(0.0, (end[0] - self.start[0]) - (end[1] - self.start[1])) / (end[2] - self.start[2])
 
 
 # ---------------------------------------------------------------- the data

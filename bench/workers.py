@@ -6,6 +6,8 @@ Each round runs the same command twice on a fresh SQLite store, as a user would:
 ``python -m hpo.run --study bench --trials N --workers 1`` (one process, all cores as torch
 threads) and ``... --workers auto`` (on a CPU and LeNet-5: one worker per core, one thread each);
 ``--single-thread`` adds ``--workers 1 --set train.threads=1``.
+Each round line says how many cores other processes used meanwhile (bench/machine.py's
+Neighbours): near 0 the machine was idle, near the core count it was busy; run it both ways.
 The wall time is the whole command's: process start, data loading, store writes and training,
 so trials/hour is what a user gets. The study is LeNet-5 on a Fashion-MNIST subset, random
 sampler, no pruner and an lr range that does not diverge, so every trial does the same work.
@@ -22,8 +24,6 @@ import datetime
 import os
 import platform
 import re
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from hpo.train import cpu_count  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
+from meter import measure  # noqa: E402  (bench/meter.py)
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"
@@ -60,29 +61,27 @@ name = "none"
 """
 
 
-COMMANDS = {  # label: extra arguments
-    "--workers 1": ["--workers", "1"],
+COMMANDS = {  # label: extra arguments, spelled out so that they do not move with hpo.run's defaults
+    "--workers 1": ["--workers", "1", "--set", "train.threads=0"],
     "--workers 1, 1 thread": ["--workers", "1", "--set", "train.threads=1"],
     "--workers auto": ["--workers", "auto"],
 }
 
 
-def run_once(extra: list[str], args, folder: Path) -> tuple[float, float, str]:
-    """Wall and CPU seconds of one whole command on a fresh store, and how it split the machine."""
+def run_once(extra: list[str], args, folder: Path) -> tuple[float, float, str, float | None]:
+    """Wall and CPU seconds of one whole command on a fresh store, how it split the machine, and
+    the cores other processes used meanwhile."""
     store = folder / f"bench-{time.monotonic_ns()}.db"
     cmd = [sys.executable, "-m", "hpo.run", "--study", str(folder / "studies" / "bench"), "--trials", str(args.trials),
            *extra, "--storage", f"sqlite:///{store}", "--keep", "none", "--quiet"]
-    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    spawned = re.findall(r"^\[worker \d+\] pid \d+: \d+ trials?, (\d+) thread", proc.stderr, re.M)
+    m = measure(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if m.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{m.stderr[-3000:]}")
+    spawned = re.findall(r"^\[worker \d+\] pid \d+: \d+ trials?, (\d+) thread", m.stderr, re.M)
     if spawned:
-        return seconds, cpu, f"{len(spawned)} workers x {spawned[0]} thread{'s' * (spawned[0] != '1')}"
-    threads = extra[-1].split("=")[1] if "train.threads=1" in extra else str(cpu_count())
-    return seconds, cpu, f"1 process x {threads} thread{'s' * (threads != '1')}"
+        return m.wall_s, m.cpu_s, f"{len(spawned)} workers x {spawned[0]} thread{'s' * (spawned[0] != '1')}", m.neighbours
+    threads = "1" if "train.threads=1" in extra else str(cpu_count())
+    return m.wall_s, m.cpu_s, f"1 process x {threads} thread{'s' * (threads != '1')}", m.neighbours
 
 
 def main() -> int:
@@ -106,20 +105,23 @@ def main() -> int:
         (folder / "studies" / "bench").mkdir(parents=True)
         (folder / "studies" / "bench" / "study.toml").write_text(
             STUDY.format(train_size=args.train_size, epochs=args.epochs, val_fraction=args.val_fraction))
-        best: dict[str, tuple[float, float, str]] = {}
+        best: dict[str, tuple[float, float, str, str]] = {}
         for r in range(args.rounds):
             for label, extra in COMMANDS.items():
                 if label.endswith("1 thread") and not args.single_thread:
                     continue
-                seconds, cpu, split = run_once(extra, args, folder)
+                seconds, cpu, split, others = run_once(extra, args, folder)
+                busy = f"{others:.2f}" if others is not None else "n/a"
                 print(f"round {r + 1}  {label:22}  {seconds:6.1f} s  {args.trials / seconds * 3600:7.0f} trials/hour"
-                      f"  {cpu:6.1f} CPU s")
+                      f"  {cpu:6.1f} CPU s  other processes used {busy} cores", flush=True)
                 if label not in best or seconds < best[label][0]:
-                    best[label] = (seconds, cpu, split)
+                    best[label] = (seconds, cpu, split, busy)
     print()
-    for label, (seconds, cpu, split) in best.items():
-        print(f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split})")
+    for label, (seconds, cpu, split, busy) in best.items():
+        print(f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
+              f"other processes used {busy} cores in that round)")
     print(f"--workers auto / --workers 1: {best['--workers 1'][0] / best['--workers auto'][0]:.2f}x")
+    print(f"load average after {load_average()}")
     return 0
 
 

@@ -28,6 +28,9 @@ from hpo.store import DEFAULT_STORAGE, STORAGE_ENV, GRACE_ENV, GRACE_S, artifact
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
+# The fastest setting measured on both a busy and a less busy 2-core machine for a real study
+# (bench/README.md, "peers.py" and "workers.py"): a small net gets one single-thread worker per core.
+DEFAULT_WORKERS = "auto"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,10 +48,10 @@ def parser() -> argparse.ArgumentParser:
                         "(a moved folder); without it that is refused (default: off)")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
-    p.add_argument("--workers", default="1",
+    p.add_argument("--workers", default=DEFAULT_WORKERS,
                    help="worker processes on this machine sharing the study and the --trials between them: a number, "
                         "or auto (CPU: one per core for small nets, one for ResNet-18; GPU: two small trials per GPU "
-                        "or one large) (default: 1)")
+                        f"or one large); 1 for bit-identical reruns (default: {DEFAULT_WORKERS})")
     p.add_argument("--worker-index", type=int, default=None, metavar="I",
                    help="this process's index among those sharing the study, mixed into the sampler seed so that "
                         "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
@@ -112,7 +115,8 @@ def _lost_trial(e: Exception) -> bool:
 
 def resume_command(args) -> str:
     """The command that goes on where this one stopped, with the same overrides and store."""
-    return run_command(args.study, "N", args.set, args.storage, study_name=args.study_name)
+    workers = None if args.workers == DEFAULT_WORKERS else args.workers
+    return run_command(args.study, "N", args.set, args.storage, workers=workers, study_name=args.study_name)
 
 
 def run_single(args, spec, trials: int) -> int:

@@ -18,6 +18,8 @@ STORE = "storage/hpo.db"
 
 
 def hpo_run(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess:
+    """The single-process run (``--workers 1`` unless the test says otherwise): tests/test_workers.py has the rest."""
+    args = args if "--workers" in args else (*args, "--workers", "1")
     proc = subprocess.run([sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
     if check_code is not None:
         assert proc.returncode == check_code, proc.stderr[-2000:]
@@ -86,7 +88,7 @@ def wait_for_running_trial(db: Path, proc: subprocess.Popen, deadline: float = 1
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_interrupt_marks_the_running_trial_and_says_how_to_resume(sig, code, study_dir, tmp_path):
     write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "5"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "5", "--workers", "1"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_running_trial(tmp_path / STORE, proc)

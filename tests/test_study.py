@@ -27,7 +27,7 @@ def test_every_sampler_runs_a_study(sampler, study_dir):
     metrics = '["val_acc", "params"]' if sampler == "nsga2" else '["val_acc"]'
     write_study(study_dir, search=search + '\n"model.name" = { choices = ["lenet5", "simple_cnn"] }',
                 sampler=f'name = "{sampler}"', pruner='name = "none"', objective=f"metrics = {metrics}")
-    assert run.main(["--study", str(study_dir), "--trials", "2"]) == 0
+    assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "2"]) == 0
     trials = load_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     for t in trials:
@@ -57,7 +57,7 @@ def test_every_pruner_prunes_what_it_should_and_records_why(pruner, study_dir):
         text = text.replace("momentum = 0.9\n", 'momentum = 0.9\nschedule = "step"\nmilestones = [1]\n')
     write_study(study_dir, text=text, pruner=f'name = "{pruner}"\n{PRUNER_OPTIONS[pruner]}', sampler='name = "grid"',
                 search=f"{first} = {{ choices = {values} }}\nmomentum = {{ choices = [0.9, 0.8] }}")
-    assert run.main(["--study", str(study_dir), "--trials", "4"]) == 0
+    assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "4"]) == 0
     trials = load_trials()
     assert sorted((t.params[first], t.params["momentum"]) for t in trials) == sorted(
         (v, m) for v in values for m in (0.9, 0.8))  # the whole grid, each point once
@@ -91,7 +91,7 @@ def test_objective_runs_without_a_study(study_dir):
 
 def test_diverged_trial_is_pruned_with_its_reason_and_the_study_goes_on(study_dir):
     write_study(study_dir, search='lr = { choices = [1e6, 0.05] }', sampler='name = "grid"', pruner='name = "none"')
-    assert run.main(["--study", str(study_dir), "--trials", "2"]) == 0
+    assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "2"]) == 0
     by_lr = {t.params["lr"]: t for t in load_trials()}
     bad = by_lr[1e6]
     assert bad.state == optuna.trial.TrialState.PRUNED
@@ -103,7 +103,7 @@ def test_chance_level_trial_is_pruned_as_collapsed(study_dir):
     # Sigmoid LeNet at a tiny lr stays at chance: the loss is finite, so only the accuracy tells.
     write_study(study_dir, search='lr = { choices = [1e-6] }', sampler='name = "grid"', pruner='name = "none"',
                 model='name = "lenet5"\nactivation = "sigmoid"')
-    run.main(["--study", str(study_dir), "--trials", "1"])
+    run.main(["--study", str(study_dir), "--workers", "1", "--trials", "1"])
     (t,) = load_trials()
     assert t.state == optuna.trial.TrialState.PRUNED
     assert t.user_attrs["status"] == "collapsed" and "chance level" in t.user_attrs["reason"]
@@ -112,7 +112,7 @@ def test_chance_level_trial_is_pruned_as_collapsed(study_dir):
 @pytest.mark.parametrize("keep, expected", [("all", 3), ("none", 0)])
 def test_keep_policy_decides_which_weights_are_stored(keep, expected, study_dir, tmp_path):
     write_study(study_dir, pruner='name = "none"')
-    assert run.main(["--study", str(study_dir), "--trials", "3", "--keep", keep]) == 0
+    assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "3", "--keep", keep]) == 0
     kept = [t for t in load_trials() if "weights_artifact_id" in t.user_attrs]
     assert len(kept) == expected
     models = tmp_path / "models"  # --keep none never creates it
@@ -121,7 +121,7 @@ def test_keep_policy_decides_which_weights_are_stored(keep, expected, study_dir,
 
 def test_keep_best_stores_each_new_best_and_the_final_best(study_dir, tmp_path):
     write_study(study_dir, pruner='name = "none"', search='lr = { choices = [0.0005, 0.05, 0.002] }', sampler='name = "grid"')
-    assert run.main(["--study", str(study_dir), "--trials", "3"]) == 0
+    assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "3"]) == 0
     trials = load_trials()
     best = max(trials, key=lambda t: t.value)
     assert "weights_artifact_id" in best.user_attrs

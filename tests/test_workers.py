@@ -278,6 +278,15 @@ def test_postgresql_lost_mid_study_is_ridden_out_and_nothing_is_lost(pg_study, t
         assert any(r.system_attrs.get("failed_trial") == t.number and r.state in FINISHED for r in trials)
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto is one process on one core")
+def test_the_default_is_one_single_thread_worker_per_core(study_dir, tmp_path):
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05")  # threads unset: auto gives each one
+    out, err = finish(start("--study", "tiny", "--trials", "2", cwd=tmp_path))  # no --workers
+    assert "adding 2 with 2 workers (auto)" in err, err[-2000:]
+    assert len(re.findall(r"^\[worker \d\] pid \d+: 1 trial, 1 thread$", err, re.M)) == 2
+    assert "tiny: 2 trials added" in out
+
+
 @pytest.mark.parametrize("workers", ["0", "many"])
 def test_a_bad_worker_count_is_one_line_and_no_store(workers, study_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "tiny", "--workers", workers], cwd=tmp_path,
