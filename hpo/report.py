@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo import cli
+from hpo import branches, cli
 from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
     source = (folder / STUDY_FILE).read_text(encoding="utf-8")
     findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args), study_toml=source)
+    findings = branches.extend(findings, study)  # per-branch results, warm-started trials
     out = Path(args.out) if args.out else folder / "report"
     written = write_report(study, findings, out, png=not args.no_png)
     if count(TrialState.RUNNING):
