@@ -72,7 +72,7 @@ def compute(study: optuna.Study) -> Branches | None:
         return None
     metric, direction = metric_names(study)[0], study.directions[0]
     space = searched_params(complete)
-    shared = tuple(n for n in space if all(n in t.params for t in complete))
+    shared = tuple(n for n in space if n not in conditions)  # by the study's conditions, not by who happened to finish
     keyed: dict[tuple, list[FrozenTrial]] = {}
     for t in complete:
         keyed.setdefault(tuple(_base_params(t).get(k) for k in by), []).append(t)

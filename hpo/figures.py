@@ -212,10 +212,13 @@ def branch_blocks(f: Findings) -> list:
         Table(("branch", "trials", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
               tuple((x.label, str(x.trials), fmt(m, x.mean), fmt(m, x.best), fmt(m, x.worst), f"#{x.best_trial}") for x in b.branches))]
     for x in b.branches:
-        out.append(Heading(f"Branch {x.label} ({x.trials} trials)", 3))
+        out.append(Heading(f"Branch {x.label} ({x.trials} trial{'s' * (x.trials != 1)})", 3))
         for p in x.params:
-            out += [Para(p.summary), Table(("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
-                                           tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups))]
+            out.append(Para(p.summary))
+            if sum(1 for g in p.groups if g.trials) < 2:  # one value or one bin: the sentence says it all
+                continue
+            out.append(Table(("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
+                             tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups)))
         imp = x.importance
         if imp.by_evaluator:
             names = list(next(iter(imp.by_evaluator.values())))

@@ -14,14 +14,14 @@ LR_SGD = FloatDistribution(1e-3, 0.3, log=True)
 LR_ADAM = FloatDistribution(1e-5, 1e-2, log=True)
 
 
-def conditional_study() -> optuna.Study:
+def conditional_study(only_adam: bool = False) -> optuna.Study:
     """8 SGD trials whose accuracy falls with momentum's distance from 0.9; 4 Adam trials at 85 + i."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("metrics", ["val_acc"])
     study.set_user_attr("branches", {"momentum": {"setting": "momentum", "when": {"optimizer": ["sgd"]}},
                                      "lr|sgd": {"setting": "lr", "when": {"optimizer": ["sgd"]}},
                                      "lr|adam": {"setting": "lr", "when": {"optimizer": ["adam"]}}})
-    for i in range(12):
+    for i in range(8 if only_adam else 0, 12):
         if i < 8:
             m = 0.5 + 0.06 * i
             params, dists, acc = {"optimizer": "sgd", "momentum": m, "lr|sgd": 0.01 * (i + 1)}, {"optimizer": OPT, "momentum": MOM, "lr|sgd": LR_SGD}, 90 - 20 * abs(m - 0.9)
@@ -45,6 +45,12 @@ def test_each_branch_has_its_trials_numbers_and_own_parameters():
     assert sum(g.trials for p in sgd.params if p.name == "momentum" for g in p.groups) == 8  # no Adam trial in SGD's table
     assert set(sgd.importance.by_evaluator["PED-ANOVA"]) == {"momentum", "lr|sgd"}  # within the branch
     assert branches.display("lr|adam/adamw") == "lr (adam/adamw)"
+
+
+def test_a_branch_parameter_is_a_branch_parameter_even_when_no_other_branch_finished():
+    b = branches.compute(conditional_study(only_adam=True))
+    assert b.shared == ("optimizer",) and [x.label for x in b.branches] == ["optimizer = adam"]
+    assert [p.name for p in b.branches[0].params] == ["lr|adam"]
 
 
 def test_the_report_shows_the_branches_and_marks_warm_started_trials():
