@@ -27,16 +27,18 @@ class Branch:
     mean: float | None
     best: float | None
     worst: float | None
-    best_trial: int
+    best_trial: int | None
     params: tuple[ParamEffect, ...]  # the parameters only this branch searches
     importance: Importances  # within the branch, on every parameter its trials share
+    pruned: int = 0  # trials of this branch the pruner stopped (not in the numbers above)
 
 
 @dataclass(frozen=True)
 class Branches:
     by: tuple[str, ...]  # the settings the conditions read, e.g. ("optimizer",)
     branches: tuple[Branch, ...]
-    shared: tuple[str, ...]  # parameters every complete trial has: all the study-wide importance can rank
+    shared: tuple[str, ...]  # parameters no condition restricts
+    ranked: tuple[str, ...] = ()  # parameters every complete trial has: all Optuna's study-wide importance can rank
 
 
 def _stats(trials: list[FrozenTrial], direction) -> dict:
@@ -73,12 +75,21 @@ def compute(study: optuna.Study) -> Branches | None:
     metric, direction = metric_names(study)[0], study.directions[0]
     space = searched_params(complete)
     shared = tuple(n for n in space if n not in conditions)  # by the study's conditions, not by who happened to finish
+    branch_of = lambda t: tuple(_base_params(t).get(k) for k in by)  # noqa: E731
     keyed: dict[tuple, list[FrozenTrial]] = {}
     for t in complete:
-        keyed.setdefault(tuple(_base_params(t).get(k) for k in by), []).append(t)
+        keyed.setdefault(branch_of(t), []).append(t)
+    pruned = [branch_of(t) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))]
+    for key in pruned:
+        keyed.setdefault(key, [])
     out = []
     for key, trials in sorted(keyed.items(), key=lambda kv: [str(v) for v in kv[0]]):
         values = {k: v for k, v in zip(by, key) if v is not None}
+        label = ", ".join(f"{k} = {v}" for k, v in values.items()) or "none of the conditions set"
+        if not trials:  # every trial of this branch was pruned
+            out.append(Branch(label=label, values=values, trials=0, mean=None, best=None, worst=None, best_trial=None,
+                              params=(), importance=Importances(metric, {}, "no complete trial"), pruned=pruned.count(key)))
+            continue
         own = [n for n in space if n not in shared and any(n in t.params for t in trials)]
         effects = []
         for name in own:
@@ -89,10 +100,10 @@ def compute(study: optuna.Study) -> Branches | None:
         imp = importances(_branch_study(trials, study.directions), trials, names, metric, 0)
         stats = _stats(trials, direction)
         best = min((t for t in trials if t.values[0] == stats["best"]), key=lambda t: t.number)
-        out.append(Branch(label=", ".join(f"{k} = {v}" for k, v in values.items()) or "none of the conditions set",
-                          values=values, best_trial=best.number, params=tuple(effects), importance=imp,
-                          **stats))
-    return Branches(by=by, branches=tuple(out), shared=shared)
+        out.append(Branch(label=label, values=values, best_trial=best.number, params=tuple(effects), importance=imp,
+                          pruned=pruned.count(key), **stats))
+    ranked = tuple(n for n in space if all(n in t.params for t in complete))
+    return Branches(by=by, branches=tuple(out), shared=shared, ranked=ranked)
 
 
 def warm_started(study: optuna.Study) -> dict[int, str]:

@@ -207,11 +207,12 @@ def branch_blocks(f: Findings) -> list:
         return out
     out += [Heading("Branches"), Para(
         f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. The importances above "
-        f"rank only the parameters every trial has ({', '.join(b.shared) or 'none'}); each branch below has its own, on "
-        f"its trials alone."),
-        Table(("branch", "trials", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
-              tuple((x.label, str(x.trials), fmt(m, x.mean), fmt(m, x.best), fmt(m, x.worst), f"#{x.best_trial}") for x in b.branches))]
-    for x in b.branches:
+        f"are Optuna's, on the parameters every complete trial has ({', '.join(b.ranked) or 'none'}); each branch below "
+        f"has its own, on its trials alone (complete trials; pruned ones are counted apart)."),
+        Table(("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
+              tuple((x.label, str(x.trials), str(x.pruned), fmt(m, x.mean), fmt(m, x.best), fmt(m, x.worst),
+                     f"#{x.best_trial}" if x.best_trial is not None else "—") for x in b.branches))]
+    for x in (x for x in b.branches if x.trials):
         out.append(Heading(f"Branch {x.label} ({x.trials} trial{'s' * (x.trials != 1)})", 3))
         for p in x.params:
             out.append(Para(p.summary))

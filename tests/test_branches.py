@@ -29,6 +29,8 @@ def conditional_study(only_adam: bool = False) -> optuna.Study:
             params, dists, acc = {"optimizer": "adam", "lr|adam": 1e-4 * (i - 7)}, {"optimizer": OPT, "lr|adam": LR_ADAM}, 85.0 + (i - 8)
         user = {"warm_start": f"old#{i}"} if i < 2 else {}
         study.add_trial(optuna.create_trial(value=acc, params=params, distributions=dists, user_attrs=user))
+    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params=params, distributions=dists,
+                                        intermediate_values={1: 50.0}))  # one more Adam trial, pruned
     return study
 
 
@@ -37,8 +39,8 @@ def test_each_branch_has_its_trials_numbers_and_own_parameters():
     b = branches.compute(study)
     assert b.by == ("optimizer",) and b.shared == ("optimizer",)
     adam, sgd = b.branches
-    assert (adam.label, adam.trials, adam.best_trial, adam.best, adam.mean) == ("optimizer = adam", 4, 11, 88.0, 86.5)
-    assert (sgd.label, sgd.trials) == ("optimizer = sgd", 8)
+    assert (adam.label, adam.trials, adam.best_trial, adam.best, adam.mean, adam.pruned) == ("optimizer = adam", 4, 11, 88.0, 86.5, 1)
+    assert (sgd.label, sgd.trials, sgd.pruned) == ("optimizer = sgd", 8, 0)
     assert sgd.best_trial == 7 and abs(sgd.best - (90 - 20 * abs(0.92 - 0.9))) < 1e-9
     assert [p.name for p in adam.params] == ["lr|adam"]
     assert sorted(p.name for p in sgd.params) == ["lr|sgd", "momentum"]
@@ -48,8 +50,15 @@ def test_each_branch_has_its_trials_numbers_and_own_parameters():
 
 
 def test_a_branch_parameter_is_a_branch_parameter_even_when_no_other_branch_finished():
-    b = branches.compute(conditional_study(only_adam=True))
-    assert b.shared == ("optimizer",) and [x.label for x in b.branches] == ["optimizer = adam"]
+    study = conditional_study(only_adam=True)
+    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params={"optimizer": "sgd", "momentum": 0.6},
+                                        distributions={"optimizer": OPT, "momentum": MOM}, intermediate_values={1: 20.0}))
+    b = branches.compute(study)
+    assert b.shared == ("optimizer",) and [x.label for x in b.branches] == ["optimizer = adam", "optimizer = sgd"]
+    sgd = b.branches[1]
+    assert (sgd.trials, sgd.pruned, sgd.best_trial, sgd.params) == (0, 1, None, ())  # all pruned: counted, not ranked
+    assert "| optimizer = sgd | 0 | 1 | n/a | n/a | n/a | — |" in render_markdown(branches.extend(compute(study), study), {})
+    assert b.ranked == ("optimizer", "lr|adam")  # what Optuna's importance sees: every complete trial has both
     assert [p.name for p in b.branches[0].params] == ["lr|adam"]
 
 
@@ -59,7 +68,8 @@ def test_the_report_shows_the_branches_and_marks_warm_started_trials():
     assert f.warm_started == {0: "old#0", 1: "old#1"}
     md = render_markdown(f, {})
     assert "## Branches" in md and "### Branch optimizer = sgd (8 trials)" in md and "### Branch optimizer = adam (4 trials)" in md
-    assert "rank only the parameters every trial has (optimizer)" in md
+    assert "are Optuna's, on the parameters every complete trial has (optimizer)" in md
+    assert "| optimizer = adam | 4 | 1 | 86.5% | 88.0% | 85.0% | #11 |" in md
     assert "#0 from `old#0`" in md
 
 
