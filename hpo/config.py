@@ -92,6 +92,12 @@ class ParamSpec:
     log: bool = False
     step: float | int | None = None
     choices: tuple = ()
+    when: tuple[tuple[str, tuple], ...] = ()  # searched only when each "section.field" takes one of its values
+    label: str = ""  # Optuna's parameter name where it is not the bare field name ("lr|adam/adamw")
+
+    @property
+    def optuna_name(self) -> str:
+        return self.label or self.name
 
     @property
     def section(self) -> str:
@@ -133,6 +139,15 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
+class StopSpec:
+    """[stop]: end the run once the best value has not moved by more than min_delta in the last
+    ``patience`` finished trials (0: never). min_delta None: the seed-to-seed noise, else 0.1."""
+
+    patience: int = 0
+    min_delta: float | None = None
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     folder: Path
@@ -143,6 +158,7 @@ class StudySpec:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    stop: StopSpec = field(default_factory=lambda: StopSpec())
     source: str = ""  # the study file's text, stored with the study so the recipe travels
     overrides: tuple[str, ...] = ()  # the --set texts applied on top of it, stored beside it
 
@@ -152,7 +168,7 @@ class StudySpec:
 
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
-TOP_LEVEL = {"description", "seed", "trials", "data", "model", "train", "search", "sampler", "pruner", "objective"}
+TOP_LEVEL = {"description", "seed", "trials", "data", "model", "train", "search", "sampler", "pruner", "objective", "stop"}
 
 
 def _field_type(section: str, name: str):
@@ -282,16 +298,18 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
         base=base,
         description=_coerce(raw.get("description", ""), str, "description"),
         trials=_coerce(raw.get("trials", 20), int, "trials"),
-        search=tuple(_param(k, v, "search") for k, v in search.items()),
+        search=search_space(search),
         sampler=_named(SamplerSpec, raw.get("sampler"), "sampler"),
         pruner=_named(PrunerSpec, raw.get("pruner"), "pruner"),
         objective=ObjectiveSpec(tuple(metrics)),
+        stop=_stop(raw.get("stop", {})),
         source=source,
     )
     validate(spec.base)
     for p in spec.search:  # each choice, and each range end, must itself be a valid setting
         for value in p.choices or (p.low, p.high):
-            validate(with_values(spec.base, {p.key: value}), where=f"search.{p.name}")
+            branch = {k: values[0] for k, values in p.when}  # checked in its branch: nesterov under sgd
+            validate(with_values(spec.base, {**branch, p.key: value}), where=f"search.{p.name}")
     return spec
 
 
@@ -306,6 +324,140 @@ def _check_metrics(metrics) -> None:
             raise unknown("objective metric", m, METRICS)
     if len(set(metrics)) < len(metrics):
         raise HpoError(f"objective.metrics names a metric twice: {metrics}")
+
+
+# ---------------------------------------------------------------- conditional search spaces
+# A parameter is searched only in the branch its `when` names; one name may hold a list of ranges,
+# one per branch:  lr = [{ low = .., high = .., when = { optimizer = "sgd" } }, { .., when = { optimizer = ["adam", "adamw"] } }]
+# (or [[search.lr]] tables). Checked here once: conditions on searched choices, no cycle, no overlap.
+
+def _full_key(key: str, where: str) -> str:
+    """A bare field name ("optimizer") or "section.field" as "section.field"."""
+    section, _, name = key.rpartition(".")
+    if not section:
+        owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
+        section = owners[0] if len(owners) == 1 else ""
+    if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        raise HpoError(f"{where}: unknown setting {key!r}; write a searched setting, e.g. when = {{ optimizer = \"sgd\" }}")
+    return f"{section}.{name}"
+
+
+def _when(raw: Any, where: str) -> tuple[tuple[str, tuple], ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise HpoError(f"{where} must be a table of setting = value or [values], e.g. when = {{ optimizer = \"sgd\" }}")
+    out = []
+    for key, values in raw.items():
+        full = _full_key(key, f"{where}.{key}")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise HpoError(f"{where}.{key} is an empty list: give at least one value")
+        kind = _field_type(*full.split("."))
+        out.append((full, tuple(_coerce(v, kind, f"{where}.{key}") for v in values)))
+    return tuple(out)
+
+
+def _branches(key: str, raw: Any, where: str) -> list[ParamSpec]:
+    """One search entry: a range or choices, each optionally with `when`, or a list of such tables."""
+    entries = raw if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw) else [raw]
+    out = []
+    for i, entry in enumerate(entries):
+        at = f"{where}.{key}" + (f"[{i}]" if len(entries) > 1 else "")
+        entry = dict(entry) if isinstance(entry, dict) else entry
+        when = _when(entry.pop("when"), f"{at}.when") if isinstance(entry, dict) and "when" in entry else ()
+        if len(entries) > 1 and not when:
+            raise HpoError(f"{at}: a setting with several ranges needs a `when` in each, naming its branch")
+        out.append(dataclasses.replace(_param(key, entry, where), when=when))
+    return out
+
+
+def _overlap(a: ParamSpec, b: ParamSpec, choices: dict[str, set]) -> bool:
+    """Whether some trial could satisfy both conditions (a key one leaves out allows every value)."""
+    keys = {k for k, _ in a.when} | {k for k, _ in b.when}
+    wa, wb = dict(a.when), dict(b.when)
+    return all(set(wa.get(k, choices[k])) & set(wb.get(k, choices[k])) for k in keys)
+
+
+def _cycle(depends: dict[str, set[str]]) -> list[str] | None:
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        if node in path:
+            return path[path.index(node):] + [node]
+        for nxt in sorted(depends.get(node, ())):
+            found = visit(nxt, path + [node])
+            if found:
+                return found
+        return None
+
+    return next((c for c in (visit(n, []) for n in sorted(depends)) if c), None)
+
+
+def _label(p: ParamSpec) -> str:
+    """"lr|sgd", "lr|adam/adamw": the field name and the branch's values."""
+    return p.name + "|" + ",".join("/".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+                                   for _, values in p.when)
+
+
+def search_space(search: dict) -> tuple[ParamSpec, ...]:
+    """[search] as ParamSpecs, each after the settings its condition reads (define-by-run order)."""
+    params = [p for key, raw in search.items() for p in _branches(key, raw, "search")]
+    by_key: dict[str, list[ParamSpec]] = {}
+    for p in params:
+        by_key.setdefault(p.key, []).append(p)
+    choices = {k: {c for p in ps for c in p.choices} for k, ps in by_key.items()}
+    for p in params:
+        for k, values in p.when:
+            at = f"search.{p.name}.when.{k.split('.')[1]}"
+            if k not in by_key:
+                raise HpoError(f"{at}: {k.split('.')[1]} is not searched, so the condition never varies; "
+                               f"add it to [search] with choices or drop the condition")
+            if any(not q.choices for q in by_key[k]):
+                raise HpoError(f"{at}: a condition needs a setting searched by choices, and {k.split('.')[1]} is a range")
+            for v in values:
+                if v not in choices[k]:
+                    raise HpoError(f"{at} = {v!r} is not one of its choices: {', '.join(map(repr, sorted(choices[k], key=str)))}")
+    loop = _cycle({k: {c for p in ps for c, _ in p.when} for k, ps in by_key.items()})
+    if loop:
+        raise HpoError(f"search: conditions form a cycle: {' -> '.join(k.split('.')[1] for k in loop)}")
+    for k, ps in by_key.items():
+        for i, a in enumerate(ps):
+            for b in ps[i + 1:]:
+                if _overlap(a, b, choices):
+                    raise HpoError(f"search.{a.name}: two ranges overlap (when {_words(a.when) or 'always'} and when "
+                                   f"{_words(b.when) or 'always'}); give each branch values the others do not have")
+    for k, ps in by_key.items():  # one Optuna name per distinct distribution
+        if len(ps) > 1 and len({dataclasses.replace(p, when=()) for p in ps}) > 1:
+            for i, p in enumerate(params):
+                if p.key == k:
+                    params[i] = dataclasses.replace(p, label=_label(p))
+    ordered, done = [], set()
+    while len(ordered) < len(params):
+        ready = [p for p in params if p not in ordered and all(c in done for c, _ in p.when)]
+        ordered += ready
+        done |= {k for k in by_key if all(p in ordered for p in by_key[k])}
+    return tuple(ordered)
+
+
+def _words(when) -> str:
+    return " and ".join(f"{k.split('.')[1]} in {list(v)}" for k, v in when)
+
+
+def active(p: ParamSpec, values: dict[str, Any]) -> bool:
+    """Whether ``p`` is searched given the values sampled so far ("section.field" -> value)."""
+    return all(k in values and values[k] in allowed for k, allowed in p.when)
+
+
+def _stop(raw: Any) -> StopSpec:
+    if not isinstance(raw, dict):
+        raise HpoError(f"[stop] must be a table (patience, min_delta), got {raw!r}")
+    for key in raw:
+        if key not in ("patience", "min_delta"):
+            raise HpoError(f"unknown key stop.{key}{closest(key, ('patience', 'min_delta'))}; known keys: patience, min_delta")
+    patience = _coerce(raw.get("patience", 0), int, "stop.patience")
+    min_delta = _coerce(raw["min_delta"], float, "stop.min_delta") if "min_delta" in raw else None
+    if patience < 0:
+        raise HpoError(f"stop.patience must be >= 0 (0: never stop early), got {patience}")
+    if min_delta is not None and min_delta < 0:
+        raise HpoError(f"stop.min_delta must be >= 0, got {min_delta}")
+    return StopSpec(patience, min_delta)
 
 
 def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:

@@ -190,10 +190,44 @@ def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> 
     names = list(f.param_names)
     header = (("rank",) if rank else ()) + ("trial", *(label(m) for m in f.metrics), "test acc", "epochs", *names)
     return Table(header, tuple(
-        ((str(i),) if rank else ()) + (f"#{r.number}", *_values(f, r), fmt("test_acc", r.test_acc),
+        ((str(i),) if rank else ()) + (f"#{r.number}" + (" (warm start)" if r.number in f.warm_started else ""), *_values(f, r), fmt("test_acc", r.test_acc),
                                         str(r.epochs_run if r.epochs_run is not None else ""),
                                         *(fmt_value(r.params[n]) if n in r.params else "" for n in names))
         for i, r in enumerate(rows, 1)))
+
+
+def branch_blocks(f: Findings) -> list:
+    """Per-branch results of a conditional study (hpo.branches), and which trials were warm-started."""
+    out: list = []
+    if f.warm_started:
+        out += [Heading("Warm start"), Para("These trials ran first, with the best configurations of another study: " + ", ".join(
+            f"#{n} from `{src}`" for n, src in sorted(f.warm_started.items())) + ".")]
+    b, m = f.branches, f.metrics[0]
+    if not b:
+        return out
+    out += [Heading("Branches"), Para(
+        f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. The importances above "
+        f"are Optuna's, on the parameters every complete trial has ({', '.join(b.ranked) or 'none'}); each branch below "
+        f"has its own, on its trials alone (complete trials; pruned ones are counted apart)."),
+        Table(("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
+              tuple((x.label, str(x.trials), str(x.pruned), fmt(m, x.mean), fmt(m, x.best), fmt(m, x.worst),
+                     f"#{x.best_trial}" if x.best_trial is not None else "—") for x in b.branches))]
+    for x in (x for x in b.branches if x.trials):
+        out.append(Heading(f"Branch {x.label} ({x.trials} trial{'s' * (x.trials != 1)})", 3))
+        for p in x.params:
+            out.append(Para(p.summary))
+            if sum(1 for g in p.groups if g.trials) < 2:  # one value or one bin: the sentence says it all
+                continue
+            out.append(Table(("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
+                             tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups)))
+        imp = x.importance
+        if imp.by_evaluator:
+            names = list(next(iter(imp.by_evaluator.values())))
+            out.append(Table(("parameter (in this branch)", *imp.by_evaluator), tuple(
+                (n.split("|")[0], *(f"{v[n]:.3f}" if n in v else "—" for v in imp.by_evaluator.values())) for n in names)))
+        if imp.note:
+            out.append(Para(f"Importance in this branch: {imp.note}."))
+    return out
 
 
 def document(f: Findings, figures: list[str]) -> list:
@@ -257,6 +291,7 @@ def document(f: Findings, figures: list[str]) -> list:
                              tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best), fmt(m, g.worst), fmt("test_acc", g.mean_test))
                                    if g.trials else (g.label, "0", "—", "—", "—", "—") for g in p.groups)))
         out += fig("slice") + fig("parallel_coordinate")
+    out += branch_blocks(f)
 
     out.append(Heading("Learning curves and pruning"))
     pr = f.pruning

@@ -127,6 +127,8 @@ class Findings:
     reproducibility: Reproducibility
     headline: tuple[str, ...]
     study_toml: str = ""
+    branches: Any = None  # hpo.branches.Branches for a study with conditional parameters (set by hpo.branches.extend)
+    warm_started: dict = dataclasses.field(default_factory=dict)  # trial number -> "STUDY#N" it was warm-started from
 
     @property
     def multi_objective(self) -> bool:

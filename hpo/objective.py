@@ -19,6 +19,7 @@ import torchvision
 
 import hpo
 from hpo import data as data_mod
+from hpo import shadow
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
 from hpo.interrupts import Interrupts, NoInterrupts
@@ -154,6 +155,8 @@ class Objective:
                 if not self.multi:  # Optuna prunes single-objective studies only
                     trial.report(stats.val_acc, stats.epoch)
                 prune = not self.multi and trial.should_prune()
+                if self.multi and not isinstance(trial, optuna.trial.FixedTrial) and shadow.prunable(trial.study):
+                    prune = shadow.should_prune(trial, curve)  # on val_acc, through a single-objective shadow
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
                 raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
                                              f"({chance:.0f}% for {num_classes} classes) at epoch {stats.epoch}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo import cli
+from hpo import branches, cli
 from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError as e:
         raise HpoError(f"{folder / STUDY_FILE} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args, study.user_attrs.get("overrides") or ()), study_toml=source)
+    findings = branches.extend(findings, study)  # per-branch results, warm-started trials
     out = Path(args.out) if args.out else folder / "report"
     writable_folder(out)
     written = write_report(study, findings, out, png=not args.no_png)

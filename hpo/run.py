@@ -17,10 +17,12 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
+from hpo import warmstart
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
 from hpo.objective import KEEP, Objective, worker_tag
 from hpo.outcome import report_command, run_command, summary
+from hpo.plateau import Plateau
 from hpo.progress import StudyProgress
 from hpo.recipe import named
 from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
@@ -56,6 +58,17 @@ def parser() -> argparse.ArgumentParser:
                    help="this process's index among those sharing the study, mixed into the sampler seed so that "
                         "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
                         "else 0; --workers sets it for its own workers)")
+    p.add_argument("--patience", type=int, default=None, metavar="N",
+                   help="stop adding trials when the best value has not improved by more than --min-delta in the last N "
+                        "finished trials; every worker stops (default: the study file's stop.patience, else 0: never)")
+    p.add_argument("--min-delta", type=float, default=None, metavar="X",
+                   help="the smallest gain that counts for --patience (default: the study file's stop.min_delta, else the "
+                        "seed-to-seed noise where trials were repeated, else 0.1)")
+    p.add_argument("--warm-start", default=None, metavar="STUDY",
+                   help="first run the best configurations of another study (a folder, or a study name in the same store), "
+                        "in this study's parameters (default: none)")
+    p.add_argument("--warm-start-trials", type=int, default=5, metavar="K",
+                   help="how many of its best trials --warm-start queues (default: 5)")
     p.add_argument("--quiet", action="store_true",
                    help="one line per finished trial instead of a progress bar, for logs (default: off)")
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
@@ -132,13 +145,16 @@ def run_single(args, spec, trials: int) -> int:
     _quiet_optuna()
     study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)
     before = {t.number for t in study.get_trials(deepcopy=False)}
+    warm = [] if args.supervised else warmstart.enqueue(study, getattr(args, "warm_plan", []))
     interrupts.install()
-    cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
+    cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}"
+            + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
     progress.start()
     guard = FailureGuard()
+    plateau = plateau_stop(args, spec)
     try:
         interrupts.check()  # a signal before the first trial
-        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard, interrupts.stop_study],
+        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard, plateau, interrupts.stop_study],
                        catch=(Exception,))
         interrupts.check()
     except KeyboardInterrupt:
@@ -154,7 +170,15 @@ def run_single(args, spec, trials: int) -> int:
                 + ("" if args.supervised else f"; resume with: {resume_command(args)}"))
         return EXIT_STORE_LOST
     progress.close()
+    if plateau.reason:
+        cli.say(plateau.reason)
     return _finish(args, spec, study, before, progress, guard)
+
+
+def plateau_stop(args, spec) -> Plateau:
+    """--patience / --min-delta, else the study file's [stop]."""
+    patience = spec.stop.patience if args.patience is None else args.patience
+    return Plateau(patience, spec.stop.min_delta if args.min_delta is None else args.min_delta)
 
 
 def _interrupted(args, study: optuna.Study, before: set[int]) -> str:
@@ -208,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         raise HpoError(f"--trials must be >= 1, got {trials}")
     if args.timeout is not None and not (0 < args.timeout < float("inf")):  # nan compares false
         raise HpoError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.patience is not None and args.patience < 0:
+        raise HpoError(f"--patience must be >= 0 (0: never stop early), got {args.patience}")
+    if args.min_delta is not None and args.min_delta < 0:
+        raise HpoError(f"--min-delta must be >= 0, got {args.min_delta}")
+    if args.warm_start:  # read (and checked) before anything is written; queued once the study is open
+        args.warm_plan = warmstart.plan(args.storage, args.warm_start, spec, min(args.warm_start_trials, trials))
     k = worker_count(args.workers, spec)  # settled once: "auto" may come out as one
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials, k)
 

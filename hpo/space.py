@@ -5,17 +5,19 @@ import dataclasses
 
 import optuna
 
-from hpo.config import ParamSpec, StudySpec, TrainConfig, with_values
+from hpo.config import ParamSpec, StudySpec, TrainConfig, active, with_values
 
 
 def suggest(trial: optuna.Trial, param: ParamSpec):
     """One value for one parameter. Optuna's parameter name is the bare field name ("lr"), which
-    is what the dashboard, importances and the report show."""
+    is what the dashboard, importances and the report show; a setting with a range per branch has
+    one name per branch ("lr|sgd", "lr|adam/adamw")."""
+    name = param.optuna_name
     if param.choices:
-        return trial.suggest_categorical(param.name, list(param.choices))
+        return trial.suggest_categorical(name, list(param.choices))
     if param.is_int:
-        return trial.suggest_int(param.name, param.low, param.high, step=param.step or 1, log=param.log)
-    return trial.suggest_float(param.name, param.low, param.high, step=param.step, log=param.log)
+        return trial.suggest_int(name, param.low, param.high, step=param.step or 1, log=param.log)
+    return trial.suggest_float(name, param.low, param.high, step=param.step, log=param.log)
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -25,7 +27,10 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 
 def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
-    values = {p.key: suggest(trial, p) for p in spec.search}
+    values: dict = {}
+    for p in spec.search:  # define-by-run: a conditional setting after the ones it reads (config orders them)
+        if active(p, values):
+            values[p.key] = suggest(trial, p)
     # A trial re-queued after its worker died inherits the user attrs, seed included, of the
     # trial it retries, so the retry trains exactly as the original would have.
     seed = trial.user_attrs.get("seed", trial_seed(spec.seed, trial.number))

@@ -65,6 +65,9 @@ def _check_option_types(what: str, name: str, params, options: dict) -> None:
 def grid_space(spec: StudySpec) -> dict[str, list]:
     space = {}
     for p in spec.search:
+        if p.when:
+            raise HpoError(f"sampler.name = \"grid\" cannot search conditional parameters (search.{p.name} has `when`); "
+                           f"use tpe or random")
         if p.choices:
             space[p.name] = list(p.choices)
         elif p.is_int and not p.log:
@@ -119,6 +122,9 @@ def study_attrs(spec: StudySpec) -> dict:
         "epochs": b.train.epochs,
         "dataset": b.data.dataset,
         "model": b.model.name,
+        # conditional parameters (hpo.branches groups the report by them): Optuna name -> its branch
+        "branches": {p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
+                     for p in spec.search if p.when},
     }
 
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from hpo import cli
 from hpo import data as data_mod
+from hpo import warmstart
 from hpo.datasets import DATASETS
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
 from hpo.nets import build, count_parameters
@@ -161,6 +162,8 @@ class Supervisor:
             cmd += ["--timeout", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
         for text in a.set:
             cmd += ["--set", text]
+        for option, value in (("--patience", a.patience), ("--min-delta", a.min_delta)):  # each worker watches the plateau
+            cmd += [option, str(value)] if value is not None else []
         if self.threads:
             cmd += ["--set", f"train.threads={self.threads}"]
         if self.gpus:
@@ -372,6 +375,8 @@ def run_workers(args, spec, trials: int, k: int) -> int:
     data_mod.load(spec.base.data, spec.seed, "cpu", root=args.data_dir)  # files there, subset sizes fit
     threads = max(1, cores // k) if spec.base.train.threads == 0 else None  # a set thread count is kept
     supervisor = Supervisor(args, spec, trials, k, threads, gpus)
+    warm = warmstart.enqueue(supervisor.study, getattr(args, "warm_plan", []))  # once, here: not in each worker
     supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, adding "
-                   f"{trials} with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else ""))
+                   f"{trials} with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else "")
+                   + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
     return supervisor.run()
