@@ -63,9 +63,11 @@ def storage_args(url: str) -> list[str]:
     return [] if url == DEFAULT_STORAGE else ["--storage", redact(url)]
 
 
-def run_command(study: str | Path, trials: int | str, sets=(), storage: str = DEFAULT_STORAGE, workers: str | None = None) -> str:
-    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store."""
-    parts = ["--study", str(study), "--trials", str(trials)]
+def run_command(study: str | Path, trials: int | str | None, sets=(), storage: str = DEFAULT_STORAGE, workers: str | None = None,
+                until: int | None = None) -> str:
+    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store
+    (``--until N`` in place of ``--trials`` when given)."""
+    parts = ["--study", str(study), *(["--until", str(until)] if until is not None else ["--trials", str(trials)])]
     parts += ["--workers", workers] if workers else []
     parts += storage_args(storage) + [x for s in sets for x in ("--set", s)]
     return "python -m hpo.run " + shlex.join(parts)

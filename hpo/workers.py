@@ -134,7 +134,8 @@ class Supervisor:
         self.study = create_or_resume(spec, open_storage(args.storage, create=True), worker=self.base)
         # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
         self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage, create=False))
-        self.before = {t.number for t in self.study.get_trials(deepcopy=False)}
+        # Queued trials (retries) are not done yet: this run adds them.
+        self.before = {t.number for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         self.running: list[Worker] = []
         self.pending: list[Replacement] = []
         self.stopped: list[tuple[Worker, int]] = []  # workers that ended with an error, not replaced
@@ -150,10 +151,14 @@ class Supervisor:
 
     def command(self, slot: int, quota: int) -> list[str]:
         a = self.args
-        cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, "--trials", str(quota), "--workers", "1",
+        # --until: every worker runs until the study holds N; the study, not a quota, says when to stop.
+        amount = ["--until", str(a.until)] if a.until is not None else ["--trials", str(quota)]
+        cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, *amount, "--workers", "1",
                "--worker-index", str(self.base + slot), "--storage", a.storage, "--keep", a.keep, "--supervised"]
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
+        if a.checkpoint_dir:
+            cmd += ["--checkpoint-dir", a.checkpoint_dir]
         if self.deadline is not None:
             cmd += ["--timeout", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
         for text in a.set:
@@ -261,7 +266,7 @@ class Supervisor:
             return
         done = sum(t.state.is_finished() and not is_lost(t) for t in mine)
         stuck = {t.number for t in mine if t.state == TrialState.RUNNING}
-        left = worker.quota - done
+        left = worker.quota if self.args.until is not None else worker.quota - done  # --until: it stops when the study is done
         why = f"was killed ({signal.Signals(-code).name})" if code < 0 else "lost the store"
         text = f"[worker {worker.slot}] pid {worker.proc.pid} {why} after {done} of its {worker.quota} trials"
         if stuck:
@@ -327,7 +332,7 @@ class Supervisor:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
         done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
         a = self.args
-        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers)
+        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers, until=a.until)
 
     def finish(self) -> int:
         added = self.added(self.study)
