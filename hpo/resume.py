@@ -61,7 +61,7 @@ class TrialCheckpoint:
                         f"it starts again from epoch 1")
             state = None
         if state is None:
-            if RESUMED_FROM in trial.user_attrs:  # inherited from the run it retries
+            if self.retry:  # a retry that starts at epoch 1 (and not the value inherited from the run it retries)
                 trial.set_user_attr(RESUMED_FROM, 0)
             return None
         with self.guard.held():

@@ -211,7 +211,7 @@ def test_an_unreadable_checkpoint_restarts_the_trial_with_one_warning(study_dir,
     out = hpo_run("--study", "tiny", "--until", "1", "--storage", "sqlite:///d.db", cwd=tmp_path)
     assert "is unreadable" in out.stderr and "starts again from epoch 1" in out.stderr and "Traceback" not in out.stderr
     done = trials_of(tmp_path, "d.db")[-1]
-    assert done.state == TrialState.COMPLETE and "resumed_from_epoch" not in done.user_attrs
+    assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] == 0
     assert_same_training(tmp_path, done, uninterrupted)  # from epoch 1, the seed makes it the same run
 
 
