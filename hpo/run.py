@@ -98,7 +98,7 @@ def resume_command(args, study: optuna.Study | None = None, before: set[int] = f
     if args.until is not None:
         return run_command(args.study, None, args.set, args.storage, until=args.until)
     left = "N"
-    if study is not None:
+    if study is not None and getattr(args, "trials_asked", None):
         done = sum(t.state.is_finished() and t.user_attrs.get("status") not in ("interrupted", None)
                    for t in study.get_trials(deepcopy=False) if t.number not in before)
         left = max(args.trials_asked - done, 1)

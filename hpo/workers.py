@@ -374,6 +374,7 @@ def run_workers(args, spec, trials: int, k: int) -> int:
     data_mod.load(spec.base.data, spec.seed, "cpu", root=args.data_dir)  # files there, subset sizes fit
     threads = max(1, cores // k) if spec.base.train.threads == 0 else None  # a set thread count is kept
     supervisor = Supervisor(args, spec, trials, k, threads, gpus)
-    supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, adding "
-                   f"{trials} with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else ""))
+    amount = f"until {trials} are finished" if args.until is not None else f"adding {trials}"
+    supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, {amount} "
+                   f"with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else ""))
     return supervisor.run()
