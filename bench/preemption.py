@@ -61,9 +61,12 @@ def one_stop(cwd: Path, sets: list[str], delay: float, name: str) -> dict | None
     time.sleep(delay)
     proc.terminate()
     _, err = proc.communicate()
-    if proc.returncode == 0:
-        return None  # finished before the stop came
-    command = re.search(r"resume with: python -m hpo.run (.*)$", err, re.M).group(1).split()
+    found = re.search(r"resume with: python -m hpo.run (.*)$", err, re.M)
+    if proc.returncode == 0 or (found is None and " complete " in err):
+        return None  # the trial finished before the stop came (a late one meets the interpreter's exit: -15)
+    if found is None:
+        raise RuntimeError(f"exit {proc.returncode} without a resume command: {err[-1500:]}")
+    command = found.group(1).split()
     finish = hpo_run([*command, "--keep", "none", "--checkpoint-dir", str(cwd / name)], cwd)
     _, err = finish.communicate()
     assert finish.returncode == 0, err[-2000:]

@@ -179,7 +179,7 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
 
 def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(study_dir, tmp_path, uninterrupted):
     write_study(study_dir, **STUDY)
-    beats = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "2"}
+    beats = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "15"}  # the second run starts well within the grace period
     proc = start("--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
     try:
         wait_for_checkpoint(tmp_path / "models" / "checkpoints", proc)
@@ -194,6 +194,7 @@ def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(s
     lost, done = trials_of(tmp_path, "c.db")
     assert lost.state == TrialState.FAIL and "status" not in lost.user_attrs  # failed as lost, then retried
     assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] >= 1
+    assert "the other 1 of the 1 trials are running elsewhere: waiting for them" in out.stderr
     assert "resumes from its checkpoint" in out.stderr
     assert_same_training(tmp_path, done, uninterrupted)
 
@@ -215,9 +216,11 @@ def test_an_unreadable_checkpoint_restarts_the_trial_with_one_warning(study_dir,
     assert_same_training(tmp_path, done, uninterrupted)  # from epoch 1, the seed makes it the same run
 
 
-def test_until_n_from_two_processes_and_again_ends_with_exactly_n(study_dir, tmp_path):
+def test_until_n_from_two_commands_and_again_ends_with_exactly_n(study_dir, tmp_path):
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    procs = [start("--study", "tiny", "--until", "5", "--worker-index", str(i), cwd=tmp_path) for i in range(2)]
+    # One process, and a supervisor of two workers: three processes share the study.
+    procs = [start("--study", "tiny", "--until", "5", "--worker-index", "0", cwd=tmp_path),
+             start("--study", "tiny", "--until", "5", "--workers", "2", "--worker-index", "1", cwd=tmp_path)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
