@@ -179,7 +179,7 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
 
 def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(study_dir, tmp_path, uninterrupted):
     write_study(study_dir, **STUDY)
-    beats = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "15"}  # the second run starts well within the grace period
+    beats = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "2"}
     proc = start("--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
     try:
         wait_for_checkpoint(tmp_path / "models" / "checkpoints", proc)
@@ -189,12 +189,11 @@ def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(s
         proc.kill()
     (lost,) = trials_of(tmp_path, "c.db")
     assert lost.state == TrialState.RUNNING  # nobody marked it: its worker died
-    # At once, before the heartbeat is stale: the run waits for it rather than leaving it behind.
+    # At once: if the heartbeat is not stale yet, the run waits for it (test_until_waits_for_...) rather than leave it.
     out = hpo_run("--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
     lost, done = trials_of(tmp_path, "c.db")
     assert lost.state == TrialState.FAIL and "status" not in lost.user_attrs  # failed as lost, then retried
     assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] >= 1
-    assert "the other 1 of the 1 trials are running elsewhere: waiting for them" in out.stderr
     assert "resumes from its checkpoint" in out.stderr
     assert_same_training(tmp_path, done, uninterrupted)
 
@@ -230,6 +229,37 @@ def test_until_n_from_two_commands_and_again_ends_with_exactly_n(study_dir, tmp_
     again = hpo_run("--study", "tiny", "--until", "5", cwd=tmp_path)
     assert "5 trials finished, nothing to add (--until 5)" in again.stderr
     assert len(trials_of(tmp_path, "storage/hpo.db")) == len(trials)
+
+
+def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_path, monkeypatch):
+    """A restarted --until run whose last trials are running elsewhere waits; when one's heartbeat
+    goes stale it is failed, its retry queued, and the run goes on with it."""
+    import threading
+
+    from hpo.store import open_storage
+    from hpo.until import Until
+
+    monkeypatch.setenv("HPO_HEARTBEAT_S", "1")
+    monkeypatch.setenv("HPO_GRACE_S", "2")
+    study = optuna.create_study(study_name="u", storage=open_storage(f"sqlite:///{tmp_path / 'u.db'}", create=True))
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    other = study.ask({"lr": optuna.distributions.FloatDistribution(0.001, 0.1)})  # another worker's trial, in training
+    storage = study._storage
+    storage.record_heartbeat(other._trial_id)
+    lines, result = [], []
+    waiting = threading.Thread(target=lambda: result.append(Until(2).wait(study, 0.2, lambda: None, lines.append)))
+    waiting.start()
+    end = time.time() + 1.0  # within the grace period: still waiting
+    while time.time() < end and not result:
+        storage.record_heartbeat(other._trial_id)
+        time.sleep(0.2)
+    assert not result and lines == ["the other 1 of the 2 trials are running elsewhere: waiting for them to finish "
+                                    "(a stopped or lost one is taken over here)"]
+    waiting.join(timeout=30)  # no more heartbeats: lost after 2 s
+    assert result == [1]
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]  # the lost trial's retry, queued
+    assert Until(1).wait(study, 0.2, lambda: None, lines.append) == 0  # already done: no wait
 
 
 @pytest.mark.parametrize("args, message", [
