@@ -67,6 +67,7 @@ class TrainSpec:
     deterministic: bool = False  # CUDA deterministic algorithms (CPU runs are deterministic anyway)
     amp: bool = True  # bf16 autocast, CUDA only
     channels_last: bool = True  # CUDA only
+    checkpoint_every: int = 1  # save the training state every N epochs (a stopped trial resumes there); 0: never
 
 
 @dataclass(frozen=True)
@@ -492,6 +493,7 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
         (t.threads <= _cores(), f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), "
                                 f"got {t.threads}"),
+        (t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}"),
         (not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov needs optimizer = \"sgd\" and momentum > 0"),
         (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),

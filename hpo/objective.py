@@ -20,9 +20,11 @@ import torchvision
 import hpo
 from hpo import data as data_mod
 from hpo import shadow
+from hpo.checkpoints import Checkpoints
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
 from hpo.interrupts import Interrupts, NoInterrupts
+from hpo.resume import TrialCheckpoint, requeue
 from hpo.space import trial_config
 from hpo.train import EpochStats, TrainResult, fit, resolve_device
 
@@ -83,10 +85,12 @@ class Objective:
         artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
         on_epoch: Callable[[optuna.Trial, EpochStats], None] | None = None,
         guard: Interrupts | NoInterrupts = NoInterrupts(),
+        checkpoints: Checkpoints | None = None,
     ):
         self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts
         self.progress = on_epoch  # the progress bar's per-epoch hook
         self.guard = guard  # where a signal may stop a trial at once (hpo.run's Interrupts)
+        self.checkpoints = checkpoints  # epoch checkpoints (hpo.resume); None: a stopped trial starts again
         self.multi = len(spec.objective.metrics) > 1
         self.device = resolve_device(spec.base.train.device)
         self._data: dict[DataSpec, data_mod.Data] = {}
@@ -109,13 +113,17 @@ class Objective:
             trial.set_user_attr("config", config.to_dict())
             trial.set_user_attr("versions", versions())
             data = self.data(config.data)
+            saved = TrialCheckpoint(self.checkpoints, self.spec.name, trial, config, self.guard)
+            resume = saved.load(self.device, report=not self.multi)
             with self.guard.armed():  # a signal stops the training at once
-                result, model = fit(config, data, self._epoch_hook(trial, data.info.num_classes))
+                result, model = fit(config, data, self._epoch_hook(trial, data.info.num_classes, resume),
+                                    resume=resume, on_checkpoint=saved.save if saved.path else None)
         except StopTrial as stop:
             self._record(trial, stop.status, stop.reason)
             raise optuna.TrialPruned(stop.reason) from None
         except KeyboardInterrupt:
             self._record(trial, "interrupted", "interrupted: stopped by the user (SIGINT/SIGTERM)")
+            requeue(trial)  # its retry goes on from the last checkpoint
             raise
         except Exception as e:  # the study goes on; the reason stays with the trial
             self._record(trial, "failed", "failed: " + reason(e, typed=True))
@@ -140,9 +148,9 @@ class Objective:
             trial.set_user_attr("weights_error", why)
             log.warning(f"warning: trial #{trial.number}: its weights were not kept ({why}); its result is")
 
-    def _epoch_hook(self, trial: optuna.Trial, num_classes: int) -> Callable[[EpochStats], None]:
+    def _epoch_hook(self, trial: optuna.Trial, num_classes: int, resume: dict | None = None) -> Callable[[EpochStats], None]:
         """What each epoch does: record the curve, report to the pruner, stop a pruned or collapsed trial."""
-        curve: list[dict] = []
+        curve: list[dict] = list(resume["curve"]) if resume else []  # a resumed trial's curve is the whole curve
         chance = 100.0 / num_classes
 
         def on_epoch(stats: EpochStats) -> None:

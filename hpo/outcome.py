@@ -65,9 +65,14 @@ def storage_args(url: str) -> list[str]:
 
 
 def run_command(study: str | Path, trials: int | str | None, sets=(), storage: str = DEFAULT_STORAGE, workers: str | None = None,
-                study_name: str | None = None) -> str:
-    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store."""
-    parts = ["--study", str(study)] + (["--trials", str(trials)] if trials is not None else [])  # None: the file's
+                study_name: str | None = None, until: int | None = None) -> str:
+    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store
+    (``--until N`` in place of ``--trials`` when given; no ``--trials`` for None: the file's)."""
+    parts = ["--study", str(study)]
+    if until is not None:
+        parts += ["--until", str(until)]
+    elif trials is not None:
+        parts += ["--trials", str(trials)]
     parts += ["--study-name", study_name] if study_name else []
     parts += ["--workers", workers] if workers else []
     parts += storage_args(storage) + [x for s in sets for x in ("--set", s)]

@@ -18,6 +18,7 @@ import optuna
 from hpo import cli
 from hpo import config as config_mod
 from hpo import warmstart
+from hpo.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
 from hpo.objective import KEEP, Objective, worker_tag
@@ -25,8 +26,11 @@ from hpo.outcome import report_command, run_command, summary
 from hpo.plateau import Plateau
 from hpo.progress import StudyProgress
 from hpo.recipe import named
+from hpo.resume import ForgetFinished
 from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
-from hpo.store import DEFAULT_STORAGE, STORAGE_ENV, GRACE_ENV, GRACE_S, artifact_store, env_seconds, open_storage, redact, store_error
+from hpo.store import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, HEARTBEAT_ENV, HEARTBEAT_S, STORAGE_ENV, artifact_store,
+                       env_seconds, open_storage, redact, store_error)
+from hpo.until import Until
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
@@ -39,6 +43,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpo.run", description="Add trials to a study (creating it on the first run).")
     cli.add_study_arguments(p)
     p.add_argument("--trials", type=int, default=None, help="trials this command adds (default: the study file's `trials`, else 20)")
+    p.add_argument("--until", type=int, default=None, metavar="N",
+                   help="instead of --trials: run until the study holds N finished (complete or pruned) trials, "
+                        "retries first; any number of processes and restarts stop at N together (default: off)")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help=f"where running trials keep their latest epoch checkpoint, a folder every worker of the study "
+                        f"can reach (default: ${CHECKPOINT_ENV}, else {CHECKPOINT_DIR})")
     p.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds (default: none)")
     p.add_argument("--storage", default=None,
                    help=f"Optuna storage URL (default: ${STORAGE_ENV}, which keeps a password off the command line, "
@@ -126,10 +136,20 @@ def _lost_trial(e: Exception) -> bool:
         isinstance(e, ValueError) and str(e).startswith("Cannot tell a "))
 
 
-def resume_command(args) -> str:
-    """The command that goes on where this one stopped, with the same overrides and store."""
+def resume_command(args, study: optuna.Study | None = None, before: set[int] = frozenset()) -> str:
+    """The command that finishes what this one was asked, with the same overrides and store:
+    ``--until N`` again, or ``--trials`` with the trials not yet done (an interrupted trial is
+    redone: its queued retry is one of them)."""
     workers = None if args.workers == DEFAULT_WORKERS else args.workers
-    return run_command(args.study, "N", args.set, args.storage, workers=workers, study_name=args.study_name)
+    if args.until is not None:
+        return run_command(args.study, None, args.set, args.storage, workers=workers, study_name=args.study_name,
+                           until=args.until)
+    left = "N"
+    if study is not None and getattr(args, "trials_asked", None):
+        done = sum(t.state.is_finished() and t.user_attrs.get("status") not in ("interrupted", None)
+                   for t in study.get_trials(deepcopy=False) if t.number not in before)
+        left = max(args.trials_asked - done, 1)
+    return run_command(args.study, left, args.set, args.storage, workers=workers, study_name=args.study_name)
 
 
 def run_single(args, spec, trials: int) -> int:
@@ -140,22 +160,36 @@ def run_single(args, spec, trials: int) -> int:
     progress = StudyProgress(trials, spec.base.train.epochs, len(spec.objective.metrics) > 1,
                              worker=f"worker {index} " if index else "", quiet=quiet)
     interrupts = Interrupts()
-    objective = Objective(spec, args.data_dir, args.keep, artifact_store() if args.keep != "none" else None, on_epoch=progress.on_epoch, guard=interrupts)
+    checkpoints = Checkpoints(checkpoint_dir(args.checkpoint_dir))
+    objective = Objective(spec, args.data_dir, args.keep, artifact_store() if args.keep != "none" else None,
+                          on_epoch=progress.on_epoch, guard=interrupts, checkpoints=checkpoints)
     objective.data(spec.base.data)
     _quiet_optuna()
     study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)
-    before = {t.number for t in study.get_trials(deepcopy=False)}
+    # Queued trials (retries) are not done yet: this run adds them.
+    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
     warm = [] if args.supervised else warmstart.enqueue(study, getattr(args, "warm_plan", []))
+    callbacks = [progress, ForgetFinished(checkpoints, spec.name)]
     interrupts.install()
-    cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}"
-            + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
-    progress.start()
     guard = FailureGuard()
     plateau = plateau_stop(args, spec)
     try:
+        if args.until is not None:
+            until = Until(args.until)
+            trials = until.wait(study, env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), interrupts.check, cli.say)
+            if trials == 0:
+                cli.say(f"study {spec.name!r} in {redact(args.storage)}: {args.until} trials finished, nothing to add "
+                        f"(--until {args.until})")
+                return 0
+            objective, progress.total = until.wrap(objective), trials
+            callbacks.append(until)
+        cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}"
+                + (f" (until {args.until} are finished)" if args.until is not None else "")
+                + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
+        progress.start()
         interrupts.check()  # a signal before the first trial
-        study.optimize(objective, n_trials=trials, timeout=args.timeout, callbacks=[progress, guard, plateau, interrupts.stop_study],
-                       catch=(Exception,))
+        study.optimize(objective, n_trials=None if args.until is not None else trials, timeout=args.timeout,
+                       callbacks=[*callbacks, guard, plateau, interrupts.stop_study], catch=(Exception,))
         interrupts.check()
     except KeyboardInterrupt:
         progress.close()
@@ -167,7 +201,7 @@ def run_single(args, spec, trials: int) -> int:
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
         cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); a trial it leaves RUNNING is failed as "
                 f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
-                + ("" if args.supervised else f"; resume with: {resume_command(args)}"))
+                + ("" if args.supervised else f"; resume with: {resume_command(args, study, before)}"))
         return EXIT_STORE_LOST
     progress.close()
     if plateau.reason:
@@ -186,7 +220,7 @@ def _interrupted(args, study: optuna.Study, before: set[int]) -> str:
               if t.number not in before and t.user_attrs.get("status") == "interrupted"
               and t.user_attrs.get("worker", worker_tag()) == worker_tag()]
     return (f"interrupted: {'trial ' + ', '.join(f'#{n}' for n in marked) + ' marked FAIL' if marked else 'between trials'}"
-            + ("" if args.supervised else f", the store is consistent; resume with: {resume_command(args)}"))
+            + ("" if args.supervised else f", the store is consistent; resume with: {resume_command(args, study, before)}"))
 
 
 def _finish(args, spec, study: optuna.Study, before: set[int], progress: StudyProgress, guard: FailureGuard) -> int:
@@ -227,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = config_mod.load(args.study, args.set)
     if args.study_name is not None:
         spec = named(spec, args.study_name)
+    if args.until is not None and args.trials is not None:
+        raise HpoError("--trials and --until exclude each other: --trials adds N trials, --until runs until N are finished")
+    if args.until is not None and args.until < 1:
+        raise HpoError(f"--until must be >= 1, got {args.until}")
     trials = spec.trials if args.trials is None else args.trials
+    args.trials_asked = trials
     if trials < 1:
         raise HpoError(f"--trials must be >= 1, got {trials}")
     if args.timeout is not None and not (0 < args.timeout < float("inf")):  # nan compares false
@@ -239,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_start:  # read (and checked) before anything is written; queued once the study is open
         args.warm_plan = warmstart.plan(args.storage, args.warm_start, spec, min(args.warm_start_trials, trials))
     k = worker_count(args.workers, spec)  # settled once: "auto" may come out as one
-    return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials, k)
+    return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials if args.until is None else args.until, k)
 
 
 if __name__ == "__main__":

@@ -160,11 +160,16 @@ def evaluate(model, split, info, batch_size: int, autocast, channels_last: bool)
 
 
 def fit(
-    config: TrainConfig, data: Data, on_epoch: Callable[[EpochStats], None] | None = None
+    config: TrainConfig, data: Data, on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: dict | None = None, on_checkpoint: Callable[[dict], None] | None = None,
 ) -> tuple[TrainResult, torch.nn.Module]:
     """Train ``config`` on ``data``; returns the result and the trained model. ``on_epoch`` sees
     every epoch's stats and may raise to stop the run (the objective raises optuna.TrialPruned
-    there); a non-finite loss ends it as ``diverged``, which is a result, not an exception."""
+    there); a non-finite loss ends it as ``diverged``, which is a result, not an exception.
+
+    ``on_checkpoint`` gets, every ``train.checkpoint_every`` epochs and before that epoch's
+    ``on_epoch``, the whole training state (``training_state``; valid during the call); ``resume``
+    takes such a state and goes on from the epoch after it, as if the run had never stopped."""
     start = time.perf_counter()
     t, info = config.train, data.info
     device, threads = setup_runtime(config)
@@ -187,7 +192,11 @@ def fit(
     check_every = 25 if cuda else 1
 
     curve, train_seconds, seen, status, reason = [], 0.0, 0, "ok", ""
-    for epoch in range(1, t.epochs + 1):
+    first = 1
+    if resume is not None:
+        curve, train_seconds, seen = restore(resume, model, optimizer, scheduler, shuffle, device)
+        first, start = resume["epoch"] + 1, start - resume["wall_time_s"]
+    for epoch in range(first, t.epochs + 1):
         epoch_start = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -225,6 +234,9 @@ def fit(
         stats = EpochStats(epoch, loss_sum.item() / n, 100.0 * correct.item() / n, val_loss, val_acc, lr,
                            time.perf_counter() - epoch_start)
         curve.append(stats)
+        if on_checkpoint is not None and t.checkpoint_every and epoch % t.checkpoint_every == 0:
+            on_checkpoint(training_state(epoch, model, optimizer, scheduler, shuffle, device, curve, train_seconds,
+                                         seen, time.perf_counter() - start))
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -246,6 +258,32 @@ def fit(
         params=count_parameters(model),
         threads=threads,
     ), model
+
+
+def training_state(epoch, model, optimizer, scheduler, shuffle, device, curve, train_seconds, seen, wall) -> dict:
+    """Everything the loop needs to go on exactly after ``epoch``: weights, optimizer and schedule,
+    every RNG it draws from (init/dropout: torch's global one, and CUDA's; batch order and
+    augmentation: ``shuffle``) and the curve. No AMP scaler: bf16 autocast needs none.
+    Plain tensors, dicts, lists and numbers, so ``torch.load(..., weights_only=True)`` reads it."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng, "curve": [asdict(s) for s in curve],
+            "train_seconds": train_seconds, "seen": seen, "wall_time_s": wall}
+
+
+def restore(state: dict, model, optimizer, scheduler, shuffle, device) -> tuple[list[EpochStats], float, int]:
+    """Load a ``training_state`` into a freshly built loop; returns (curve, train seconds, images seen)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])  # after the scheduler's construction, which set the lr
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    shuffle.set_state(rng["shuffle"].cpu())
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+    return [EpochStats(**s) for s in state["curve"]], float(state["train_seconds"]), int(state["seen"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,8 @@ class Supervisor:
                                       same_study=args.same_study)
         # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
         self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage, create=False))
-        self.before = {t.number for t in self.study.get_trials(deepcopy=False)}
+        # Queued trials (retries) are not done yet: this run adds them.
+        self.before = {t.number for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         self.running: list[Worker] = []
         self.pending: list[Replacement] = []
         self.stopped: list[tuple[Worker, int]] = []  # workers that ended with an error, not replaced
@@ -152,12 +153,16 @@ class Supervisor:
 
     def command(self, slot: int, quota: int) -> list[str]:
         a = self.args
-        cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, "--trials", str(quota), "--workers", "1",
+        # --until: every worker runs until the study holds N; the study, not a quota, says when to stop.
+        amount = ["--until", str(a.until)] if a.until is not None else ["--trials", str(quota)]
+        cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, *amount, "--workers", "1",
                "--worker-index", str(self.base + slot), "--keep", a.keep, "--supervised"]  # the store: $HPO_STORAGE
         cmd += ["--study-name", a.study_name] if a.study_name else []
         cmd += ["--same-study"] if a.same_study else []
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
+        if a.checkpoint_dir:
+            cmd += ["--checkpoint-dir", a.checkpoint_dir]
         if self.deadline is not None:
             cmd += ["--timeout", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
         for text in a.set:
@@ -267,7 +272,7 @@ class Supervisor:
             return
         done = sum(t.state.is_finished() and not is_lost(t) for t in mine)
         stuck = {t.number for t in mine if t.state == TrialState.RUNNING}
-        left = worker.quota - done
+        left = worker.quota if self.args.until is not None else worker.quota - done  # --until: it stops when the study is done
         why = f"was killed ({signal.Signals(-code).name})" if code < 0 else "lost the store"
         text = f"[worker {worker.slot}] pid {worker.proc.pid} {why} after {done} of its {worker.quota} trials"
         if stuck:
@@ -333,7 +338,8 @@ class Supervisor:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
         done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
         a = self.args
-        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers, study_name=a.study_name)
+        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers, study_name=a.study_name,
+                           until=a.until)
 
     def finish(self) -> int:
         added = self.added(self.study)
@@ -376,7 +382,8 @@ def run_workers(args, spec, trials: int, k: int) -> int:
     threads = max(1, cores // k) if spec.base.train.threads == 0 else None  # a set thread count is kept
     supervisor = Supervisor(args, spec, trials, k, threads, gpus)
     warm = warmstart.enqueue(supervisor.study, getattr(args, "warm_plan", []))  # once, here: not in each worker
-    supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, adding "
-                   f"{trials} with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else "")
+    amount = f"until {trials} are finished" if args.until is not None else f"adding {trials}"
+    supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, {amount} "
+                   f"with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else "")
                    + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
     return supervisor.run()

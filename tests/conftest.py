@@ -104,3 +104,21 @@ def restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+# ---- a real single-node Slurm (tests/test_slurm.py) -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def slurm():
+    """munged, slurmctld and slurmd on this machine, configured in a temporary folder; stopped after
+    the module. Not installed or not root is a failure, not a skip: ./setup.sh installs it."""
+    from slurm import Slurm
+
+    try:
+        cluster = Slurm()
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

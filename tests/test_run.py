@@ -98,13 +98,16 @@ def test_interrupt_marks_the_running_trial_and_says_how_to_resume(sig, code, stu
         proc.kill()
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err
-    assert "resume with: python -m hpo.run --study tiny" in err
-    (t,) = trials_of(tmp_path)
+    assert "resume with: python -m hpo.run --study tiny --trials 5" in err  # none of the 5 is done
+    t, retry = trials_of(tmp_path)
     assert t.state == optuna.trial.TrialState.FAIL  # not left RUNNING
     assert t.user_attrs["status"] == "interrupted"
-    # and the study resumes from the same store
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == t.params  # its retry, queued
+    # and the study resumes from the same store: the retry first (with other settings its checkpoint
+    # is not its own: it starts again)
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    hpo_run("--study", "tiny", "--trials", "1", cwd=tmp_path)
+    out = hpo_run("--study", "tiny", "--trials", "1", cwd=tmp_path)
+    assert "was written for other settings; it starts again from epoch 1" in out.stderr
     assert [t.state.name for t in trials_of(tmp_path)] == ["FAIL", "COMPLETE"]
 
 

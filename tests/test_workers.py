@@ -171,9 +171,11 @@ def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err
     trials = trials_of("tiny", url)
-    assert all(t.state in FINISHED for t in trials)  # nothing left RUNNING
+    assert all(t.state in FINISHED or t.state == TrialState.WAITING for t in trials)  # nothing left RUNNING
     interrupted = [t.number for t in trials if t.user_attrs.get("status") == "interrupted"]
     assert interrupted == [t.number for t in running] and all(trials[n].state == TrialState.FAIL for n in interrupted)
+    retries = [t for t in trials if t.state == TrialState.WAITING]  # queued, to go on from their checkpoints
+    assert sorted(t.user_attrs["checkpoint_of"] for t in retries) == interrupted
     resume = re.search(r"resume with: (python -m hpo.run .*)$", err, re.M).group(1)
     assert resume == "python -m hpo.run --study tiny --trials 4 --workers 2 --set data.test_size=100"
     lines = re.findall(r"^\[worker \d\] interrupted: trial (.*) marked FAIL", err, re.M)
