@@ -16,6 +16,7 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
+from hpo import confirm
 from hpo.errors import HpoError, reason
 from hpo.objective import KEEP, Objective
 from hpo.progress import StudyProgress
@@ -45,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                         "else 0; --workers sets it for its own workers)")
     p.add_argument("--quiet", action="store_true",
                    help="one line per finished trial instead of a progress bar, for logs (default: off)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
+                        "recorded as confirmations of their trial (default: off)")
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
     # the supervisor, not the worker, says how to resume
     return p
@@ -187,6 +191,10 @@ def run(args) -> int:
         raise HpoError(f"--trials must be >= 1, got {trials}")
     if args.timeout is not None and args.timeout <= 0:
         raise HpoError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.confirm is not None and args.confirm < 1:
+        raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {args.confirm}")
+    if args.confirm is not None and args.workers != "1":
+        raise HpoError("--confirm runs in one process: leave out --workers")
     if args.workers != "1":
         from hpo.workers import run_workers
 
@@ -200,6 +208,8 @@ def run(args) -> int:
         handler.addFilter(_not_an_interrupt)
     index = worker_index(args)
     storage = open_storage(args.storage, create=True)
+    if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
+        spec, trials = confirm.prepare(storage, spec, args.confirm)
     study = create_or_resume(spec, storage, worker=index)
     before = {t.number for t in study.trials}
     guard = FailureGuard()
