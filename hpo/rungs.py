@@ -124,8 +124,9 @@ def rung_study(trials: list[FrozenTrial], direction) -> optuna.Study:
 # ---------------------------------------------------------------- where trials stop early
 
 def _gap(n1: np.ndarray, s1: np.ndarray, n: int, s: int) -> np.ndarray:
-    """How much the early-stop rate differs between the two sides, for every cut at once."""
-    return np.abs(s1 / n1 - (s - s1) / (n - n1))
+    """How much the early-stop rate differs between the two sides, for every cut at once, weighted by
+    sqrt(n1 n2 / n) as a two-sample z is: three lucky trials alone should not outweigh a real region."""
+    return np.abs(s1 / n1 - (s - s1) / (n - n1)) * np.sqrt(n1 * (n - n1) / n)
 
 
 def _split_p(r: np.ndarray, observed: float, valid: np.ndarray, rng: np.random.Generator) -> float:
@@ -208,7 +209,8 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
     if cut is None or p >= ALPHA:
         region = _region(f"{name} (all)", ts)
         return StopRegions(name, (region,), p if cut is not None else None, False,
-                           f"{name}: early stops spread evenly ({region.stopped} of {region.trials}, no region stands out).")
+                           f"{name}: no region where trials stop early stands out ({region.stopped} of {region.trials} stopped early"
+                           + (f", p = {p:.2f}" if cut is not None else "") + ").")
     low = [t for t in ordered if float(t.params[name]) < cut]
     high = [t for t in ordered if float(t.params[name]) >= cut]
     parts = [(f"{name} < {_fmt_cut(cut)}", low), (f"{name} ≥ {_fmt_cut(cut)}", high)]
@@ -242,7 +244,8 @@ def _categorical(name: str, dist: CategoricalDistribution, ts: list[FrozenTrial]
     if p >= ALPHA:
         rates = [regions[i].rate for i in eligible]
         return StopRegions(name, regions, p, False,
-                           f"{name}: early stops spread evenly across its choices ({min(rates):.0%}–{max(rates):.0%}).")
+                           f"{name}: no choice where trials stop early stands out ({min(rates):.0%}–{max(rates):.0%} "
+                           f"stopped early per choice, p = {p:.2f}).")
     order = sorted(regions, key=lambda r: -r.rate)
     return StopRegions(name, regions, p, True, "; ".join(_phrase(r) for r in order) + ".")
 

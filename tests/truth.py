@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 
 import numpy as np
 import optuna
@@ -58,7 +59,9 @@ def build(url: str, name: str, kind: str = "cliff", n: int = 80, seed: int = 0) 
     for key, value in {"description": f"ground truth: {kind}", "seed": seed, "metrics": ["val_acc"], "epochs": EPOCHS,
                        "study_file": f"studies/{name}/study.toml"}.items():
         study.set_user_attr(key, value)
-    study.set_metric_names(["val_acc"])
+    with warnings.catch_warnings():  # experimental in Optuna, and what hpo.study does too
+        warnings.simplefilter("ignore")
+        study.set_metric_names(["val_acc"])
     if kind == "thin":
         kind, n = "cliff", 5
     dists = {"lr": FloatDistribution(1e-4, 1.0, log=True), "momentum": FloatDistribution(0.5, 0.99),
