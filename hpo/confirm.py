@@ -96,9 +96,10 @@ def summarise(trials: list[FrozenTrial], maximize: bool, fmt) -> Confirmations |
     configs = []
     for source, confirms in by_source.items():
         src = numbers.get(source)
-        runs = ([src] if src is not None and _finite(src) else []) + [t for t in confirms if _finite(t)]
-        if not runs:
+        done = [t for t in confirms if _finite(t)]
+        if not done:  # still queued or running: nothing to say yet
             continue
+        runs = ([src] if src is not None and _finite(src) else []) + done
         values = tuple(float(t.values[0]) for t in runs)
         configs.append(Confirmed(source, dict(confirms[0].params), values,
                                  sum(t.state.is_finished() and not _finite(t) for t in confirms),

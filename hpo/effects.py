@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ class Band:
     value: Any = None
     low: float | None = None
     high: float | None = None
+    ended: tuple[tuple[str, int], ...] = ()  # how its trials ended: (("complete", 3), ("pruned", 5))
 
 
 @dataclass(frozen=True)
@@ -153,9 +155,11 @@ def _trend(values: list[float | None]) -> str:
     return "rises" if rho >= 0.8 else "falls" if rho <= -0.8 else ""
 
 
-def analyse(params: list[dict], values: list[float], space: dict, maximize: bool, fmt, what: str, seed: int = 0) -> dict[str, Effect]:
+def analyse(params: list[dict], values: list[float], space: dict, maximize: bool, fmt, what: str, seed: int = 0,
+            ended: list[str] | None = None) -> dict[str, Effect]:
     """Effects of every parameter in ``space`` on ``values`` (one per trial, with its ``params``).
-    ``fmt`` formats a value (88.1%); ``what`` names the metric in the words ("val acc")."""
+    ``fmt`` formats a value (88.1%); ``what`` names the metric in the words ("val acc"); ``ended``
+    says how each trial ended (complete, pruned, diverged...), for the words about the worse regions."""
     names = list(space)
     y = np.asarray(values, dtype=float)
     X = np.array([[encode(space[n], p.get(n)) for n in names] for p in params], dtype=float).reshape(len(params), len(names))
@@ -174,7 +178,9 @@ def analyse(params: list[dict], values: list[float], space: dict, maximize: bool
         for g, meta in enumerate(groups):
             vals = y[index == g]
             lo, hi = bootstrap_interval(vals, rng) if len(vals) else (None, None)
-            bands.append(dict(meta, n=int(len(vals)), mean=float(vals.mean()) if len(vals) else None, lo=lo, hi=hi))
+            how = Counter(e for e, k in zip(ended or [], index) if k == g)
+            bands.append(dict(meta, n=int(len(vals)), mean=float(vals.mean()) if len(vals) else None, lo=lo, hi=hi,
+                              ended=tuple(how.most_common())))
         if surrogate is not None:
             at = [j_ for j_, b in enumerate(bands) if b["n"]]
             grid = np.array([float(np.median(X[index == g, j])) for g in at])
@@ -231,7 +237,10 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
             where = _where(kind, b, b, bands)
         trend = f"; {what} {pd_trend} with {name}" if pd_trend else ""
         claim = (f"best {where} by partial dependence ({fmt(b.pd)} there vs {fmt(worst.pd)} "
-                 f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) and {fmt(worst.mean)} ({worst.n} trials)){trend}, p = {p:.3f}")
+                 f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) and {fmt(worst.mean)} ({worst.n} trials)){trend}")
+        if kind == "range":
+            claim += _outside(bands, span, fmt)
+        claim += f", p = {p:.3f}"
     else:
         claim = _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) + f", p = {p:.3f}"
     disagreement = ""
@@ -270,12 +279,30 @@ def _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) -> 
         vals = y[np.isin(index, span)]
         best = f"best {_where(kind, first, last, bands)} (mean {what} {fmt(float(vals.mean()))}, {len(vals)} trials"
         best += f", 90% interval {fmt(first.lo)}–{fmt(first.hi)})" if len(span) == 1 else ")"
+        return best + _outside(bands, span, fmt)
     else:
         b = bands[top]
         ties = [bands[g].label for g in near if g != top]
         best = (f"best at {b.label} (mean {what} {fmt(b.mean)}, 90% interval {fmt(b.lo)}–{fmt(b.hi)}, {b.n} trials"
                 + (f"; not told apart from {', '.join(ties)}" if ties else "") + ")")
     return f"{best}; worst {_where(kind, worst, worst, bands)}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
+
+
+def _outside(bands: tuple[Band, ...], span: list[int], fmt) -> str:
+    """Below and above the best region, band by band: what too small and too large values did."""
+    parts, sides = [], set()
+    for g, b in enumerate(bands):
+        if g in span or not b.n:
+            continue
+        side = "below it" if g < span[0] else "above it"
+        lead = f"{side}: " if side not in sides else ""
+        sides.add(side)
+        how = dict(b.ended)
+        ends = ", ".join(f"{n} {e}" for e, n in b.ended) if set(how) - {"complete"} else ""
+        interval = f"{fmt(b.lo)}–{fmt(b.hi)}, " if b.n >= MIN_GROUP else ""
+        few = "; too few trials" if b.n < MIN_GROUP else ""
+        parts.append(f"{lead}{b.label} {fmt(b.mean)} ({interval}{b.n} trials" + (f": {ends}" if ends else "") + few + ")")
+    return ("; " + "; ".join(parts)) if parts else ""
 
 
 def _where(kind: str, first: Band, last: Band, bands: tuple[Band, ...]) -> str:

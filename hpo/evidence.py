@@ -4,6 +4,7 @@ confirmations; and the sentences the findings are built from. Plain data; hpo.fi
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import optuna
@@ -41,6 +42,7 @@ class Evidence:
     stops: dict[str, rungs.StopRegions]
     confirmations: confirm.Confirmations | None
     sentences: dict[str, str]  # per parameter: what the findings say about it
+    missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
 
 
 def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[FrozenTrial], space: dict, metric: str,
@@ -63,7 +65,9 @@ def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[Froze
         basis = Basis(rung.epoch, len(rebuilt), dict(rung.states), rung.epoch == final_epoch and len(rebuilt) == len(complete))
         imp = importances(rungs.rung_study(rebuilt, direction), rebuilt, names, metric, 0)
         rung_importance, note = imp.by_evaluator, imp.note
-        at_rung = effects.analyse([t.params for t in rebuilt], [t.value for t in rebuilt], space, maximize, lambda v: fmt(metric, v), what)
+        ended = ["complete" if t.user_attrs["state"] == "COMPLETE" else t.user_attrs["status"] for t in rebuilt]
+        at_rung = effects.analyse([t.params for t in rebuilt], [t.value for t in rebuilt], space, maximize, lambda v: fmt(metric, v), what,
+                                  ended=ended)
     at_final = effects.analyse([t.params for t in complete], [t.values[0] for t in complete], space, maximize,
                                lambda v: fmt(metric, v), what) if names else {}
     stops = {n: rungs.stop_regions(n, space[n], trials, space=space) for n in names}
@@ -74,8 +78,25 @@ def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[Froze
         thin = (f"Thin evidence: {len(finished)} finished trials, {n_used} with comparable values; too few to tell "
                 f"any parameter's effect from noise (that takes {effects.MIN_TRIALS} or more). The tables show what they reached; "
                 "they are not findings.")
-    ev = Evidence(len(finished), thin, ladder, basis, final, rung_importance, note, at_rung, at_final, stops, confirmations, {})
+    missing = tuple((dict(t.params), rungs.status_of(t)) for t in finished
+                    if basis is not None and rungs.stopped_early(t) and basis.epoch not in t.intermediate_values)
+    ev = Evidence(len(finished), thin, ladder, basis, final, rung_importance, note, at_rung, at_final, stops, confirmations, {},
+                  missing)
     return _with_sentences(ev)
+
+
+def _missing(ev: Evidence, name: str) -> str:
+    """The trials that never reached the analysis epoch, with where they sat in ``name``."""
+    at = [(p[name], status) for p, status in ev.missing if name in p]
+    if not at:
+        return ""
+    why = ", ".join(f"{n} {s}" for s, n in Counter(s for _, s in at).most_common())
+    values = sorted(v for v, _ in at)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        where = f"{name} {values[0]:.2g}" if len(set(values)) == 1 else f"{name} {values[0]:.2g}–{values[-1]:.2g}"
+    else:
+        where = ", ".join(f"{name} = {v} ({n})" for v, n in Counter(map(str, values)).most_common())
+    return f"; {len(at)} more stopped before epoch {ev.rung.epoch} ({why}) at {where}"
 
 
 def _with_sentences(ev: Evidence) -> Evidence:
@@ -89,7 +110,7 @@ def _with_sentences(ev: Evidence) -> Evidence:
             parts.append("early stops: " + stop.sentence.rstrip("."))
         rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
         if rung is not None and ev.rung is not None and not ev.rung.final:
-            parts.append(f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}")
+            parts.append(f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}" + _missing(ev, name))
         if fin is not None:
             parts.append(f"at the final epoch ({ev.final.trials} complete trials) {fin.claim}")
         out[name] = f"{name}: " + "; ".join(parts) + "."

@@ -439,4 +439,8 @@ def trials_table(study: optuna.Study):
             df[column] = df[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
     if "duration" in df.columns:
         df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
+    # the learning curve, one column per epoch: what the report's epoch-by-epoch numbers are made of
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for e in sorted({int(e) for t in trials.values() for e in t.intermediate_values}):
+        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: trials[n].intermediate_values.get(e))
     return df

@@ -211,7 +211,7 @@ def run(args) -> int:
     if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
         spec, trials = confirm.prepare(storage, spec, args.confirm)
     study = create_or_resume(spec, storage, worker=index)
-    before = {t.number for t in study.trials}
+    before = {t.number for t in study.trials if t.state != optuna.trial.TrialState.WAITING}  # queued ones run now
     guard = FailureGuard()
     interrupts = Interrupts()
     interrupts.install()

@@ -104,7 +104,7 @@ def at_rung(trials: list[FrozenTrial], epoch: int) -> list[FrozenTrial]:
     out = []
     for t in trials:
         v = t.intermediate_values.get(epoch)
-        if v is None or not math.isfinite(v) or not t.params:
+        if t.state in (TrialState.RUNNING, TrialState.WAITING) or v is None or not math.isfinite(v) or not t.params:
             continue
         rebuilt = optuna.create_trial(value=v, params=dict(t.params), distributions=dict(t.distributions),
                                       user_attrs={"number": t.number, "state": t.state.name, "status": status_of(t)})
