@@ -164,7 +164,10 @@ def _numeric_split(name: str, ts: list[FrozenTrial], log: bool, rng, resid: dict
         return None, 1.0, ts
     gap = _gap(cuts.astype(float), np.cumsum(r)[cuts - 1], n, float(r.sum()))
     cut = int(cuts[int(np.argmax(gap))])
-    p = _split_p(r, float(gap.max()), valid, rng)
+    raw = stops.astype(float)
+    raw_gap = float(_gap(cuts.astype(float), np.cumsum(raw)[cuts - 1], n, float(s)).max())
+    # the residuals pick the cut; the raw stop rates must differ beyond chance too
+    p = max(_split_p(r, float(gap.max()), valid, rng), _split_p(raw, raw_gap, valid, rng))
     return _cut_value(xs[cut - 1], xs[cut], log), p, ts
 
 
@@ -179,7 +182,8 @@ def _fmt_choice(c) -> str:
 def _phrase(r: Region) -> str:
     why = ", ".join(f"{n} {s}" for s, n in r.statuses.items())
     by = f" by epoch {r.by_epoch}" if r.stopped else ""
-    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (f" ({why})" if why else "")
+    few = "; too few trials" if r.trials < MIN_SIDE else ""
+    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (f" ({why}{few})" if why else f" ({few[2:]})" if few else "")
 
 
 def stop_residuals(name: str, space: dict, ts: list[FrozenTrial], seed: int) -> dict[int, float]:
@@ -238,9 +242,10 @@ def _categorical(name: str, dist: CategoricalDistribution, ts: list[FrozenTrial]
     eligible = [i for i, r in enumerate(regions) if r.trials >= MIN_SIDE]
     if len(eligible) < 2:
         return StopRegions(name, regions, None, False, "")
-    index = np.concatenate([[i] * regions[i].trials for i in eligible])
+    index = np.concatenate([[k] * regions[i].trials for k, i in enumerate(eligible)])  # 0..k-1: no empty group
     r = np.concatenate([[resid[t.number] for t in groups[i][1]] for i in eligible]).astype(float)
-    p = _spread_p(index, r, rng)
+    raw = np.concatenate([[float(stopped_early(t)) for t in groups[i][1]] for i in eligible])
+    p = max(_spread_p(index, r, rng), _spread_p(index, raw, rng))  # the raw rates must differ too, not only the residuals
     if p >= ALPHA:
         rates = [regions[i].rate for i in eligible]
         return StopRegions(name, regions, p, False,

@@ -58,3 +58,13 @@ def test_no_region_when_stops_are_spread_evenly():
           for i in range(40)]
     s = rungs.stop_regions("opt", D["opt"], ts)
     assert not s.clear and "stands out" in s.sentence
+
+
+def test_a_rare_choice_does_not_make_the_others_a_region():
+    # "sgd" has two trials (too few to test); "adam" and "bad" stop at the same rate
+    ts = [trial(0, "sgd", [70, 80]), trial(1, "sgd", [50.0], TrialState.PRUNED, "pruned")]
+    for i in range(2, 42):
+        opt = "adam" if i % 2 else "bad"
+        ts.append(trial(i, opt, [50.0], TrialState.PRUNED, "pruned") if i % 3 == 0 else trial(i, opt, [70, 80]))
+    s = rungs.stop_regions("opt", D["opt"], ts)
+    assert not s.clear and s.p_value > 0.1
