@@ -19,6 +19,7 @@ import plotly.offline
 from optuna.trial import TrialState
 
 from hpo.errors import reason
+from hpo.effects import MIN_GROUP
 from hpo.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
 
 PLOTLY_JS = "plotly.min.js"
@@ -262,6 +263,7 @@ def document(f: Findings, figures: list[str]) -> list:
             out += fig(name)
 
     out += [Heading(f"Top {len(f.top)} trials by {label(m)}"), _trial_table(f, f.top)]
+    out += _confirmation_blocks(f)
 
     out.append(Heading("Parameter importance"))
     if not f.params:
@@ -278,6 +280,7 @@ def document(f: Findings, figures: list[str]) -> list:
         out += fig("importance" + (f"_{imp.metric}" if f.multi_objective else ""))
     out.append(Para("PED-ANOVA (Optuna's default) asks which parameters the top 10% of trials share; fANOVA asks "
                     "how much of the variance of the objective each parameter explains."))
+    out += _rung_blocks(f)
     out += fig("contour") + fig("contour_matrix")
 
     if f.params:
@@ -285,11 +288,16 @@ def document(f: Findings, figures: list[str]) -> list:
         for p in f.params:
             scores = ", ".join(f"{e} {v:.2f}" for e, v in p.importance.items())
             out.append(Heading(f"{p.name}" + (f" (importance: {scores})" if scores else ""), 3))
-            out.append(Para(p.summary))
+            ev = f.evidence
+            out.append(Para(ev.sentences.get(p.name, p.summary) if ev is not None else p.summary))
             first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
-            out.append(Table((first, "trials", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
-                             tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best), fmt(m, g.worst), fmt("test_acc", g.mean_test))
-                                   if g.trials else (g.label, "0", "—", "—", "—", "—") for g in p.groups)))
+            if ev is not None:
+                out.append(Para(f"Final epoch, the {ev.final.trials} complete trials:"))
+            out.append(Table((first, "trials", f"mean {label(m)}", "90% interval", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
+                             tuple((g.label, str(g.trials), fmt(m, g.mean), _interval(m, g.lo, g.hi, g.trials), fmt(m, g.best),
+                                    fmt(m, g.worst), fmt("test_acc", g.mean_test))
+                                   if g.trials else (g.label, "0", "—", "—", "—", "—", "—") for g in p.groups)))
+            out += _param_evidence(f, p.name)
         out += fig("slice") + fig("parallel_coordinate")
     out += branch_blocks(f)
 
@@ -329,6 +337,84 @@ def document(f: Findings, figures: list[str]) -> list:
     if f.study_toml:
         out += [Para("The study file it ran from:"), Code(f.study_toml.rstrip(), "toml")]
     return out
+
+
+# ---------------------------------------------------------------- every trial counted (hpo.evidence)
+
+def _interval(metric: str, lo, hi, n: int) -> str:
+    if lo is None or hi is None:
+        return "—"
+    return f"{fmt(metric, lo)}–{fmt(metric, hi)}" + (" (too few trials)" if n < MIN_GROUP else "")
+
+
+def _rung_blocks(f: Findings) -> list:
+    """Every epoch with the trials that reached it, and the importances where all states still count."""
+    ev = f.evidence
+    if ev is None or not ev.rungs:
+        return []
+    m = f.metrics[0]
+    out = [Heading("Every trial, epoch by epoch", 3),
+           Para("A pruned or diverged trial's last value is not comparable with a full run's, but its value at an epoch it "
+                "reached is comparable with every other trial's value there. Trials that reached each epoch, by how they ended:"),
+           Table(("epoch", "trials", "of which", f"mean {label(m)}", f"best {label(m)}"), tuple(
+               (str(r.epoch), str(r.trials), ", ".join(f"{n} {s}" for s, n in r.states.items()), fmt(m, r.mean), fmt(m, r.best))
+               for r in ev.rungs))]
+    if ev.rung is None:
+        return out
+    if ev.rung.final:
+        out.append(Para(f"Every trial with a value reached the final epoch, so the importances above already use them all ({ev.rung.text()})."))
+        return out
+    out.append(Para(f"Importances at epoch {ev.rung.epoch}, the deepest epoch that at least 75% of the trials reached "
+                    f"({ev.rung.text()}), beside those above (final epoch, {ev.final.trials} complete trials):"))
+    if ev.rung_importance:
+        names = list(next(iter(ev.rung_importance.values())))
+        final = f.importances[0].by_evaluator
+        out.append(Table(("parameter", *(f"{e} at epoch {ev.rung.epoch}" for e in ev.rung_importance),
+                          *(f"{e} final" for e in final)),
+                         tuple((n, *(f"{v[n]:.3f}" if n in v else "—" for v in ev.rung_importance.values()),
+                                *(f"{v[n]:.3f}" if n in v else "—" for v in final.values())) for n in names)))
+    if ev.rung_importance_note:
+        out.append(Para(f"At epoch {ev.rung.epoch}: {ev.rung_importance_note}."))
+    return out
+
+
+def _param_evidence(f: Findings, name: str) -> list:
+    """The parameter at the analysis epoch (all states) and where its trials stopped early."""
+    ev, m = f.evidence, f.metrics[0]
+    if ev is None:
+        return []
+    out = []
+    eff = ev.at_rung.get(name)
+    if eff is not None and ev.rung is not None and not ev.rung.final:
+        pd = any(b.pd is not None for b in eff.bands)
+        out.append(Para(f"At epoch {ev.rung.epoch}, every trial that reached it ({ev.rung.text()}):"))
+        out.append(Table(("value" if eff.kind != "range" else "range", "trials", f"mean {label(m)}", "90% interval",
+                          *(("partial dependence",) if pd else ())),
+                         tuple((b.label, str(b.n), fmt(m, b.mean), _interval(m, b.lo, b.hi, b.n), *((fmt(m, b.pd),) if pd else ()))
+                               for b in eff.bands)))
+    fin = ev.at_final.get(name)
+    if fin is not None and any(b.pd is not None for b in fin.bands):
+        out.append(Para("Partial dependence at the final epoch (a random forest on all parameters, the others as sampled): "
+                        + ", ".join(f"{b.label}: {fmt(m, b.pd)}" for b in fin.bands if b.pd is not None) + "."))
+    stop = ev.stops.get(name)
+    if stop is not None and stop.regions and sum(r.stopped for r in stop.regions):
+        out.append(Para("Where its trials stopped early" + (f" (p = {stop.p_value:.3f})" if stop.p_value is not None else "") + ":"))
+        out.append(Table(("region", "trials", "stopped early", "by epoch", "why"), tuple(
+            (r.label, str(r.trials), str(r.stopped), str(r.by_epoch) if r.stopped else "—",
+             ", ".join(f"{n} {s}" for s, n in r.statuses.items()) or "—") for r in stop.regions)))
+    return out
+
+
+def _confirmation_blocks(f: Findings) -> list:
+    ev = f.evidence
+    c = ev.confirmations if ev is not None else None
+    if c is None:
+        return []
+    m = f.metrics[0]
+    return [Heading("Is the best trial lucky? Seed confirmations", 3), Para(c.sentence),
+            Table(("configuration of trial", "runs", f"mean {label(m)}", "sd", "each run", "did not complete"), tuple(
+                (f"#{x.source}", str(len(x.values)), fmt(m, x.mean), f"{x.sd:.2f}" if x.sd is not None else "—",
+                 ", ".join(fmt(m, v) for v in x.values), str(x.stopped)) for x in c.configs))]
 
 
 # ---------------------------------------------------------------- rendering

@@ -21,6 +21,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo import effects, evidence
 from hpo.errors import reason
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
@@ -63,6 +64,8 @@ class Group:
     value: Any = None
     low: float | None = None
     high: float | None = None
+    lo: float | None = None  # the mean's 90% bootstrap interval
+    hi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Findings:
     study_toml: str = ""
     branches: Any = None  # hpo.branches.Branches for a study with conditional parameters (set by hpo.branches.extend)
     warm_started: dict = dataclasses.field(default_factory=dict)  # trial number -> "STUDY#N" it was warm-started from
+    evidence: Any = None  # hpo.evidence.Evidence: every trial counted, effects with intervals
 
     @property
     def multi_objective(self) -> bool:
@@ -248,8 +252,9 @@ def _stats(trials: list[FrozenTrial], direction: StudyDirection) -> dict:
     if not values:
         return dict(trials=0, mean=None, best=None, worst=None, mean_test=None)
     key = lambda v: _sign(direction) * v  # noqa: E731
+    lo, hi = effects.bootstrap_interval(np.asarray(values, dtype=float), np.random.default_rng(0))
     return dict(trials=len(values), mean=float(np.mean(values)), best=float(min(values, key=key)),
-                worst=float(max(values, key=key)), mean_test=float(np.mean(tests)) if tests else None)
+                worst=float(max(values, key=key)), mean_test=float(np.mean(tests)) if tests else None, lo=lo, hi=hi)
 
 
 def _edge(x: float, digits: int) -> str:
@@ -378,6 +383,7 @@ def compute(study: optuna.Study, *, storage: str = "", folder: str = "", command
         pruning=pruning(study, trials), problems=problems,
         reproducibility=reproducibility(study, trials, best, folder, command), headline=(),
         study_toml=str(study.user_attrs.get("study_toml") or study_toml),
+        evidence=evidence.compute(study, trials, complete, {n: space[n] for n in order}, metrics[0], fmt, label(metrics[0]), importances),
     )
     return _with_headline(findings)
 
@@ -387,7 +393,9 @@ def _with_headline(f: Findings) -> Findings:
     m = f.metrics[0]
     done = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
     test = f", test {fmt('test_acc', f.best.test_acc)}" if f.best.test_acc is not None else ""
-    lines = [f"{sum(f.counts.values())} trials ({done}).",
+    ev = f.evidence
+    lines = [ev.thin] if ev is not None and ev.thin else []
+    lines += [f"{sum(f.counts.values())} trials ({done}).",
              f"Best {label(m)} {fmt(m, f.best.values[0])} in trial {f.best.number}{test}."]
     if f.counts.get("RUNNING"):
         lines.append(f"The study is still running: {f.counts['RUNNING']} trials are not finished and are left out.")
@@ -396,7 +404,7 @@ def _with_headline(f: Findings) -> Findings:
     ranking = f.importances[0].by_evaluator
     if len(f.params) == 1:
         lines.append(f"{f.params[0].name} is the only searched parameter.")
-    elif f.params and ranking:
+    elif f.params and ranking and not (ev is not None and ev.rung is not None and not ev.rung.final and ev.rung_importance):
         tops = {e: next(iter(v)) for e, v in ranking.items() if v}
         p = f.params[0]
         scores = ", ".join(f"{e} {p.importance[e]:.2f}" for e in ranking if p.importance.get(e) is not None)
@@ -404,10 +412,32 @@ def _with_headline(f: Findings) -> Findings:
         if len(set(tops.values())) > 1:
             text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
         lines.append(text + ".")
-    lines += [p.summary for p in f.params[:3]]
+    if ev is not None and ev.thin:
+        lines = [x for x in lines if "matters most" not in x]  # a ranking of noise is no finding
+    elif ev is not None:
+        lines += _evidence_lines(f, ev)
+    else:
+        lines += [p.summary for p in f.params[:3]]
     if f.pruning and f.pruning.saved:
         lines.append(f"Stopping early saved {f.pruning.saved} of {f.pruning.budget} epochs ({f.pruning.saved_pct:.0f}%).")
     return dataclasses.replace(f, headline=tuple(lines))
+
+
+def _evidence_lines(f: Findings, ev) -> list[str]:
+    """Importances at the analysis rung, then per parameter what every trial says, then the seeds."""
+    lines = []
+    if ev.rung is not None and not ev.rung.final and ev.rung_importance and len(f.params) > 1:
+        tops = {e: next(iter(v)) for e, v in ev.rung_importance.items() if v}
+        name = next(iter(tops.values()))
+        scores = ", ".join(f"{e} {v[name]:.2f}" for e, v in ev.rung_importance.items() if name in v)
+        text = f"At epoch {ev.rung.epoch}, where {ev.rung.trials} trials of all states can be compared, {name} matters most ({scores})"
+        if len(set(tops.values())) > 1:
+            text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
+        lines.append(text + ".")
+    lines += [ev.sentences[p.name] for p in f.params if ev.sentences.get(p.name)]
+    if ev.confirmations is not None:
+        lines.append(ev.confirmations.sentence)
+    return lines
 
 
 def trials_table(study: optuna.Study):
@@ -421,4 +451,8 @@ def trials_table(study: optuna.Study):
             df[column] = df[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
     if "duration" in df.columns:
         df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
+    # the learning curve, one column per epoch: what the report's epoch-by-epoch numbers are made of
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for e in sorted({int(e) for t in trials.values() for e in t.intermediate_values}):
+        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: trials[n].intermediate_values.get(e))
     return df

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo import branches, cli
+from hpo import branches, cli, compare
 from hpo.config import STUDIES_DIR, STUDY_FILE
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
@@ -24,10 +24,12 @@ from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_sto
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hpo.report", description="Write a study's report: figures, findings, trials.csv.")
-    p.add_argument("folder", help="the study folder (the one holding study.toml), e.g. studies/lenet_lr")
+    p.add_argument("folder", nargs="+", help="the study folder (the one holding study.toml), e.g. studies/lenet_lr; "
+                                             "two or more: one report comparing them")
     p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
     p.add_argument("--study-name", default=None, metavar="NAME", help="the study in the store (default: the folder's name)")
-    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: FOLDER/report)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where to write the report (default: FOLDER/report; comparing: reports/A_vs_B)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG export, which needs Chromium (default: write PNGs)")
     return p
 
@@ -80,6 +82,9 @@ def commands(folder: Path, args, overrides=()) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # plots warn about empty panels; the report says it in words
+    if len(args.folder) > 1:
+        return compare_main(args)
+    args.folder = args.folder[0]
     folder = study_folder(args.folder)
     name = args.study_name or folder.resolve().name
     study = load_study(args.storage, name)
@@ -108,6 +113,31 @@ def main(argv: list[str] | None = None) -> int:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
     pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"
     print(f"report written to {written.index} (and report.md, trials.csv, {pngs})")
+    return 0
+
+
+def compare_main(args) -> int:
+    """One report across the studies in ``args.folder``; every input is checked before anything is written."""
+    if args.study_name:
+        raise HpoError("--study-name names one study; comparing takes each study's name from its folder")
+    folders = [study_folder(a) for a in args.folder]
+    names = [f.resolve().name for f in folders]
+    if len(set(names)) < len(names):
+        raise HpoError(f"the same study is given twice: {', '.join(args.folder)}")
+    studies = [load_study(args.storage, n) for n in names]
+    for name, study in zip(names, studies):
+        if not complete_trials(study.get_trials(deepcopy=False)):
+            raise HpoError(f"study {name} has no complete trials yet: nothing to compare")
+    entries = []
+    for folder, study in zip(folders, studies):
+        source = (folder / STUDY_FILE).read_text(encoding="utf-8")
+        f = compute(study, storage=redact(args.storage), folder=str(folder), study_toml=source)
+        entries.append(compare.entry(str(folder), study, f))
+    out = Path(args.out) if args.out else Path("reports") / "_vs_".join(names)
+    index, error = compare.write(entries, out, png=not args.no_png)
+    if error:
+        cli.say(f"warning: no PNG ({error}); index.html and report.md are written without it")
+    print(f"comparison written to {index} (and report.md)")
     return 0
 
 

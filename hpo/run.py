@@ -17,7 +17,7 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
-from hpo import warmstart
+from hpo import confirm, warmstart
 from hpo.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
                    help="how many of its best trials --warm-start queues (default: 5)")
     p.add_argument("--quiet", action="store_true",
                    help="one line per finished trial instead of a progress bar, for logs (default: off)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
+                        "recorded as confirmations of their trial (default: off)")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
+                        "recorded as confirmations of their trial, in one process (default: off)")
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
     # the supervisor, not the worker, says how to resume
     return p
@@ -165,7 +171,11 @@ def run_single(args, spec, trials: int) -> int:
                           on_epoch=progress.on_epoch, guard=interrupts, checkpoints=checkpoints)
     objective.data(spec.base.data)
     _quiet_optuna()
-    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index, same_study=args.same_study)
+    storage = open_storage(args.storage, create=True)
+    if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
+        spec, trials = confirm.prepare(storage, spec, args.confirm)
+        progress.total = trials
+    study = create_or_resume(spec, storage, worker=index, same_study=args.same_study)
     # Queued trials (retries) are not done yet: this run adds them.
     before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
     warm = [] if args.supervised else warmstart.enqueue(study, getattr(args, "warm_plan", []))
@@ -277,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
         raise HpoError(f"--min-delta must be >= 0, got {args.min_delta}")
     if args.warm_start:  # read (and checked) before anything is written; queued once the study is open
         args.warm_plan = warmstart.plan(args.storage, args.warm_start, spec, min(args.warm_start_trials, trials))
-    k = worker_count(args.workers, spec)  # settled once: "auto" may come out as one
+    if args.confirm is not None and args.confirm < 1:
+        raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {args.confirm}")
+    if args.confirm is not None and (args.workers not in ("1", DEFAULT_WORKERS) or args.until is not None):
+        raise HpoError("--confirm runs its retrainings in one process: leave out --workers and --until")
+    # Settled once: "auto" may come out as one; confirmations run here.
+    k = 1 if args.confirm is not None else worker_count(args.workers, spec)
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials if args.until is None else args.until, k)
 
 

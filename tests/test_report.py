@@ -69,7 +69,7 @@ def test_report_writes_page_markdown_csv_and_pngs(tmp_path, report_study):
     assert "cdn.plot.ly" not in page and not re.search(r'<script[^>]+src="https?://', page)
     assert (out / "plotly.min.js").stat().st_size > 1_000_000
     assert figure_ids(page) == FULL_FIGURES
-    assert "lr: best between" in page and REPORT_FAIL_REASON in page
+    assert "lr: at the final epoch (16 complete trials) best above" in page and REPORT_FAIL_REASON in page
 
     md = (out / "report.md").read_text()
     for name in FULL_FIGURES:
