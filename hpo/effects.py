@@ -98,6 +98,8 @@ def bins(dist, xs: list) -> tuple[str, list[int], list[dict]]:
     if isinstance(dist, CategoricalDistribution):
         index = [dist.choices.index(x) if x is not None and x in dist.choices else -1 for x in xs]
         return "choice", index, [{"label": _label(c), "value": c} for c in dist.choices]
+    if not present:  # a conditional parameter that none of these trials has (another branch ran)
+        return "range", [-1] * len(xs), []
     distinct = sorted(set(float(x) for x in present))
     if len(distinct) <= MAX_VALUES and (isinstance(dist, IntDistribution) or getattr(dist, "step", None) is not None
                                         or len(present) > 2 * len(distinct)):

@@ -83,9 +83,6 @@ def parser() -> argparse.ArgumentParser:
                    help="one line per finished trial instead of a progress bar, for logs (default: off)")
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
-                        "recorded as confirmations of their trial (default: off)")
-    p.add_argument("--confirm", type=int, default=None, metavar="K",
-                   help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
                         "recorded as confirmations of their trial, in one process (default: off)")
     p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
     # the supervisor, not the worker, says how to resume
@@ -289,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         args.warm_plan = warmstart.plan(args.storage, args.warm_start, spec, min(args.warm_start_trials, trials))
     if args.confirm is not None and args.confirm < 1:
         raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {args.confirm}")
-    if args.confirm is not None and (args.workers not in ("1", DEFAULT_WORKERS) or args.until is not None):
-        raise HpoError("--confirm runs its retrainings in one process: leave out --workers and --until")
+    if args.confirm is not None and args.workers not in ("1", DEFAULT_WORKERS):
+        raise HpoError("--confirm runs in one process: leave out --workers")
+    if args.confirm is not None and args.until is not None:
+        raise HpoError("--confirm adds K x 3 retrainings: leave out --until")
     # Settled once: "auto" may come out as one; confirmations run here.
     k = 1 if args.confirm is not None else worker_count(args.workers, spec)
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials if args.until is None else args.until, k)

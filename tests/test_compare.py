@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import TINY_STUDY, write_study
+from builders import TINY_STUDY, write_study
 
 STORE = "storage/hpo.db"
 

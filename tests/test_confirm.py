@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import write_study
+from builders import write_study
 from hpo import confirm, findings
 from hpo.space import trial_seed
 
