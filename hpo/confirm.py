@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import PrunerSpec, StudySpec
+from hpo import schema
 from hpo.errors import HpoError
 from hpo.space import trial_seed
 
@@ -43,6 +44,12 @@ def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> li
         if len(out) == top:
             break
     return out
+
+
+def require_store(url: str, spec: StudySpec) -> None:
+    """Confirmations retrain what a search found: with no store yet, say so before one is created."""
+    if schema.check(url, create=True):
+        raise HpoError(f"--confirm: no study {spec.name!r} in the store yet; run the search first")
 
 
 def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec, int]:

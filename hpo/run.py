@@ -168,6 +168,8 @@ def run_single(args, spec, trials: int) -> int:
                           on_epoch=progress.on_epoch, guard=interrupts, checkpoints=checkpoints)
     objective.data(spec.base.data)
     _quiet_optuna()
+    if args.confirm is not None:
+        confirm.require_store(args.storage, spec)
     storage = open_storage(args.storage, create=True)
     if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
         spec, trials = confirm.prepare(storage, spec, args.confirm)
