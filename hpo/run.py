@@ -13,6 +13,7 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
+from hpo import faults
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
 from hpo.objective import KEEP, Objective
@@ -98,7 +99,9 @@ def run_single(args, spec, trials: int) -> int:
     objective = Objective(spec, args.data_dir, args.keep, artifact_store(), on_epoch=progress.on_epoch, guard=interrupts)
     objective.data(spec.base.data)
     _quiet_optuna()
-    study = create_or_resume(spec, open_storage(args.storage, create=True), worker=index)
+    storage = open_storage(args.storage, create=True)
+    storage.stop_when_lost = True  # once the wait is over, every later call fails at once: exit 75 now
+    study = create_or_resume(spec, storage, worker=index)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     interrupts.install()
     cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}")
@@ -117,7 +120,10 @@ def run_single(args, spec, trials: int) -> int:
         if not (store_error(e) or _lost_trial(e)):
             raise
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
-        cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); a trial it leaves RUNNING is failed as "
+        if faults.kind(e) == faults.SETUP:  # the store answered, and waiting will not change the answer
+            raise HpoError(f"the store {redact(args.storage)} refused a write: {reason(e)}") from None
+        lost = str(e) if isinstance(e, faults.StoreLost) else f"lost the store {redact(args.storage)} ({reason(e)})"
+        cli.say(f"error: {lost}; a trial it leaves RUNNING is failed as "
                 f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
                 + ("" if args.supervised else f"; resume with: {resume_command(args)}"))
         return EXIT_STORE_LOST

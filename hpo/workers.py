@@ -111,6 +111,7 @@ class Worker:
     restarts: int = 0
     last: str = ""  # its last line: the reason when it stops with an error
     relay: threading.Thread | None = None
+    unplanned: int = 0  # times its replacement could not be planned (the store out of reach)
 
     @property
     def tag(self) -> str:
@@ -138,6 +139,7 @@ class Supervisor:
         self.running: list[Worker] = []
         self.pending: list[Replacement] = []
         self.stopped: list[tuple[Worker, int]] = []  # workers that ended with an error, not replaced
+        self.unplanned: list[tuple[Worker, int]] = []  # to replace once the store answers again
         self.signals = 0
         self.said_stopping = False
         self.changed = threading.Event()
@@ -202,7 +204,7 @@ class Supervisor:
                 if not self.signals:
                     self.start(slot, quota)
             last_progress = 0.0
-            while self.running or self.pending:
+            while self.running or self.pending or self.unplanned:
                 time.sleep(POLL_S)
                 if self.signals and not self.said_stopping:
                     self.said_stopping = True
@@ -211,6 +213,9 @@ class Supervisor:
                     self.say("stopping: each worker marks its running trial FAIL (status interrupted) and exits; "
                              "a second Ctrl-C kills them (their trials are then failed as lost and retried on resume)")
                 self.reap()
+                for worker, code in self.unplanned[:]:  # dead while the store was away: plan them now
+                    self.unplanned.remove((worker, code))
+                    self.plan_replacement(worker, code)
                 self.replace()
                 if self.changed.is_set() and time.monotonic() - last_progress >= PROGRESS_S and not self.signals:
                     self.changed.clear()
@@ -256,6 +261,10 @@ class Supervisor:
         except Exception as e:
             if not store_error(e):
                 raise
+            worker.unplanned += 1
+            if worker.unplanned <= MAX_RESTARTS:  # each try waited $HPO_STORE_WAIT_S: ask again at the next poll
+                self.unplanned.append((worker, code))
+                return
             self.say(f"[worker {worker.slot}] stopped and the store is out of reach ({reason(e)}): not replaced")
             self.stopped.append((worker, code))
             return
