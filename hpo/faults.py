@@ -59,13 +59,17 @@ def _chain(error: BaseException):
 
 
 def kind(error: BaseException) -> str | None:
-    """TRANSIENT, SETUP, LOST (a ``StoreLost``: already waited out), or None (not a store error)."""
+    """TRANSIENT, SETUP, LOST (a ``StoreLost``: already waited out), or None (not a store error).
+    An error that is no store error itself, raised while handling one (Optuna's clean-up code
+    failing on the same lost store), is judged by the one it was handling."""
     found = None
     for e in _chain(error):
         k = _own_kind(e)
         if k in (LOST, TRANSIENT):
             return k
         found = found or k
+    if found is None and error.__context__ is not None and error.__cause__ is None:
+        return kind(error.__context__)
     return found
 
 
@@ -112,6 +116,15 @@ def server_answers(cparams: dict) -> bool:
     params["connect_timeout"] = min(int(params.get("connect_timeout") or 2), 2)
     text = conninfo.make_conninfo(**params)
     return pq.PGconn.ping(text.encode()) == pq.Ping.OK
+
+
+def store_lost(error: BaseException) -> StoreLost | None:
+    """The ``StoreLost`` behind an error (raised with it, or while handling it), if any."""
+    while error is not None:
+        if isinstance(error, StoreLost):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def transient(error: BaseException) -> bool:

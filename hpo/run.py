@@ -122,7 +122,7 @@ def run_single(args, spec, trials: int) -> int:
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
         if faults.kind(e) == faults.SETUP:  # the store answered, and waiting will not change the answer
             raise HpoError(f"the store {redact(args.storage)} refused a write: {reason(e)}") from None
-        lost = str(e) if isinstance(e, faults.StoreLost) else f"lost the store {redact(args.storage)} ({reason(e)})"
+        lost = faults.store_lost(e) or f"lost the store {redact(args.storage)} ({reason(e)})"
         cli.say(f"error: {lost}; a trial it leaves RUNNING is failed as "
                 f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
                 + ("" if args.supervised else f"; resume with: {resume_command(args)}"))

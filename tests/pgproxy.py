@@ -40,7 +40,10 @@ class Proxy:
         self.target, self.up, self.lock = target, True, threading.Lock()
         self.conns: list[Conn] = []
         self.trigger: Trigger | None = None
-        self.fired = threading.Event()
+        self.queue: list[Trigger] = []  # the triggers after this one
+        self.fired = threading.Event()  # set at each cut
+        self.on_fire = lambda: None  # called at each cut; what it returns goes to ``fires``
+        self.fires: list = []
         self.refuse = None  # application_name -> bool: connections refused even while up
         self.log: list[tuple[str, bytes]] | None = None  # (app, SQL) of every statement run, when a list
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -54,9 +57,14 @@ class Proxy:
 
     def cut_on(self, *pattern: bytes, nth: int = 1, after: bool = False, apps=None) -> None:
         """Cut when a connection runs statements containing ``pattern`` (in order) for the nth time."""
+        self.cuts_on([Trigger(pattern, nth, after, apps)])
+
+    def cuts_on(self, triggers: list[Trigger]) -> None:
+        """Several cuts, one after the other: each trigger is armed when the one before fires (so
+        it counts only statements run after that cut)."""
         self.fired.clear()
         with self.lock:
-            self.trigger = Trigger(pattern, nth, after, apps)
+            self.trigger, self.queue = triggers[0], list(triggers[1:])
             for c in self.conns:
                 c.progress = 0
 
@@ -65,7 +73,9 @@ class Proxy:
         stopped server's is) until ``mend()``."""
         with self.lock:
             self.up = False
-            conns, self.conns, self.trigger = self.conns, [], None
+            conns, self.conns = self.conns, []
+            self.trigger = self.queue.pop(0) if self.queue else None
+            self.fires.append(self.on_fire())
             if self.listener is not None:
                 try:  # wakes the accept() under way; a bare close() would leave the port listening
                     self.listener.shutdown(socket.SHUT_RDWR)
@@ -163,7 +173,7 @@ class Proxy:
             self.log.append((c.app, sql))
         with self.lock:
             t = self.trigger
-            if t is None or c.progress < 0 or (t.apps is not None and not t.apps(c.app)):
+            if t is None or c.progress < 0 or t.seen >= t.nth or (t.apps is not None and not t.apps(c.app)):
                 return False
             if t.pattern[c.progress] not in sql:
                 return False
@@ -176,7 +186,7 @@ class Proxy:
                 return False
             if not t.after:
                 return True
-            self.trigger, c.progress = None, -1
+            c.progress = -1
             return False
 
     def _cut_after(self, c: Conn):

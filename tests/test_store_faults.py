@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy.exc
 from builders import write_study
 from optuna.trial import TrialState
-from pgproxy import Proxy
+from pgproxy import Proxy, Trigger
 
 from hpo import faults, store
 from hpo.store import is_lost
@@ -51,17 +51,17 @@ class Run:
         for line in stream:
             into.append(line.rstrip("\n"))
 
-    def count(self, text: str) -> int:
-        return sum(text in line for line in list(self.lines))
+    def count(self, text: str, after: int = 0) -> int:
+        return sum(text in line for line in self.lines[after:])
 
-    def wait_for(self, text: str, count: int = 1, deadline: float = 120) -> None:
-        """Until ``count`` stderr lines contain ``text`` (the run must not end first)."""
+    def wait_for(self, text: str, count: int = 1, deadline: float = 120, after: int = 0) -> None:
+        """Until ``count`` stderr lines (from line ``after`` on) contain ``text``; the run must not end first."""
         end = time.monotonic() + deadline
-        while self.count(text) < count:
+        while self.count(text, after) < count:
             if self.proc.poll() is not None:
                 for r in self.readers:
                     r.join(5)
-                if self.count(text) >= count:
+                if self.count(text, after) >= count:
                     return
                 raise AssertionError(f"the run ended before {count} line(s) with {text!r}:\n{self.err[-4000:]}")
             if time.monotonic() > end:
@@ -221,54 +221,56 @@ PHASES = {
 }
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_one_worker_rides_out_a_brief_cut_in_every_phase(phase, pg_study, tmp_path):
-    name, _ = pg_study
-    proxy = Proxy()
+def at(phase: str, apps=None) -> Trigger:
     pattern, after = PHASES[phase]
-    proxy.cut_on(*pattern, after=after)
-    run = Run("--study", name, "--trials", "2", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=BRIEF)
-    assert proxy.fired.wait(120), f"no cut: the run never reached {pattern}:\n{run.err}"
-    run.wait_for("retrying for up to")  # the worker felt it and waits
-    proxy.mend()
+    return Trigger(pattern, after=after, apps=apps)
+
+
+def ride_out(run: Run, proxy: Proxy, cuts: int) -> None:
+    """Each cut in turn: wait for it, then for the run to feel it (a retry line after the cut:
+    it is waiting for the store), then mend the network."""
+    for k in range(cuts):
+        end = time.monotonic() + 180
+        while len(proxy.fires) <= k:
+            assert run.proc.poll() is None and time.monotonic() < end, \
+                f"cut {k + 1} of {cuts} never came ({len(proxy.fires)} came):\n{run.err[-4000:]}"
+            time.sleep(0.05)
+        run.wait_for("retrying for up to", after=proxy.fires[k])
+        proxy.mend()
+
+
+def test_one_worker_rides_out_a_brief_cut_in_every_phase(pg_study, tmp_path):
+    """One run, cut in each phase in turn (each cut armed once the one before is over)."""
+    name, _ = pg_study
+    order = ["opening", "study", "ask", "params", "epoch", "tell", "ask-committed", "heartbeat", "tell-committed"]
+    proxy = Proxy()
+    proxy.cuts_on([at(phase) for phase in order])
+    run = Run("--study", name, "--trials", "3", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=BRIEF)
+    proxy.on_fire = lambda: len(run.lines)
+    ride_out(run, proxy, len(order))
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "error" not in run.err
-    assert_exactly(trials_of(name), 2)  # no trial lost, none written twice
+    assert_exactly(trials_of(name), 3)  # no trial lost, none written twice
 
 
-@pytest.mark.parametrize("phase", ["opening", "ask-committed", "tell-committed"])
-def test_two_workers_ride_out_a_brief_cut_of_one_of_them(phase, pg_study, tmp_path):
-    """The phases where a second worker changes something: both open and create trials at once
-    (the cut lands on one worker's statement while the other's are in flight)."""
+def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_study, tmp_path):
+    """The phases where a second process changes something: workers open and create and finish
+    trials at once (a cut lands on one worker's statement while the other's are in flight), and
+    the supervisor's own reads."""
     name, _ = pg_study
     proxy = Proxy()
-    pattern, after = PHASES[phase]
     run = Run("--study", name, "--trials", "4", "--workers", "2", "--storage", proxy.url(), cwd=tmp_path, env=BRIEF)
+    proxy.on_fire = lambda: len(run.lines)
     supervisor = f"hpo pid {run.proc.pid}"
-    proxy.cut_on(*pattern, after=after, apps=lambda app: app != supervisor)  # a worker's statement
-    assert proxy.fired.wait(120), f"no cut:\n{run.err}"
-    run.wait_for("retrying for up to")
-    proxy.mend()
+    worker, itself = (lambda app: app != supervisor), (lambda app: app == supervisor)
+    proxy.cuts_on([at("opening", worker), at("ask-committed", worker), Trigger((b"FROM trials",), apps=itself),
+                   at("tell-committed", worker)])
+    ride_out(run, proxy, 4)
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "stopped early" not in run.err and "lost the store" not in run.err
     trials = trials_of(name)
     assert_exactly(trials, 4)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
-
-
-def test_the_supervisor_rides_out_a_cut_of_its_own_reads(pg_study, tmp_path):
-    name, _ = pg_study
-    proxy = Proxy()
-    run = Run("--study", name, "--trials", "4", "--workers", "2", "--storage", proxy.url(), cwd=tmp_path, env=BRIEF)
-    supervisor = f"hpo pid {run.proc.pid}"
-    run.wait_for("[worker 1] pid")  # its opening is done: what it reads now are progress reads
-    proxy.cut_on(b"FROM trials", apps=lambda app: app == supervisor)
-    assert proxy.fired.wait(120), f"no cut:\n{run.err}"
-    run.wait_for("retrying for up to")
-    proxy.mend()
-    assert run.finish() == 0, run.err
-    assert "Traceback" not in run.err and "stopped early" not in run.err
-    assert_exactly(trials_of(name), 4)
 
 
 def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_again(pg_study, tmp_path):
@@ -324,3 +326,20 @@ def test_workers_that_never_reach_the_store_are_started_again_at_most_max_restar
     assert run.lines[-1].startswith("error: 2 worker(s) stopped early"), run.err
     assert "the study got 0 of the 2 trials" in run.lines[-1]
     assert trials_of(name) == []
+
+
+def test_an_error_raised_while_handling_a_lost_store_counts_as_lost():
+    try:
+        try:
+            raise faults.StoreLost("out of reach")
+        except faults.StoreLost:
+            raise UnboundLocalError("cleaning up failed")  # what Optuna's _run_trial raises then
+    except UnboundLocalError as e:
+        assert faults.kind(e) == faults.LOST
+    try:
+        try:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        except psycopg.OperationalError:
+            raise faults.StoreSetupError("no such database")
+    except faults.StoreSetupError as e:
+        assert faults.kind(e) == faults.SETUP  # its own kind first
