@@ -30,6 +30,7 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 TRAIN = "epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1"
 BRIEF = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "20", "HPO_STORE_WAIT_S": "20"}  # a cut ends long before the wait
+SEARCH = "lr = { low = 0.01, high = 0.05 }"  # no trial diverges: each reaches the phases the cuts wait for
 LONG = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "4", "HPO_STORE_WAIT_S": "2"}  # a cut outlasts the wait
 
 
@@ -86,7 +87,7 @@ class Run:
 def pg_study(study_dir):
     """A study folder with a unique name, deleted from PostgreSQL afterwards."""
     name = f"f{uuid.uuid4().hex[:10]}"
-    folder = write_study(study_dir.parent / name, train=TRAIN)
+    folder = write_study(study_dir.parent / name, train=TRAIN, search=SEARCH)
     yield name, folder
     try:
         optuna.delete_study(study_name=name, storage=PG)
@@ -277,7 +278,7 @@ def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_aga
     """An outage longer than $HPO_STORE_WAIT_S mid-training: each worker stops (exit 75), its trial
     in hand is failed as lost and retried, new workers take the rest: exactly N trials."""
     name, folder = pg_study
-    write_study(folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"')
+    write_study(folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"', search=SEARCH)
     proxy = Proxy()
     run = Run("--study", name, "--trials", "4", "--workers", "2", "--storage", proxy.url(), cwd=tmp_path, env=LONG)
     supervisor = f"hpo pid {run.proc.pid}"
