@@ -21,6 +21,7 @@ import sqlalchemy.exc
 from hpo.errors import HpoError
 
 TRANSIENT, SETUP, LOST = "transient", "setup", "lost"
+WRAPPER = "wrapper"  # SQLAlchemy's and Optuna's own errors: setup, unless what they wrap says otherwise
 
 # SQLSTATE: class 08 is "connection exception"; the rest are waits, not mistakes.
 TRANSIENT_CLASSES = ("08",)
@@ -65,12 +66,16 @@ def kind(error: BaseException) -> str | None:
     found = None
     for e in _chain(error):
         k = _own_kind(e)
-        if k in (LOST, TRANSIENT):
+        if k in (LOST, TRANSIENT, SETUP):
             return k
         found = found or k
-    if found is None and error.__context__ is not None and error.__cause__ is None:
-        return kind(error.__context__)
-    return found
+    if error.__context__ is not None and error.__cause__ is None:
+        # No store error itself, or only a wrapper: the error it was raised while handling decides
+        # when that one is a lost store.
+        inner = kind(error.__context__)
+        if inner in (LOST, TRANSIENT):
+            return inner
+    return SETUP if found == WRAPPER else found
 
 
 def _own_kind(e: BaseException) -> str | None:
@@ -82,6 +87,8 @@ def _own_kind(e: BaseException) -> str | None:
         return TRANSIENT  # SQLAlchemy's dialect saw the connection die under a statement
     if isinstance(e, sqlalchemy.exc.TimeoutError):
         return TRANSIENT  # no pooled connection came free in time
+    if isinstance(e, sqlalchemy.exc.PendingRollbackError):
+        return TRANSIENT  # a statement after a lost connection, in the same session (Optuna's fallback queries)
     if isinstance(e, sqlite3.Error):
         code = getattr(e, "sqlite_errorcode", None)
         return TRANSIENT if code is not None and code & 0xFF in SQLITE_TRANSIENT else SETUP
@@ -92,7 +99,7 @@ def _own_kind(e: BaseException) -> str | None:
     if psycopg is not None and isinstance(e, psycopg.Error):
         return _psycopg_kind(e, psycopg)
     if isinstance(e, (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)):
-        return SETUP  # a wrapper; a driver error underneath, if any, decides first (see ``kind``)
+        return WRAPPER  # a driver error underneath, or the one it was raised while handling, decides
     return None
 
 

@@ -303,12 +303,12 @@ class Store(RDBStorage):
                                    intermediate_values={}, trial_id=-1)
             stored = models.TrialModel(datetime_start=template.datetime_start)  # as Optuna stores it (UTC)
             key = models.TrialModel._datetime_start_utc == stored._datetime_start_utc
-        elif "failed_trial" in template_trial.system_attrs:  # a retry queued by the heartbeat callback
-            template = template_trial
+        elif "retry_history" in template_trial.system_attrs:  # a retry queued by the heartbeat callback:
+            template = template_trial  # its history (the lost trials it replaces) is its own
             key = models.TrialModel.trial_id.in_(
                 sqlalchemy.select(models.TrialSystemAttributeModel.trial_id)
-                .where(models.TrialSystemAttributeModel.key == "failed_trial")
-                .where(models.TrialSystemAttributeModel.value_json == json.dumps(template_trial.system_attrs["failed_trial"])))
+                .where(models.TrialSystemAttributeModel.key == "retry_history")
+                .where(models.TrialSystemAttributeModel.value_json == json.dumps(template_trial.system_attrs["retry_history"])))
         else:  # enqueue_trial, add_trial: nothing to find it by; Optuna's own path
             return self.patiently(lambda: RDBStorage._create_new_trial(self, study_id, template_trial))
 

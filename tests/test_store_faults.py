@@ -110,8 +110,8 @@ def assert_exactly(trials, n: int, lost: int | None = 0) -> None:
     gone = [t for t in trials if is_lost(t)]
     if lost is not None:
         assert len(gone) == lost, [(t.number, t.state.name) for t in trials]
-    for t in gone:  # retried with the same parameters
-        assert any(r.system_attrs.get("failed_trial") == t.number and r.params == t.params for r in trials)
+    for t in gone:  # retried with the same parameters (a retry lost in turn is retried again)
+        assert any(r.system_attrs.get("retry_history", [None])[-1] == t.number and r.params == t.params for r in trials)
 
 
 # ---------------------------------------------------------------- the classification
@@ -325,6 +325,21 @@ def test_workers_that_never_reach_the_store_are_started_again_at_most_max_restar
     assert run.lines[-1].startswith("error: 2 worker(s) stopped early"), run.err
     assert "the study got 0 of the 2 trials" in run.lines[-1]
     assert trials_of(name) == []
+
+
+def test_a_session_left_by_a_lost_connection_is_transient():
+    """Optuna's fallback query after a lost connection meets SQLAlchemy's PendingRollbackError,
+    raised while handling the lost connection and wrapped by Optuna."""
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed"))
+        except sqlalchemy.exc.OperationalError:
+            try:
+                raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
+            except sqlalchemy.exc.PendingRollbackError as e:
+                raise optuna.exceptions.StorageInternalError("commit failed") from e
+    except optuna.exceptions.StorageInternalError as e:
+        assert faults.kind(e) == faults.TRANSIENT
 
 
 def test_an_error_raised_while_handling_a_lost_store_counts_as_lost():
