@@ -285,9 +285,17 @@ class Supervisor:
             return
         for plan in list(self.pending):
             if plan.stuck and time.monotonic() - plan.since > 2 * self.grace + 10:
-                # Killed before its first heartbeat: Optuna never counts such a trial as stale.
-                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): it "
-                         f"stays RUNNING in the store; the new worker starts without waiting for it")
+                # Its worker died (or lost the store) before the first heartbeat: Optuna never counts
+                # such a trial as stale. Its worker is gone, so it is failed here and retried as the
+                # heartbeat check would.
+                try:
+                    self.fail_lost(plan.stuck)
+                except Exception as e:
+                    if not store_error(e):
+                        raise
+                    continue  # the store is away: try again at the next poll
+                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
+                         f"failed as lost and retried with the same parameters")
                 plan.stuck = set()
             if plan.stuck:
                 try:
@@ -302,6 +310,12 @@ class Supervisor:
                     continue
             self.pending.remove(plan)
             self.start(plan.slot, plan.quota, plan.restarts)
+
+    def fail_lost(self, numbers: set[int]) -> None:
+        storage = self.study._storage
+        for t in self.reader.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in numbers and storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(self.study, storage.get_trial(t._trial_id))
 
     # ------------------------------------------------------------ reporting
 
