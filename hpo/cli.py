@@ -6,7 +6,8 @@ import os
 import sys
 from typing import Callable
 
-from hpo.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, HpoError
+from hpo.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError
+from hpo.faults import StoreLost
 
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kubernetes indexed Jobs
 
@@ -65,6 +66,9 @@ def run_main(main: Callable[[], int]) -> None:
     except HpoError as e:
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except StoreLost as e:  # waited out $HPO_STORE_WAIT_S: hpo.workers starts the worker again
+        print(f"error: {e}", file=sys.stderr)
+        code = EXIT_STORE_LOST
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED

@@ -17,7 +17,7 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
-from hpo import confirm, warmstart
+from hpo import confirm, faults, warmstart
 from hpo.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
@@ -171,6 +171,7 @@ def run_single(args, spec, trials: int) -> int:
     if args.confirm is not None:
         confirm.require_store(args.storage, spec)
     storage = open_storage(args.storage, create=True)
+    storage.stop_when_lost = True  # once the wait is over, every later call fails at once: exit 75 now
     if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
         spec, trials = confirm.prepare(storage, spec, args.confirm)
         progress.total = trials
@@ -208,7 +209,10 @@ def run_single(args, spec, trials: int) -> int:
         if not (store_error(e) or _lost_trial(e)):
             raise
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
-        cli.say(f"error: lost the store {redact(args.storage)} ({reason(e)}); a trial it leaves RUNNING is failed as "
+        if faults.kind(e) == faults.SETUP:  # the store answered, and waiting will not change the answer
+            raise HpoError(f"the store {redact(args.storage)} refused a write: {reason(e)}") from None
+        lost = faults.store_lost(e) or f"lost the store {redact(args.storage)} ({reason(e)})"
+        cli.say(f"error: {lost}; a trial it leaves RUNNING is failed as "
                 f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
                 + ("" if args.supervised else f"; resume with: {resume_command(args, study, before)}"))
         return EXIT_STORE_LOST

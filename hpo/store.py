@@ -3,20 +3,29 @@ and survive a database that goes away for a while. Samplers, pruners and studies
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import json
 import logging
 import os
 import sqlite3
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import optuna
 import sqlalchemy
+import sqlalchemy.dialects
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import CreateEnginePlugin
 
 from hpo import schema
+from hpo import faults
 from hpo.errors import HpoError, reason
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
@@ -80,14 +89,16 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
         engine_kwargs = _postgresql_kwargs(url)
     else:
         engine_kwargs = {}
-    storage = _connect(url, engine_kwargs, heartbeat, grace)
+    wait = env_seconds(STORE_WAIT_ENV, grace)
+    if url.startswith("postgresql"):
+        # A lost server is waited for (up to $HPO_STORE_WAIT_S) on every new connection, the
+        # first one included, rather than failing the worker: a restart or a network blip costs
+        # seconds, not trials (WaitForServer, installed before the engine's first connection).
+        engine_kwargs = {**engine_kwargs, "plugins": [WaitForServer.NAME], "hpo_wait_s": wait, "hpo_name": redact(url)}
+    storage = _connect(url, engine_kwargs, heartbeat, grace, wait)
     if path is not None:
         mode = "BEGIN IMMEDIATE" if create else "BEGIN"
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql(mode))
-    elif url.startswith("postgresql"):
-        # After the first connection worked, a lost server is waited for (up to the grace period)
-        # rather than failing the trial in hand: a restart or a network blip costs seconds, not trials.
-        _wait_for_server(storage.engine, env_seconds(STORE_WAIT_ENV, grace), redact(url))
     if new:  # a relative-looking sqlite:///tmp/x.db lands under the working directory: say where
         log.info(f"created the store {path.resolve() if path is not None else redact(url)}")
     return storage
@@ -127,19 +138,23 @@ def _postgresql_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
 
 
-def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int) -> "Store":
-    attempt = 0
+def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: int) -> "Store":
+    """Optuna's storage, opened (engine, tables, schema version) within the wait: a cut in the
+    middle of opening is opened again; what waiting would not change is one line (HpoError)."""
+    attempt, deadline = 0, None
     while True:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return Store(
+                storage = Store(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat,
                     grace_period=grace,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
                 )
+            storage.wait_s, storage.name = wait, redact(url)
+            return storage
         except HpoError:
             raise
         except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
@@ -149,7 +164,17 @@ def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int) -> "Stor
                 time.sleep(0.5 + attempt)
                 attempt += 1
                 continue
-            raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
+            kind = faults.kind(e)
+            if kind == faults.LOST:
+                raise
+            if kind != faults.TRANSIENT:
+                raise HpoError(f"cannot open the store {redact(url)}: {reason(e)}") from None
+            if deadline is None:
+                deadline = time.monotonic() + wait
+                log.warning(f"store {redact(url)} cut off while opening ({reason(e)}); retrying for up to {wait} s")
+            if time.monotonic() >= deadline:
+                raise faults.StoreLost(f"lost the store {redact(url)}: out of reach for {wait} s ({reason(e)})") from None
+            time.sleep(0.5)
 
 
 def _lost_create_race(e: Exception) -> bool:
@@ -157,74 +182,206 @@ def _lost_create_race(e: Exception) -> bool:
     return isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate key" in text
 
 
-def _wait_for_server(engine, seconds: int, name: str) -> None:
-    @sqlalchemy.event.listens_for(engine, "do_connect")
-    def connect(dialect, conn_rec, cargs, cparams):
-        deadline, delay = time.monotonic() + seconds, 0.5
+class WaitForServer(CreateEnginePlugin):
+    """SQLAlchemy engine plugin: every new PostgreSQL connection, from the first, waits out a
+    server that is away (faults.TRANSIENT) for up to ``hpo_wait_s`` seconds, then raises
+    ``StoreLost``. A connection a live server refuses (no such database, role, password) is
+    ``StoreSetupError`` at once. A plugin, because Optuna connects inside its constructor."""
+
+    NAME = "hpo_wait_for_server"
+
+    def __init__(self, url, kwargs):
+        self.seconds, self.name = kwargs.pop("hpo_wait_s"), kwargs.pop("hpo_name")
+
+    def update_url(self, url):
+        return url  # its settings come as engine arguments, not in the URL
+
+    def engine_created(self, engine) -> None:
+        sqlalchemy.event.listen(engine, "do_connect", self.connect)
+
+    def connect(self, dialect, conn_rec, cargs, cparams):
+        deadline, delay = None, 0.25
         while True:
             try:
                 return dialect.connect(*cargs, **cparams)
-            except dialect.loaded_dbapi.OperationalError as e:
-                if time.monotonic() + delay > deadline:
-                    raise
-                if delay == 0.5:
-                    log.warning(f"store {name} unreachable ({reason(e)}); retrying for up to {seconds} s")
-                time.sleep(delay)
-                delay = min(2 * delay, 2.0)
+            except dialect.loaded_dbapi.Error as e:
+                error = e
+            if faults.kind(error) != faults.TRANSIENT:
+                raise faults.StoreSetupError(f"cannot open the store {self.name}: {reason(error)}") from None
+            if error.sqlstate is None and faults.server_answers(cparams):
+                # libpq gives no SQLSTATE for a refused connection. The server answers a ping, so
+                # it refused us for good, or it has just come back: one more try tells which.
+                try:
+                    return dialect.connect(*cargs, **cparams)
+                except dialect.loaded_dbapi.Error as again:
+                    if again.sqlstate is None and faults.server_answers(cparams):
+                        raise faults.StoreSetupError(f"cannot open the store {self.name}: {reason(again)}") from None
+                    error = again
+            if deadline is None:
+                deadline = time.monotonic() + self.seconds
+                log.warning(f"store {self.name} unreachable ({reason(error)}); retrying for up to {self.seconds} s")
+            if time.monotonic() + delay > deadline:
+                raise faults.StoreLost(f"lost the store {self.name}: out of reach for {self.seconds} s "
+                                       f"({reason(error)})") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+
+
+sqlalchemy.dialects.plugins.register(WaitForServer.NAME, __name__, "WaitForServer")
 
 
 def store_error(e: BaseException) -> bool:
     """True for the database's own failures (lost connection, server gone), as Optuna raises them."""
-    return isinstance(e, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError))
+    return faults.kind(e) is not None
 
 
-def _disconnected(e: BaseException) -> bool:
-    """A connection that died under a statement: the statement did not commit, so it can run again."""
-    while e is not None:
-        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+NOT_APPLIED = object()  # what an ``applied`` check returns when the write did not commit
 
 
-def _again_on_disconnect(method):
+def _patient(method):
+    """A storage method whose failure on a cut connection is retried within the wait: reads,
+    and writes that are idempotent (upserts, inserts that a unique key makes run once)."""
+
     @functools.wraps(method)
-    def again(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            if not _disconnected(e):
-                raise
-        return method(self, *args, **kwargs)  # on a new connection (which waits for the server)
+    def patient(self, *args, **kwargs):
+        return self.patiently(lambda: method(self, *args, **kwargs))
 
-    return again
+    return patient
 
 
 class Store(RDBStorage):
-    """Optuna's RDB storage plus what long runs on a shared database lack: a read, or an idempotent
-    write, that lost its connection mid-statement runs once more on a new one; and a heartbeat
-    that cannot be written is retried at the next beat instead of ending the heartbeat thread
-    (whose trial would then be failed as lost while it still trains). Writes that are not
-    idempotent (new trial, state change, parameter) are not repeated: they fail the trial or the
-    worker, and the heartbeats recover it."""
+    """Optuna's RDB storage plus what long runs on a shared database lack. Every call that loses
+    its connection (or meets a deadlock, a serialization failure, a server restart) runs again on a
+    new one, for up to ``wait_s`` seconds (new connections wait for the server: WaitForServer);
+    then ``StoreLost``. Writes that are not idempotent (a new trial, a state change) first check
+    whether the cut write committed after all, so that nothing is written twice. A heartbeat that
+    cannot be written is retried at the next beat instead of ending the heartbeat thread (whose
+    trial would then be failed as lost while it still trains)."""
+
+    wait_s, name = 10, "the store"
+    stop_when_lost = False  # a worker stops at once after one StoreLost (hpo.run); a supervisor asks again
+    lost: faults.StoreLost | None = None
+
+    def patiently(self, attempt, applied=None, sticky: bool = True):
+        """``attempt()``, retried on transient faults for up to ``wait_s`` seconds; before a retry,
+        ``applied()`` (when given) returns the result of a write that committed after all, else NOT_APPLIED."""
+        if self.lost is not None and self.stop_when_lost:
+            raise self.lost
+        deadline, delay = None, 0.25
+        while True:
+            try:
+                return attempt()
+            except Exception as e:
+                kind = faults.kind(e)
+                if kind == faults.LOST and sticky:
+                    self.lost = next(x for x in faults._chain(e) if isinstance(x, faults.StoreLost))
+                if kind != faults.TRANSIENT:
+                    raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.wait_s
+                    log.warning(f"store {self.name} cut off ({reason(e)}); retrying for up to {self.wait_s} s")
+                if time.monotonic() + delay > deadline:
+                    lost = faults.StoreLost(f"lost the store {self.name}: out of reach for {self.wait_s} s ({reason(e)})")
+                    if sticky:
+                        self.lost = lost
+                    raise lost from None
+            time.sleep(delay)
+            delay = min(2 * delay, 2.0)
+            if applied is not None:
+                done = self.patiently(applied, sticky=sticky)
+                if done is not NOT_APPLIED:
+                    return done
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            super().record_heartbeat(trial_id)
+            self.patiently(lambda: RDBStorage.record_heartbeat(self, trial_id), sticky=False)
         except Exception as e:
             if not store_error(e):
                 raise
             log.warning(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
 
+    # ------------------------------------------------ writes that must not run twice
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        """A new trial, written once (Optuna's own retry could write it twice). A cut commit is
+        looked up by what makes the trial unique: its start time (taken here, to the microsecond),
+        or the lost trial that a queued retry replaces. (Optuna's cached storage calls this one.)"""
+        if template_trial is None:  # ask(): a RUNNING trial, as Optuna makes it
+            template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                                   datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+                                   intermediate_values={}, trial_id=-1)
+            stored = models.TrialModel(datetime_start=template.datetime_start)  # as Optuna stores it (UTC)
+            key = models.TrialModel._datetime_start_utc == stored._datetime_start_utc
+        elif "retry_history" in template_trial.system_attrs:  # a retry queued by the heartbeat callback:
+            template = template_trial  # its history (the lost trials it replaces) is its own
+            key = models.TrialModel.trial_id.in_(
+                sqlalchemy.select(models.TrialSystemAttributeModel.trial_id)
+                .where(models.TrialSystemAttributeModel.key == "retry_history")
+                .where(models.TrialSystemAttributeModel.value_json == json.dumps(template_trial.system_attrs["retry_history"])))
+        else:  # enqueue_trial, add_trial: nothing to find it by; Optuna's own path
+            return self.patiently(lambda: RDBStorage._create_new_trial(self, study_id, template_trial))
+
+        def insert() -> tuple[int, int]:
+            with _create_scoped_session(self.scoped_session) as session:
+                models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+                trial = self._get_prepared_new_trial(study_id, template, session)
+                return trial.trial_id, trial.number
+
+        def applied():
+            with _create_scoped_session(self.scoped_session) as session:
+                found = session.query(models.TrialModel.trial_id, models.TrialModel.number).filter(
+                    models.TrialModel.study_id == study_id, key).first()
+                return tuple(found) if found else NOT_APPLIED
+
+        trial_id, number = self.patiently(insert, applied)
+        frozen = copy.deepcopy(template)
+        frozen.number, frozen._trial_id = number, trial_id
+        return frozen
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        if state == TrialState.RUNNING:  # popping a queued trial: our own start time says if we got it
+            stamp = datetime.now()
+            return self.patiently(lambda: self._pop(trial_id, stamp), lambda: self._popped(trial_id, stamp))
+        return self.patiently(lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
+                              lambda: self._finished(trial_id, state))
+
+    def _pop(self, trial_id: int, stamp: datetime) -> bool:
+        # Optuna's WAITING -> RUNNING step, with the start time chosen here.
+        with _create_scoped_session(self.scoped_session) as session:
+            trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+            self.check_trial_is_updatable(trial_id, trial.state)
+            if trial.state != TrialState.WAITING:
+                return False
+            trial.state, trial.datetime_start = TrialState.RUNNING, stamp
+        return True
+
+    def _popped(self, trial_id: int, stamp: datetime):
+        trial = RDBStorage.get_trial(self, trial_id)
+        if trial.state == TrialState.WAITING:
+            return NOT_APPLIED
+        return trial.state == TrialState.RUNNING and trial.datetime_start == stamp
+
+    def _finished(self, trial_id: int, state: TrialState):
+        trial = RDBStorage.get_trial(self, trial_id)
+        if trial.state == TrialState.RUNNING:
+            return NOT_APPLIED
+        if trial.state == state and state != TrialState.FAIL:
+            return True  # only the trial's own worker completes or prunes it
+        # FAIL is also what the stale check writes: not knowing whose it was, report it as another
+        # worker's (False), so no second retry is queued for it. A different end: Optuna's error.
+        self.check_trial_is_updatable(trial_id, trial.state)
+        return False
+
 
 for _name in ("get_all_studies", "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id",
-              "get_n_trials", "get_study_directions",
+              "get_n_trials", "get_study_directions", "create_new_study",
               "get_study_id_from_name", "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs",
               "get_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
               "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",
               "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value", "set_trial_system_attr",
-              "set_trial_user_attr"):
-    setattr(Store, _name, _again_on_disconnect(getattr(Store, _name)))
+              "set_trial_user_attr", "set_trial_param", "_set_trial_param", "delete_study"):
+    if hasattr(Store, _name):
+        setattr(Store, _name, _patient(getattr(Store, _name)))
 
 
 def is_lost(trial: optuna.trial.FrozenTrial) -> bool:

@@ -112,6 +112,7 @@ class Worker:
     restarts: int = 0
     last: str = ""  # its last line: the reason when it stops with an error
     relay: threading.Thread | None = None
+    unplanned: int = 0  # times its replacement could not be planned (the store out of reach)
 
     @property
     def tag(self) -> str:
@@ -141,6 +142,7 @@ class Supervisor:
         self.running: list[Worker] = []
         self.pending: list[Replacement] = []
         self.stopped: list[tuple[Worker, int]] = []  # workers that ended with an error, not replaced
+        self.unplanned: list[tuple[Worker, int]] = []  # to replace once the store answers again
         self.signals = 0
         self.said_stopping = False
         self.changed = threading.Event()
@@ -213,7 +215,7 @@ class Supervisor:
                 if not self.signals:
                     self.start(slot, quota)
             last_progress = 0.0
-            while self.running or self.pending:
+            while self.running or self.pending or self.unplanned:
                 time.sleep(POLL_S)
                 if self.signals and not self.said_stopping:
                     self.said_stopping = True
@@ -222,6 +224,9 @@ class Supervisor:
                     self.say("stopping: each worker marks its running trial FAIL (status interrupted) and exits; "
                              "a second Ctrl-C kills them (their trials are then failed as lost and retried on resume)")
                 self.reap()
+                for worker, code in self.unplanned[:]:  # dead while the store was away: plan them now
+                    self.unplanned.remove((worker, code))
+                    self.plan_replacement(worker, code)
                 self.replace()
                 if self.changed.is_set() and time.monotonic() - last_progress >= PROGRESS_S and not self.signals:
                     self.changed.clear()
@@ -267,6 +272,10 @@ class Supervisor:
         except Exception as e:
             if not store_error(e):
                 raise
+            worker.unplanned += 1
+            if worker.unplanned <= MAX_RESTARTS:  # each try waited $HPO_STORE_WAIT_S: ask again at the next poll
+                self.unplanned.append((worker, code))
+                return
             self.say(f"[worker {worker.slot}] stopped and the store is out of reach ({reason(e)}): not replaced")
             self.stopped.append((worker, code))
             return
@@ -287,9 +296,17 @@ class Supervisor:
             return
         for plan in list(self.pending):
             if plan.stuck and time.monotonic() - plan.since > 2 * self.grace + 10:
-                # Killed before its first heartbeat: Optuna never counts such a trial as stale.
-                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): it "
-                         f"stays RUNNING in the store; the new worker starts without waiting for it")
+                # Its worker died (or lost the store) before the first heartbeat: Optuna never counts
+                # such a trial as stale. Its worker is gone, so it is failed here and retried as the
+                # heartbeat check would.
+                try:
+                    self.fail_lost(plan.stuck)
+                except Exception as e:
+                    if not store_error(e):
+                        raise
+                    continue  # the store is away: try again at the next poll
+                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
+                         f"failed as lost and retried with the same parameters")
                 plan.stuck = set()
             if plan.stuck:
                 try:
@@ -304,6 +321,12 @@ class Supervisor:
                     continue
             self.pending.remove(plan)
             self.start(plan.slot, plan.quota, plan.restarts)
+
+    def fail_lost(self, numbers: set[int]) -> None:
+        storage = self.study._storage
+        for t in self.reader.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number in numbers and storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                storage.get_heartbeat_stale_trial_callback()(self.study, storage.get_trial(t._trial_id))
 
     # ------------------------------------------------------------ reporting
 

@@ -129,7 +129,8 @@ def one_trial_store(tmp_path_factory, fashion_mnist_system) -> Path:
     ([], "search", "batch_size = { choices = [] }", "choices must be a non-empty list"),
     ([], "train", "epoch = 3", "unknown key train.epoch (did you mean 'epochs'?)"),
     (["--study", "tiny2"], None, None, "no study 'tiny2'"),
-    (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test"], None, None, "cannot open the store postgresql+psycopg://postgres@127.0.0.1:1/test"),
+    (["--storage", "postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db"], None, None,
+     'cannot open the store postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db: connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "hpo_no_such_db" does not exist'),
     (["--storage", "sqlite:///file:storage/hpo.db?mode=ro&uri=true"], None, None, "cannot open the store"),
     (["--trials", "0"], None, None, "--trials must be >= 1"),
 ])

@@ -1,4 +1,4 @@
-"""hpo.store: opening the study store safely (real SQLite files; PostgreSQL faults are in test_workers.py)."""
+"""hpo.store: opening the study store safely (real SQLite files; PostgreSQL faults are in test_store_faults.py)."""
 from __future__ import annotations
 
 import pytest

@@ -10,16 +10,13 @@ import functools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import optuna
-import psycopg
 import pytest
 import sqlalchemy.exc
 from builders import write_study
@@ -199,94 +196,6 @@ def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir
     assert any(t.state == TrialState.COMPLETE for t in trials)
     assert len(re.findall(r"\[worker \d\] done: 2 trials", err)) == 2  # neither worker stopped early
     assert "tiny: 4 trials added" in out
-
-
-class Proxy:
-    """A TCP proxy in front of PostgreSQL: ``cut()`` drops every connection through it and refuses
-    new ones until ``mend()`` (a network outage, or the server restarting, as the clients see it)."""
-
-    def __init__(self, target=("127.0.0.1", 5432)):
-        self.target, self.up, self.lock, self.sockets = target, True, threading.Lock(), []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            client, _ = self.listener.accept()
-            if not self.up:
-                client.close()
-                continue
-            server = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        self.up = False
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.sockets = []
-
-    def mend(self):
-        self.up = True
-
-
-def test_postgresql_lost_mid_study_is_ridden_out_and_nothing_is_lost(pg_study, tmp_path):
-    name, folder = pg_study
-    write_study(folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    proxy = Proxy()
-    url = PG.replace(":5432", f":{proxy.port}")
-    proc = start("--study", name, "--trials", "8", "--workers", "2", "--storage", url, cwd=tmp_path,
-                 env={"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "10"})
-    wait_for(lambda: training(name, PG), proc, "a trial in training")
-    proxy.cut()  # the network goes: every connection dropped, new ones refused for 3 s
-    time.sleep(3)
-    proxy.mend()
-    finished = len([t for t in trials_of(name, PG) if t.state in FINISHED])
-    wait_for(lambda: len([t for t in trials_of(name, PG) if t.state in FINISHED]) > finished and training(name, PG),
-             proc, "the workers writing again")
-    pids = {proc.pid} | {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials_of(name, PG) if "worker" in t.user_attrs}
-    with psycopg.connect(PG.replace("+psycopg", ""), autocommit=True) as conn:  # a real server-side disconnect
-        (killed,) = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                 "WHERE application_name = ANY(%s)", ([f"hpo pid {p}" for p in pids],)).fetchone()
-    assert killed >= 2  # the workers' own connections (application_name names the process)
-    out, err = finish(proc)
-    assert proc.returncode == 0, err[-3000:]
-    assert "unreachable" in err and "Traceback" not in err
-    trials = trials_of(name, PG)
-    assert_exactly(trials, 8)
-    assert not [t.user_attrs.get("reason") for t in trials if t.state == TrialState.FAIL and not is_lost(t)]
-    for t in filter(is_lost, trials):  # a trial caught mid-write may be lost; then it was retried
-        assert any(r.system_attrs.get("failed_trial") == t.number and r.state in FINISHED for r in trials)
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto is one process on one core")
-def test_the_default_is_one_single_thread_worker_per_core(study_dir, tmp_path):
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05")  # threads unset: auto gives each one
-    out, err = finish(start("--study", "tiny", "--trials", "2", cwd=tmp_path))  # no --workers
-    assert "adding 2 with 2 workers (auto)" in err, err[-2000:]
-    assert len(re.findall(r"^\[worker \d\] pid \d+: 1 trial, 1 thread$", err, re.M)) == 2
-    assert "tiny: 2 trials added" in out
 
 
 @pytest.mark.parametrize("workers", ["0", "many"])
