@@ -34,9 +34,10 @@ from hpo.until import Until
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
-# The fastest setting measured on both a busy and a less busy 2-core machine for a real study
-# (bench/README.md, "peers.py" and "workers.py"): a small net gets one single-thread worker per core.
-DEFAULT_WORKERS = "auto"
+# One process: a rerun of a study proposes and trains exactly the same (bit-identical on the CPU).
+# `--workers auto` (one single-thread worker per core for small nets) was faster in bench/README.md's
+# measurements, at the price of proposals that depend on which trial finished first.
+DEFAULT_WORKERS = "1"
 
 
 def parser() -> argparse.ArgumentParser:
