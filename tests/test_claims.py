@@ -213,9 +213,10 @@ def test_each_preset_is_what_the_table_says(name):
         assert b.model.name == "resnet18" and (b.train.lr, b.train.batch_size, b.train.epochs) == (0.1, 256, 200)
         assert set(search["schedule"].choices) == {"cosine", "step"} and {"warmup_epochs", "label_smoothing"} <= set(search)
     if name.startswith("joint"):
-        assert "with SGD" in says and "Hyperband" in says
-        assert b.train.optimizer == "sgd" and "optimizer" not in search and spec.pruner.name == "hyperband"
-        assert {"name", "activation", "lr", "momentum", "nesterov", "batch_size", "warmup_epochs", "schedule"} <= set(search)
+        assert "optimizer (SGD with momentum and Nesterov, Adam, AdamW" in says and "Hyperband" in says
+        assert set(search["optimizer"].choices) == {"sgd", "adam", "adamw"} and spec.pruner.name == "hyperband"
+        assert {"name", "activation", "optimizer", "momentum", "nesterov", "batch_size", "warmup_epochs", "schedule"} <= set(search)
+        assert {p.when for p in spec.search if p.name == "momentum"} == {(("train.optimizer", ("sgd",)),)}
 
 
 # ---------------------------------------------------------------- metric directions
