@@ -232,10 +232,20 @@ def branch_blocks(f: Findings) -> list:
 
 
 def document(f: Findings, figures: list[str]) -> list:
-    """The report as blocks; a figure appears only when it is in ``figures``."""
-    m, have = f.metrics[0], set(figures)
+    """The report as blocks, section by section; a figure appears only when it is in ``figures``."""
+    have = set(figures)
+
+    def fig(name: str) -> list:
+        return [Figure(name, caption(name))] if name in have else []
+
+    history = [b for name in figures if name.startswith("history") for b in fig(name)]
+    return [*_overview(f), *_best_trial(f, fig), *history, *_top_trials(f), *_confirmation_blocks(f),
+            *_importance(f, fig), *_parameters(f, fig), *branch_blocks(f), *_pruning(f, fig),
+            *_failures(f, fig), *_reproducibility(f)]
+
+
+def _overview(f: Findings) -> list:
     out: list = [Heading(f"Study {f.study_name}", 1)]
-    fig = lambda name: [Figure(name, caption(name))] if name in have else []  # noqa: E731
     if f.description:
         out.append(Para(f.description))
     out += [Heading("Findings"), Bullets(f.headline), Heading("Study")]
@@ -245,27 +255,31 @@ def document(f: Findings, figures: list[str]) -> list:
         ("study", f"`{f.study_name}`"), ("study file", f"`{f.reproducibility.study_file}`"), ("store", f"`{f.storage}`"),
         ("objective", objective), ("trials", f"{sum(f.counts.values())} ({states})"),
     )))
+    return out
 
-    out.append(Heading("Best trial"))
-    b = f.best
+
+def _best_trial(f: Findings, fig) -> list:
+    m, b = f.metrics[0], f.best
     what = "best by " + label(m) + " (one point of the Pareto front)" if f.multi_objective else "best"
-    out.append(Para(f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
-                    f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
-                    + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "") + f". Parameters: {_params_text(b.params)}."))
+    out: list = [Heading("Best trial"), Para(
+        f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
+        f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
+        + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "") + f". Parameters: {_params_text(b.params)}.")]
     if f.best_config:
         out += [Para("Its full configuration, as it ran (with any `--set` overrides given to `hpo.run`):"),
                 Code(_toml(f.best_config), "toml")]
     if f.multi_objective:
         out += [Heading("Pareto front", 3), Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
                 _trial_table(f, f.pareto, rank=False), *fig("pareto_front")]
-    for name in figures:
-        if name.startswith("history"):
-            out += fig(name)
+    return out
 
-    out += [Heading(f"Top {len(f.top)} trials by {label(m)}"), _trial_table(f, f.top)]
-    out += _confirmation_blocks(f)
 
-    out.append(Heading("Parameter importance"))
+def _top_trials(f: Findings) -> list:
+    return [Heading(f"Top {len(f.top)} trials by {label(f.metrics[0])}"), _trial_table(f, f.top)]
+
+
+def _importance(f: Findings, fig) -> list:
+    out: list = [Heading("Parameter importance")]
     if not f.params:
         out.append(Para("No parameter was searched (every setting is fixed), so there is nothing to rank."))
     for imp in f.importances if f.params else ():
@@ -280,28 +294,31 @@ def document(f: Findings, figures: list[str]) -> list:
         out += fig("importance" + (f"_{imp.metric}" if f.multi_objective else ""))
     out.append(Para("PED-ANOVA (Optuna's default) asks which parameters the top 10% of trials share; fANOVA asks "
                     "how much of the variance of the objective each parameter explains."))
-    out += _rung_blocks(f)
-    out += fig("contour") + fig("contour_matrix")
+    return out + _rung_blocks(f) + fig("contour") + fig("contour_matrix")
 
-    if f.params:
-        out.append(Heading("Each parameter"))
-        for p in f.params:
-            scores = ", ".join(f"{e} {v:.2f}" for e, v in p.importance.items())
-            out.append(Heading(f"{p.name}" + (f" (importance: {scores})" if scores else ""), 3))
-            ev = f.evidence
-            out.append(Para(ev.sentences.get(p.name, p.summary) if ev is not None else p.summary))
-            first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
-            if ev is not None:
-                out.append(Para(f"Final epoch, the {ev.final.trials} complete trials:"))
-            out.append(Table((first, "trials", f"mean {label(m)}", "90% interval", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
-                             tuple((g.label, str(g.trials), fmt(m, g.mean), _interval(m, g.lo, g.hi, g.trials), fmt(m, g.best),
-                                    fmt(m, g.worst), fmt("test_acc", g.mean_test))
-                                   if g.trials else (g.label, "0", "—", "—", "—", "—", "—") for g in p.groups)))
-            out += _param_evidence(f, p.name)
-        out += fig("slice") + fig("parallel_coordinate")
-    out += branch_blocks(f)
 
-    out.append(Heading("Learning curves and pruning"))
+def _parameters(f: Findings, fig) -> list:
+    if not f.params:
+        return []
+    m, ev = f.metrics[0], f.evidence
+    out: list = [Heading("Each parameter")]
+    for p in f.params:
+        scores = ", ".join(f"{e} {v:.2f}" for e, v in p.importance.items())
+        out.append(Heading(f"{p.name}" + (f" (importance: {scores})" if scores else ""), 3))
+        out.append(Para(ev.sentences.get(p.name, p.summary) if ev is not None else p.summary))
+        first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
+        if ev is not None:
+            out.append(Para(f"Final epoch, the {ev.final.trials} complete trials:"))
+        out.append(Table((first, "trials", f"mean {label(m)}", "90% interval", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
+                         tuple((g.label, str(g.trials), fmt(m, g.mean), _interval(m, g.lo, g.hi, g.trials), fmt(m, g.best),
+                                fmt(m, g.worst), fmt("test_acc", g.mean_test))
+                               if g.trials else (g.label, "0", "—", "—", "—", "—", "—") for g in p.groups)))
+        out += _param_evidence(f, p.name)
+    return out + fig("slice") + fig("parallel_coordinate")
+
+
+def _pruning(f: Findings, fig) -> list:
+    out: list = [Heading("Learning curves and pruning")]
     pr = f.pruning
     if pr:
         text = (f"{pr.trials} finished trials had a budget of {pr.epochs} epochs each ({pr.budget} epochs); they trained "
@@ -311,27 +328,30 @@ def document(f: Findings, figures: list[str]) -> list:
         out.append(Para(text))
     else:
         out.append(Para("The store does not record the epoch budget or epochs run, so what pruning saved is unknown."))
-    out += fig("learning_curves")
+    return out + fig("learning_curves")
 
-    out.append(Heading("Failures, divergences and collapses"))
+
+def _failures(f: Findings, fig) -> list:
+    out: list = [Heading("Failures, divergences and collapses")]
     if f.problems:
         out.append(Table(("trial", "state", "status", "epochs", "reason"), tuple(
             (f"#{r.number}", STATES.get(r.state, r.state.lower()), r.status or "", str(r.epochs_run if r.epochs_run is not None else ""),
              r.reason or "(no reason recorded)") for r in f.problems)))
     else:
         out.append(Para("None: no trial failed, diverged or collapsed."))
-    out += fig("timeline")
+    return out + fig("timeline")
 
+
+def _reproducibility(f: Findings) -> list:
     rep = f.reproducibility
-    out.append(Heading("Reproducibility"))
     versions = ", ".join(f"{k} {v}" for k, v in rep.versions.items()) or "not recorded"
-    out.append(Bullets((
+    out: list = [Heading("Reproducibility"), Bullets((
         f"seed: {rep.seed if rep.seed is not None else 'not recorded'}",
         f"study file: `{rep.study_file}`",
         f"versions (best trial): {versions}" + ("; **trials ran on different versions**" if rep.versions_vary else ""),
         "devices: " + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
         + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
-    )))
+    ))]
     if rep.command:
         out += [Para("To rerun the study, and this report:"), Code(rep.command, "sh")]
     if f.study_toml:
