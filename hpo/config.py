@@ -544,15 +544,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def find_study(name_or_path: str | Path) -> Path:
-    """A study folder: a path that holds study.toml, or a name under studies/."""
+    """A study folder: a path that holds study.toml, or a name under studies/ (hpo.run, hpo.train
+    and hpo.report all find theirs here)."""
     path = Path(name_or_path)
     for folder in (path, STUDIES_DIR / path):
         if (folder / STUDY_FILE).is_file():
             return folder
-    known = sorted(p.parent.name for p in STUDIES_DIR.glob(f"*/{STUDY_FILE}"))
+    bare = path.parent == Path(".")
+    known = sorted({p.parent.name for d in {STUDIES_DIR, path.parent if not bare else STUDIES_DIR}
+                    for p in d.glob(f"*/{STUDY_FILE}")})
     raise HpoError(
-        f"no study {str(name_or_path)!r}: expected {STUDIES_DIR / path / STUDY_FILE}{closest(path.name, known)}; "
-        f"studies here: {', '.join(known) or 'none'}"
+        f"no study {str(name_or_path)!r}: expected {(STUDIES_DIR / path if bare else path) / STUDY_FILE}"
+        f"{closest(path.name, known)}; studies here: {', '.join(known) or 'none'}"
     )
 
 

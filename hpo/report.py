@@ -14,11 +14,11 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import branches, cli, compare
-from hpo.config import STUDIES_DIR, STUDY_FILE
+from hpo.config import STUDY_FILE, find_study
 from hpo.errors import HpoError, closest
 from hpo.figures import write_report
 from hpo.findings import complete_trials, compute
-from hpo.outcome import report_command, run_command
+from hpo.outcome import count_states, report_command, run_command
 from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
 
@@ -32,17 +32,6 @@ def parser() -> argparse.ArgumentParser:
                    help="where to write the report (default: FOLDER/report; comparing: reports/A_vs_B)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG export, which needs Chromium (default: write PNGs)")
     return p
-
-
-def study_folder(arg: str) -> Path:
-    """The folder itself, or a bare name under studies/; it must hold a study file."""
-    for folder in (Path(arg), STUDIES_DIR / arg):
-        if (folder / STUDY_FILE).is_file():
-            return folder
-    parent = Path(arg).parent if Path(arg).parent != Path(".") else STUDIES_DIR
-    known = sorted({p.parent.name for d in (parent, STUDIES_DIR) for p in d.glob(f"*/{STUDY_FILE}")})
-    raise HpoError(f"{arg} is not a study folder (no {STUDY_FILE}){closest(Path(arg).name, known)}; "
-                   f"studies: {', '.join(known) or 'none'}")
 
 
 def writable_folder(out: Path) -> None:
@@ -85,14 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.folder) > 1:
         return compare_main(args)
     args.folder = args.folder[0]
-    folder = study_folder(args.folder)
+    folder = find_study(args.folder)
     name = args.study_name or folder.resolve().name
     study = load_study(args.storage, name)
     trials = study.get_trials(deepcopy=False)
-    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+    counts = count_states(trials)
     if not complete_trials(trials):
-        raise HpoError(f"study {name} has no complete trials yet ({count(TrialState.RUNNING)} running, "
-                       f"{count(TrialState.PRUNED)} pruned, {count(TrialState.FAIL)} failed)")
+        raise HpoError(f"study {name} has no complete trials yet ({counts['running']} running, "
+                       f"{counts['pruned']} pruned, {counts['failed']} failed)")
     try:
         source = (folder / STUDY_FILE).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -107,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.say(f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: RUNNING with no heartbeat "
                 f"for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); the next hpo.run fails and retries "
                 f"{'it' if len(lost) == 1 else 'them'} with the same parameters")
-    if count(TrialState.RUNNING) > len(lost):
-        cli.say(f"note: {count(TrialState.RUNNING) - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
+    if counts["running"] > len(lost):
+        cli.say(f"note: {counts['running'] - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
     if written.png_error:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
     pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"
@@ -120,7 +109,7 @@ def compare_main(args) -> int:
     """One report across the studies in ``args.folder``; every input is checked before anything is written."""
     if args.study_name:
         raise HpoError("--study-name names one study; comparing takes each study's name from its folder")
-    folders = [study_folder(a) for a in args.folder]
+    folders = [find_study(a) for a in args.folder]
     names = [f.resolve().name for f in folders]
     if len(set(names)) < len(names):
         raise HpoError(f"the same study is given twice: {', '.join(args.folder)}")

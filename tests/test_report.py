@@ -109,7 +109,7 @@ def test_not_a_study_folder(tmp_path, report_study):
     (tmp_path / "studies/notes").mkdir()
     result = cli(tmp_path, "studies/notes")
     assert result.returncode == 2
-    assert result.stderr == "error: studies/notes is not a study folder (no study.toml); studies: lenet_lr\n"
+    assert result.stderr == "error: no study 'studies/notes': expected studies/notes/study.toml; studies here: lenet_lr\n"
 
 
 def test_unknown_and_chosen_study_names(tmp_path, monkeypatch, report_study):
