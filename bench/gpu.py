@@ -25,7 +25,6 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.data import Data, Split  # noqa: E402

@@ -41,7 +41,6 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.data import Data, Split  # noqa: E402

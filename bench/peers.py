@@ -40,7 +40,6 @@ import torch
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 sys.path.insert(0, str(BENCH / "peers"))
 
 from hpo.train import cpu_count  # noqa: E402

@@ -24,7 +24,6 @@ from pathlib import Path
 import optuna
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
@@ -69,7 +68,8 @@ def one_stop(cwd: Path, sets: list[str], delay: float, name: str) -> dict | None
     command = found.group(1).split()
     finish = hpo_run([*command, "--keep", "none", "--checkpoint-dir", str(cwd / name)], cwd)
     _, err = finish.communicate()
-    assert finish.returncode == 0, err[-2000:]
+    if finish.returncode != 0:
+        sys.exit(f"preemption.py: the resume command failed ({finish.returncode}): {err[-2000:]}")
     trials = optuna.load_study(study_name="lenet_lr", storage=f"sqlite:///{db}").trials
     stopped, done = trials[0], trials[-1]
     assert done.state == optuna.trial.TrialState.COMPLETE
@@ -92,7 +92,8 @@ def main() -> None:
         # An uninterrupted trial first: how long it trains, to draw stop times within it.
         ref = hpo_run(["--study", "lenet_lr", "--until", "1", "--storage", f"sqlite:///{cwd / 'ref.db'}", "--keep", "none",
                        *[x for s in sets for x in ("--set", s)]], cwd)
-        assert ref.wait() == 0
+        if ref.wait() != 0:
+            sys.exit(f"preemption.py: the uninterrupted reference run failed ({ref.returncode})")
         (trial,) = optuna.load_study(study_name="lenet_lr", storage=f"sqlite:///{cwd / 'ref.db'}").trials
         wall = trial.user_attrs["wall_time_s"]
         rng = random.Random(args.seed)

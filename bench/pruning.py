@@ -19,7 +19,6 @@ import optuna
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from hpo import config, run  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
@@ -35,7 +34,8 @@ def one_study(study: Path, trials: int, overrides: list[str], store: Path) -> di
     args = ["--study", str(study), "--trials", str(trials), "--storage", f"sqlite:///{store}", "--keep", "none"]
     for item in overrides:
         args += ["--set", item]
-    assert run.main(args) == 0
+    if run.main(args) != 0:
+        sys.exit(f"pruning.py: python -m hpo.run {' '.join(args)} failed")
     wall = time.perf_counter() - start
     s = optuna.load_study(study_name=study.name, storage=f"sqlite:///{store}")
     epochs = sum(t.user_attrs.get("epochs_run", 0) for t in s.trials)
