@@ -384,6 +384,9 @@ class Supervisor:
             why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}" for w, code in self.stopped)
             raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
                            f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
+        if done and all(t.state == TrialState.FAIL for t in done):  # fewer than three each: no worker stopped
+            last = done[-1].user_attrs.get("reason", "see the log above")
+            raise HpoError(f"every trial failed ({len(done)}); last: {last}")
         print("report: " + report_command(self.spec.folder, self.args.storage, study_name=self.args.study_name))
         return 0
 

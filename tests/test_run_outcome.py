@@ -31,6 +31,13 @@ def test_a_run_whose_every_trial_failed_is_an_error(study_dir):
     assert [t.state.name for t in trials()] == ["FAIL", "FAIL"]
 
 
+def test_two_workers_whose_every_trial_failed_are_an_error(study_dir):
+    write_study(study_dir, search="val_fraction = { choices = [0.00001] }")  # one failed trial per worker
+    with pytest.raises(HpoError, match=r"every trial failed \(2\); last: failed: HpoError: data.val_fraction"):
+        run.main(["--study", "tiny", "--trials", "2", "--workers", "2", "--keep", "none", "--quiet"])
+    assert [t.state.name for t in trials()] == ["FAIL", "FAIL"]
+
+
 def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
     import signal
     import sqlite3
