@@ -150,9 +150,13 @@ def resume_command(args, study: optuna.Study | None = None, before: set[int] = f
                            until=args.until)
     left = "N"
     if study is not None and getattr(args, "trials_asked", None):
-        done = sum(t.state.is_finished() and t.user_attrs.get("status") not in ("interrupted", None)
-                   for t in study.get_trials(deepcopy=False) if t.number not in before)
-        left = max(args.trials_asked - done, 1)
+        try:
+            done = sum(t.state.is_finished() and t.user_attrs.get("status") not in ("interrupted", None)
+                       for t in study.get_trials(deepcopy=False) if t.number not in before)
+            left = max(args.trials_asked - done, 1)
+        except Exception as e:  # the store is away (that may be why we stop): N, for the user to fill in
+            if not store_error(e):
+                raise
     return run_command(args.study, left, args.set, args.storage, workers=workers, study_name=args.study_name)
 
 

@@ -39,7 +39,7 @@ def sqlite_file(parsed) -> Path | None:
     return Path(database)
 
 
-def tables(url: str, verb: str = "read") -> set[str] | None:
+def tables(url: str, verb: str = "read", engine_kwargs: dict | None = None) -> set[str] | None:
     """The tables of the database a URL names; None where it does not exist (a missing SQLite file).
     Never creates anything: SQLite is opened read-only, PostgreSQL only inspected."""
     parsed = parse(url)
@@ -56,15 +56,17 @@ def tables(url: str, verb: str = "read") -> set[str] | None:
                 return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as e:
             raise HpoError(f"cannot read the store {path}: {reason(e)} (is it a SQLite database?)") from None
-    return _server_tables(url, verb)
+    return _server_tables(url, verb, engine_kwargs or {})
 
 
-def _server_tables(url: str, verb: str) -> set[str]:
+def _server_tables(url: str, verb: str, engine_kwargs: dict) -> set[str]:
+    """``engine_kwargs``: the store's own (hpo.store), so that this first connection waits out a
+    server that is away, and tells a refusal, exactly as the store's connections do."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
     try:
-        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, **engine_kwargs)
         try:
             with engine.connect() as conn:
                 return set(sqlalchemy.inspect(conn).get_table_names())
@@ -76,11 +78,11 @@ def _server_tables(url: str, verb: str) -> set[str]:
         raise HpoError(f"cannot {verb} the store {_masked(url)}: {reason(e)}") from None
 
 
-def check(url: str, *, create: bool) -> bool:
+def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
     """Refuse a database that is not an Optuna store: readers (``create=False``) also refuse a
     missing or empty one, which Optuna would make into a store. Returns True where a writer will
     create the store (no database, or an empty one)."""
-    found = tables(url, "open" if create else "read")
+    found = tables(url, "open" if create else "read", engine_kwargs)
     if parse(url) is None:
         return False  # not an RDB URL: the caller's own checks apply
     where = _masked(url)

@@ -82,7 +82,10 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     if grace <= heartbeat:  # a live trial would look lost between two beats: workers would fail each other's
         raise HpoError(f"${GRACE_ENV} ({grace} s) must be longer than ${HEARTBEAT_ENV} ({heartbeat} s), "
                        f"or live trials are failed as lost; e.g. ${GRACE_ENV} = {3 * heartbeat}")
-    new = schema.check(url, create=create)  # before Optuna, which makes a store of whatever it opens
+    # Is it an Optuna store? Asked before Optuna, which makes a store of whatever it opens; for
+    # PostgreSQL below, through the store's own engine options (it waits for an absent server).
+    pg = url.startswith("postgresql")
+    new = False if pg else schema.check(url, create=create)
     if path is not None:
         engine_kwargs = _prepare_sqlite(path, create)
     elif url.startswith("postgresql"):
@@ -95,6 +98,8 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
         # first one included, rather than failing the worker: a restart or a network blip costs
         # seconds, not trials (WaitForServer, installed before the engine's first connection).
         engine_kwargs = {**engine_kwargs, "plugins": [WaitForServer.NAME], "hpo_wait_s": wait, "hpo_name": redact(url)}
+    if pg:
+        new = schema.check(url, create=create, engine_kwargs=engine_kwargs)
     storage = _connect(url, engine_kwargs, heartbeat, grace, wait)
     if path is not None:
         mode = "BEGIN IMMEDIATE" if create else "BEGIN"

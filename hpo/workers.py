@@ -381,7 +381,8 @@ class Supervisor:
             print(f"lost with their worker and retried with the same parameters: trial {_numbers(t.number for t in lost)} "
                   f"(kept as FAIL records)")
         if self.stopped:
-            why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}" for w, code in self.stopped)
+            why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}"
+                            for w, code in sorted(self.stopped, key=lambda wc: wc[0].slot))  # in slot order, not exit order
             raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
                            f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
         if done and all(t.state == TrialState.FAIL for t in done):  # fewer than three each: no worker stopped

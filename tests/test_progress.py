@@ -43,7 +43,8 @@ def test_the_bar_counts_trials_and_shows_the_best_and_the_pruned(study_dir, caps
 
 def test_the_supervisor_prints_the_study_line_with_best_and_eta(study_dir, capsys, monkeypatch):
     monkeypatch.setattr(workers, "PROGRESS_S", 0.0)  # a study line at every change, not at most every 5 s
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
+    # 3 epochs: each trial outlasts several of the supervisor's polls, so it sees the counts go up
+    write_study(study_dir, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
                 search="lr = { low = 0.02, high = 0.08 }")  # all learn: every trial completes
     assert run.main(["--study", str(study_dir), "--trials", "4", "--workers", "2"]) == 0
     err = capsys.readouterr().err

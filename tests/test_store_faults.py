@@ -185,7 +185,7 @@ def test_the_cli_says_lost_in_one_line_and_exits_75(pg_study, tmp_path):
 def test_a_lost_trial_is_retried_at_most_twice(tmp_path, monkeypatch):
     """MAX_RETRY: a trial lost three times (its worker dying each time) is retried twice, not a third time."""
     monkeypatch.setenv("HPO_HEARTBEAT_S", "1")
-    monkeypatch.setenv("HPO_GRACE_S", "1")
+    monkeypatch.setenv("HPO_GRACE_S", "2")
     storage = store.open_storage(f"sqlite:///{tmp_path / 's.db'}", create=True)
     study = optuna.create_study(storage=storage)
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
