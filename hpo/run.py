@@ -173,31 +173,17 @@ def run_single(args, spec, trials: int) -> int:
                           on_epoch=progress.on_epoch, guard=interrupts, checkpoints=checkpoints)
     objective.data(spec.base.data)
     _quiet_optuna()
-    if args.confirm is not None:
-        confirm.require_store(args.storage, spec)
-    storage = open_storage(args.storage, create=True)
-    storage.stop_when_lost = True  # once the wait is over, every later call fails at once: exit 75 now
-    if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
-        spec, trials = confirm.prepare(storage, spec, args.confirm)
-        progress.total = trials
-    study = create_or_resume(spec, storage, worker=index, same_study=args.same_study)
-    # Queued trials (retries) are not done yet: this run adds them.
-    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
-    warm = [] if args.supervised else warmstart.enqueue(study, getattr(args, "warm_plan", []))
+    spec, trials, study, before, warm = _open_study(args, spec, trials, index)
+    progress.total = trials
     callbacks = [progress, ForgetFinished(checkpoints, spec.name)]
     interrupts.install()
-    guard = FailureGuard()
-    plateau = plateau_stop(args, spec)
+    guard, plateau = FailureGuard(), plateau_stop(args, spec)
     try:
         if args.until is not None:
-            until = Until(args.until)
-            trials = until.wait(study, env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), interrupts.check, cli.say)
+            objective, trials = _until(args, spec, study, objective, interrupts, callbacks)
             if trials == 0:
-                cli.say(f"study {spec.name!r} in {redact(args.storage)}: {args.until} trials finished, nothing to add "
-                        f"(--until {args.until})")
                 return 0
-            objective, progress.total = until.wrap(objective), trials
-            callbacks.append(until)
+            progress.total = trials
         cli.say(f"study {spec.name!r} in {redact(args.storage)}: {len(before)} trials so far, adding {trials}"
                 + (f" (until {args.until} are finished)" if args.until is not None else "")
                 + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
@@ -214,17 +200,49 @@ def run_single(args, spec, trials: int) -> int:
         if not (store_error(e) or _lost_trial(e)):
             raise
         progress.close()  # a trial in hand stays RUNNING; its heartbeats stopped, so it is failed and retried
-        if faults.kind(e) == faults.SETUP:  # the store answered, and waiting will not change the answer
-            raise HpoError(f"the store {redact(args.storage)} refused a write: {reason(e)}") from None
-        lost = faults.store_lost(e) or f"lost the store {redact(args.storage)} ({reason(e)})"
-        cli.say(f"error: {lost}; a trial it leaves RUNNING is failed as "
-                f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
-                + ("" if args.supervised else f"; resume with: {resume_command(args, study, before)}"))
-        return EXIT_STORE_LOST
+        return _store_lost(args, e, study, before)
     progress.close()
     if plateau.reason:
         cli.say(plateau.reason)
     return _finish(args, spec, study, before, progress, guard)
+
+
+def _until(args, spec, study: optuna.Study, objective, interrupts: Interrupts, callbacks: list):
+    """--until N: wait for what other processes are running, then run as many as are left (0: none)."""
+    until = Until(args.until)
+    trials = until.wait(study, env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), interrupts.check, cli.say)
+    if trials == 0:
+        cli.say(f"study {spec.name!r} in {redact(args.storage)}: {args.until} trials finished, nothing to add "
+                f"(--until {args.until})")
+        return objective, 0
+    callbacks.append(until)
+    return until.wrap(objective), trials
+
+
+def _open_study(args, spec, trials: int, index: int):
+    """The store and the study (with --confirm's retrainings or --warm-start's trials queued), and
+    the trials already there: queued ones (retries) are not done yet, this run adds them."""
+    if args.confirm is not None:
+        confirm.require_store(args.storage, spec)
+    storage = open_storage(args.storage, create=True)
+    storage.stop_when_lost = True  # once the wait is over, every later call fails at once: exit 75 now
+    if args.confirm is not None:  # queued retrainings of the best configurations, run unpruned
+        spec, trials = confirm.prepare(storage, spec, args.confirm)
+    study = create_or_resume(spec, storage, worker=index, same_study=args.same_study)
+    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING}
+    warm = [] if args.supervised else warmstart.enqueue(study, getattr(args, "warm_plan", []))
+    return spec, trials, study, before, warm
+
+
+def _store_lost(args, e: Exception, study: optuna.Study, before: set[int]) -> int:
+    """The store went away mid-run (exit 75: the supervisor starts the worker again), or refused a write (exit 2)."""
+    if faults.kind(e) == faults.SETUP:  # the store answered, and waiting will not change the answer
+        raise HpoError(f"the store {redact(args.storage)} refused a write: {reason(e)}") from None
+    lost = faults.store_lost(e) or f"lost the store {redact(args.storage)} ({reason(e)})"
+    cli.say(f"error: {lost}; a trial it leaves RUNNING is failed as "
+            f"lost {env_seconds(GRACE_ENV, GRACE_S)} s after its last heartbeat and retried with the same parameters"
+            + ("" if args.supervised else f"; resume with: {resume_command(args, study, before)}"))
+    return EXIT_STORE_LOST
 
 
 def plateau_stop(args, spec) -> Plateau:
