@@ -70,7 +70,7 @@ def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n
         script = script.replace(old, new)
     (tmp_path / "job.sbatch").write_text(script)
     write_study(tmp_path / "studies" / "lenet_lr", train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1",
-                pruner='name = "none"')
+                pruner='name = "none"', search="lr = { low = 0.02, high = 0.08, log = true }")  # every lr learns: none collapses
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     (tmp_path / "logs").mkdir()
     options = ("--cpus-per-task=1", "--mem=500M")  # this one small node: two tasks at once

@@ -193,7 +193,9 @@ def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir
     assert_exactly(trials, 4)
     reasons = [t.user_attrs["reason"] for t in trials]
     assert any(r.startswith("failed: HpoError: data.train_size") for r in reasons), reasons
-    assert any(t.state == TrialState.COMPLETE for t in trials)
+    # The good point trains to the end wherever it ran (two grid workers may both draw another point).
+    good = [t for t in trials if t.params == {"train_size": 1500, "lr": 0.05}]
+    assert all(t.state == TrialState.COMPLETE for t in good), [(t.params, t.state) for t in trials]
     assert len(re.findall(r"\[worker \d\] done: 2 trials", err)) == 2  # neither worker stopped early
     assert "tiny: 4 trials added" in out
 
