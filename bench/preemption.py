@@ -32,7 +32,8 @@ EPOCHS = 6
 
 def hpo_run(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "hpo.run", "--quiet", *args], cwd=cwd, env=env,
+    # One process: the signal goes to the trial's own process, as Slurm's does to a one-task job.
+    return subprocess.Popen([sys.executable, "-m", "hpo.run", "--quiet", "--workers", "1", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -31,7 +31,9 @@ def machine() -> str:
 
 def one_study(study: Path, trials: int, overrides: list[str], store: Path) -> dict:
     start = time.perf_counter()
-    args = ["--study", str(study), "--trials", str(trials), "--storage", f"sqlite:///{store}", "--keep", "none"]
+    # One process: the same seed proposes the same parameters in both studies (workers would race).
+    args = ["--study", str(study), "--trials", str(trials), "--storage", f"sqlite:///{store}", "--keep", "none",
+            "--workers", "1"]
     for item in overrides:
         args += ["--set", item]
     if run.main(args) != 0:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import platform
-import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -26,17 +24,13 @@ from hpo.errors import reason
 from hpo.interrupts import Interrupts, NoInterrupts
 from hpo.resume import TrialCheckpoint, requeue
 from hpo.space import trial_config
+from hpo.store import WORKER_ATTR, worker_tag
 from hpo.train import EpochStats, TrainResult, fit, resolve_device
 
 log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)
 KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
-
-
-def worker_tag(pid: int | None = None) -> str:
-    """Each trial's "worker" attr, ``host:pid``: who ran it (and, for hpo.workers, who lost it)."""
-    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 class StopTrial(Exception):
@@ -104,7 +98,7 @@ class Objective:
         return self._data[spec]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        trial.set_user_attr("worker", worker_tag())
+        trial.set_user_attr(WORKER_ATTR, worker_tag())  # hpo's store claims it at birth; this covers any other store
         # Every way a trial ends records a status, so a failed trial without one was lost with its
         # worker (hpo.store.is_lost).
         try:

@@ -21,7 +21,7 @@ from hpo import confirm, faults, warmstart
 from hpo.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
 from hpo.interrupts import Interrupts
-from hpo.objective import KEEP, Objective, worker_tag
+from hpo.objective import KEEP, Objective
 from hpo.outcome import report_command, run_command, summary
 from hpo.plateau import Plateau
 from hpo.progress import StudyProgress
@@ -29,15 +29,16 @@ from hpo.recipe import named
 from hpo.resume import ForgetFinished
 from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
 from hpo.store import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, HEARTBEAT_ENV, HEARTBEAT_S, STORAGE_ENV, artifact_store,
-                       env_seconds, open_storage, redact, store_error)
+                       env_seconds, open_storage, redact, store_error, worker_tag)
 from hpo.until import Until
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
-# One process: a rerun of a study proposes and trains exactly the same (bit-identical on the CPU).
-# `--workers auto` (one single-thread worker per core for small nets) was faster in bench/README.md's
-# measurements, at the price of proposals that depend on which trial finished first.
-DEFAULT_WORKERS = "1"
+# `--workers auto` (one single-thread worker per core for small nets) was the fastest setting, or
+# within 4 % of it, on an idle and on a busy machine (bench/README.md, "The default"); `--workers 1`
+# is the setting for a bit-identical rerun (proposals do not depend on which trial finished first).
+DEFAULT_WORKERS = "auto"
+WORKERS_ENV = "HPO_WORKERS"  # --workers when not given: a default for every run in an environment
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,10 +62,10 @@ def parser() -> argparse.ArgumentParser:
                         "(a moved folder); without it that is refused (default: off)")
     p.add_argument("--keep", choices=KEEP, default="best",
                    help="weights to save in models/: best (each new best trial), all, none (default: best)")
-    p.add_argument("--workers", default=DEFAULT_WORKERS,
+    p.add_argument("--workers", default=None,
                    help="worker processes on this machine sharing the study and the --trials between them: a number, "
                         "or auto (CPU: one per core for small nets, one for ResNet-18; GPU: two small trials per GPU "
-                        f"or one large); 1 for bit-identical reruns (default: {DEFAULT_WORKERS})")
+                        f"or one large); 1 for bit-identical reruns (default: ${WORKERS_ENV}, else {DEFAULT_WORKERS})")
     p.add_argument("--worker-index", type=int, default=None, metavar="I",
                    help="this process's index among those sharing the study, mixed into the sampler seed so that "
                         "they propose different parameters (default: $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX, "
@@ -144,7 +145,7 @@ def resume_command(args, study: optuna.Study | None = None, before: set[int] = f
     """The command that finishes what this one was asked, with the same overrides and store:
     ``--until N`` again, or ``--trials`` with the trials not yet done (an interrupted trial is
     redone: its queued retry is one of them)."""
-    workers = None if args.workers == DEFAULT_WORKERS else args.workers
+    workers = args.workers_asked
     if args.until is not None:
         return run_command(args.study, None, args.set, args.storage, workers=workers, study_name=args.study_name,
                            until=args.until)
@@ -294,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     # the run as Ctrl-C does, with a line and exit 130, not silently; nothing is written by then.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE
+    # What the user typed goes into printed commands; the environment's or the default stays implicit.
+    args.workers_asked = args.workers
+    args.workers = args.workers or os.environ.get(WORKERS_ENV, "").strip() or DEFAULT_WORKERS
     spec = config_mod.load(args.study, args.set)
     if args.study_name is not None:
         spec = named(spec, args.study_name)
@@ -315,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         args.warm_plan = warmstart.plan(args.storage, args.warm_start, spec, min(args.warm_start_trials, trials))
     if args.confirm is not None and args.confirm < 1:
         raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {args.confirm}")
-    if args.confirm is not None and args.workers not in ("1", DEFAULT_WORKERS):
+    if args.confirm is not None and args.workers_asked not in (None, "1"):
         raise HpoError("--confirm runs in one process: leave out --workers")
     if args.confirm is not None and args.until is not None:
         raise HpoError("--confirm adds K x 3 retrainings: leave out --until")
     # Settled once: "auto" may come out as one; confirmations run here.
-    k = 1 if args.confirm is not None else worker_count(args.workers, spec)
+    k = 1 if args.confirm is not None else worker_count(args.workers, spec, "--workers" if args.workers_asked else f"${WORKERS_ENV}")
     return run_single(args, spec, trials) if k == 1 else run_workers(args, spec, trials if args.until is None else args.until, k)
 
 

@@ -8,8 +8,10 @@ import functools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import time
+import uuid
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -37,9 +39,17 @@ MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same p
 HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HPO_STORE_WAIT_S"
 STORAGE_ENV = "HPO_STORAGE"  # hpo.run's --storage when not given: how workers get a URL with a password (never in argv)
 
+WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
+INSERT_KEY = "hpo:insert"  # system attr: finds a queued trial whose INSERT committed unheard
+
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 log = logging.getLogger(__name__)  # waits and retries; the entry points print these lines (hpo.cli)
+
+
+def worker_tag(pid: int | None = None) -> str:
+    """Each trial's "worker" attr, ``host:pid``: who ran it (and, for hpo.workers, who lost it)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -310,26 +320,33 @@ class Store(RDBStorage):
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         """A new trial, written once (Optuna's own retry could write it twice). A cut commit is
         looked up by what makes the trial unique: its start time (taken here, to the microsecond),
-        or the lost trial that a queued retry replaces. (Optuna's cached storage calls this one.)"""
+        the lost trial that a queued retry replaces, or a key of its own for other queued trials
+        (enqueue_trial, add_trial). A RUNNING trial is born claimed (``_claim``). (Optuna's cached
+        storage calls this one.)"""
         if template_trial is None:  # ask(): a RUNNING trial, as Optuna makes it
             template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                                    datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
                                    intermediate_values={}, trial_id=-1)
             stored = models.TrialModel(datetime_start=template.datetime_start)  # as Optuna stores it (UTC)
             key = models.TrialModel._datetime_start_utc == stored._datetime_start_utc
-        elif "retry_history" in template_trial.system_attrs:  # a retry queued by the heartbeat callback:
-            template = template_trial  # its history (the lost trials it replaces) is its own
+        else:
+            template = copy.deepcopy(template_trial)
+            if "retry_history" in template.system_attrs:  # a retry queued by the heartbeat callback:
+                attr, value = "retry_history", template.system_attrs["retry_history"]  # the lost trials it replaces
+            else:  # enqueue_trial, add_trial: a key of its own
+                attr, value = INSERT_KEY, uuid.uuid4().hex
+                template.system_attrs[INSERT_KEY] = value
             key = models.TrialModel.trial_id.in_(
                 sqlalchemy.select(models.TrialSystemAttributeModel.trial_id)
-                .where(models.TrialSystemAttributeModel.key == "retry_history")
-                .where(models.TrialSystemAttributeModel.value_json == json.dumps(template_trial.system_attrs["retry_history"])))
-        else:  # enqueue_trial, add_trial: nothing to find it by; Optuna's own path
-            return self.patiently(lambda: RDBStorage._create_new_trial(self, study_id, template_trial))
+                .where(models.TrialSystemAttributeModel.key == attr)
+                .where(models.TrialSystemAttributeModel.value_json == json.dumps(value)))
 
         def insert() -> tuple[int, int]:
             with _create_scoped_session(self.scoped_session) as session:
                 models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
                 trial = self._get_prepared_new_trial(study_id, template, session)
+                if template.state == TrialState.RUNNING:
+                    self._claim(session, trial.trial_id)
                 return trial.trial_id, trial.number
 
         def applied():
@@ -341,7 +358,28 @@ class Store(RDBStorage):
         trial_id, number = self.patiently(insert, applied)
         frozen = copy.deepcopy(template)
         frozen.number, frozen._trial_id = number, trial_id
+        if frozen.state == TrialState.RUNNING:
+            frozen.user_attrs = {**frozen.user_attrs, WORKER_ATTR: worker_tag()}
         return frozen
+
+    def _claim(self, session, trial_id: int) -> None:
+        """In the transaction that makes a trial RUNNING: its first heartbeat and its worker. Optuna
+        writes the first beat later, from its heartbeat thread, and never fails a trial that has
+        none; a worker that dies (or loses the store) in between would leave it RUNNING for good.
+        Claimed at birth, such a trial goes stale after the grace period, is failed as lost and
+        retried, and the supervisor knows whose it was."""
+        beat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, for_update=True)
+        if beat is None:
+            session.add(models.TrialHeartbeatModel(trial_id=trial_id))  # stamped now() by the server
+        else:
+            beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+        tag = json.dumps(worker_tag())
+        attr = (session.query(models.TrialUserAttributeModel)
+                .filter_by(trial_id=trial_id, key=WORKER_ATTR).one_or_none())  # a retry inherits its lost run's
+        if attr is None:
+            session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=WORKER_ATTR, value_json=tag))
+        else:
+            attr.value_json = tag
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
         if state == TrialState.RUNNING:  # popping a queued trial: our own start time says if we got it
@@ -358,6 +396,7 @@ class Store(RDBStorage):
             if trial.state != TrialState.WAITING:
                 return False
             trial.state, trial.datetime_start = TrialState.RUNNING, stamp
+            self._claim(session, trial_id)
         return True
 
     def _popped(self, trial_id: int, stamp: datetime):

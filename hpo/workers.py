@@ -39,10 +39,10 @@ from hpo import warmstart
 from hpo.datasets import DATASETS
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
 from hpo.nets import build, count_parameters
-from hpo.objective import worker_tag
 from hpo.outcome import count_states, report_command, run_command, summary
 from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.store import (STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error,
+                       worker_tag)
 from hpo.train import cpu_count, resolve_device
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
@@ -88,14 +88,15 @@ def devices(spec) -> list[str]:
     return []
 
 
-def worker_count(text: str, spec) -> int:
-    """``--workers``: a number >= 1, or auto (for this machine's cores and GPUs)."""
+def worker_count(text: str, spec, source: str = "--workers") -> int:
+    """``--workers`` (or ``source``, where the text came from): a number >= 1, or auto (for this
+    machine's cores and GPUs)."""
     if text == "auto":
         gpus = len(devices(spec)) or spec.base.train.device.startswith("cuda")
         return auto_workers(spec, cpu_count(), gpus)
     k = int(text) if text.strip().isdigit() else 0
     if k < 1:
-        raise HpoError(f"--workers must be a number >= 1 or auto, got {text!r}")
+        raise HpoError(f"{source} must be a number >= 1 or auto, got {text!r}")
     return k
 
 
@@ -296,9 +297,9 @@ class Supervisor:
             return
         for plan in list(self.pending):
             if plan.stuck and time.monotonic() - plan.since > 2 * self.grace + 10:
-                # Its worker died (or lost the store) before the first heartbeat: Optuna never counts
-                # such a trial as stale. Its worker is gone, so it is failed here and retried as the
-                # heartbeat check would.
+                # A trial with no heartbeat, which Optuna never counts as stale: hpo's store writes
+                # the first beat with the trial, so only a store written by an older hpo or another
+                # tool has one. Its worker is gone, so it is failed here and retried as the check would.
                 try:
                     self.fail_lost(plan.stuck)
                 except Exception as e:
@@ -361,7 +362,7 @@ class Supervisor:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
         done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
         a = self.args
-        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers, study_name=a.study_name,
+        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers_asked, study_name=a.study_name,
                            until=a.until)
 
     def finish(self) -> int:

@@ -13,6 +13,10 @@ from builders import build_report_study, make_cifar, write_idx, write_study
 # (an editable install of another checkout, a worktree): they inherit this.
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+# One process unless a test asks for workers: a test's trials then come in a known order, and it
+# does not matter how many cores the machine has. The default itself (auto) is tested in
+# tests/test_placement.py, which removes this.
+os.environ["HPO_WORKERS"] = "1"
 
 # ---------------------------------------------------------------- hpo.data fixtures (tests/test_data.py)
 

@@ -70,6 +70,16 @@ class Watched:
         return self.proc.returncode
 
 
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def hpo(*args: str, cwd: Path, env: dict | None = None, module: str = "hpo.run", timeout: float = 300):
     """Run an entry point to its end: (exit code, stdout, stderr)."""
     proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,

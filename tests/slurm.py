@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from processes import stop
+
 CONF = """\
 ClusterName=hpotest
 SlurmctldHost={host}
@@ -120,10 +122,5 @@ class Slurm:
                     os.kill(int(munged.read_text()), 15)
                 except (ValueError, ProcessLookupError):
                     pass
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            stop(p, timeout=20)
         shutil.rmtree(self.root, ignore_errors=True)

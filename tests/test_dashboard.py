@@ -17,6 +17,7 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution
+from processes import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "lenet_lr"
@@ -95,12 +96,7 @@ def _serving(*args: str, cwd: Path):
                     pytest.fail(f"the dashboard did not answer on port {port} in 30 s:\n{log.read_text()}")
                 time.sleep(0.1)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, timeout=10)
     pytest.fail("five free ports were each taken before the dashboard could bind them")
 
 

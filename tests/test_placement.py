@@ -122,14 +122,35 @@ def test_auto_worker_count(model, search, cores, gpus, expected, study_dir):
     assert workers.auto_workers(config.load(study_dir), cores, gpus) == expected
 
 
-def test_workers_auto_runs_one_worker_per_core_with_one_thread_each(study_dir, tmp_path):
+@pytest.mark.parametrize("asked", [["--workers", "auto"], [], ["--workers", "auto", "HPO_WORKERS=1"]],
+                         ids=["option", "default", "option-over-env"])
+def test_workers_auto_runs_one_worker_per_core_with_one_thread_each(asked, study_dir, tmp_path, monkeypatch):
+    """auto is the default (the suite's conftest sets $HPO_WORKERS=1; a user's environment has none),
+    and --workers wins over $HPO_WORKERS."""
     cores = cpu_count()
     if cores < 2:
         pytest.skip("one core: auto is one worker, run here")
+    monkeypatch.delenv(run.WORKERS_ENV)
+    for pair in [a for a in asked if "=" in a]:
+        monkeypatch.setenv(*pair.split("="))
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05", pruner='name = "none"')  # threads unset
-    watched = Watched("--study", "tiny", "--trials", str(cores), "--workers", "auto", cwd=tmp_path)
+    watched = Watched("--study", "tiny", "--trials", str(cores), *[a for a in asked if "=" not in a], cwd=tmp_path)
     assert watched.finish() == 0, watched.err[-3000:]
     assert f"adding {cores} with {cores} workers (auto)" in watched.err
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'storage/hpo.db'}").trials
     assert len(trials) == cores and len({t.user_attrs["worker"] for t in trials}) == cores
     assert [t.user_attrs["threads"] for t in trials] == [1] * cores  # cores // K, recorded by each trial
+
+
+def test_hpo_workers_sets_the_default_and_a_bad_one_is_named(study_dir, tmp_path, monkeypatch):
+    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05", pruner='name = "none"')
+    monkeypatch.setenv(run.WORKERS_ENV, "1")
+    one = Watched("--study", "tiny", "--trials", "2", cwd=tmp_path)
+    assert one.finish() == 0, one.err[-3000:]
+    assert "[worker" not in one.err  # one process: no supervisor
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'storage/hpo.db'}").trials
+    assert len({t.user_attrs["worker"] for t in trials}) == 1
+    monkeypatch.setenv(run.WORKERS_ENV, "two")
+    bad = Watched("--study", "tiny", "--trials", "2", cwd=tmp_path)
+    assert bad.finish() == 2
+    assert bad.err.strip().splitlines() == ["error: $HPO_WORKERS must be a number >= 1 or auto, got 'two'"], bad.err

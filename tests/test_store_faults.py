@@ -6,6 +6,7 @@ names, and end on a line the test waits for: no sleeps, no timing.
 Each study here has its own name and is deleted afterwards (other engineers share the server)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -275,8 +276,6 @@ def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_st
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 15): about one run in two leaves the trial a worker had just "
-                   "started RUNNING (no heartbeat, not in the supervisor's stuck set): N+1 trials, one RUNNING")
 def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_again(pg_study, tmp_path):
     """An outage longer than $HPO_STORE_WAIT_S mid-training: each worker stops (exit 75), its trial
     in hand is failed as lost and retried, new workers take the rest: exactly N trials."""
@@ -296,22 +295,65 @@ def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_aga
     assert any(is_lost(t) for t in trials_of(name))  # the cut caught a trial in training
 
 
-def test_one_worker_stops_with_75_after_a_long_cut_and_the_resume_retries_its_trial(pg_study, tmp_path):
+@pytest.mark.parametrize("phase", ["epoch", "ask-committed"])
+def test_one_worker_stops_with_75_after_a_long_cut_and_the_resume_retries_its_trial(phase, pg_study, tmp_path):
+    """In training (its heartbeats stop), and once a new trial's INSERT has committed, before
+    Optuna's heartbeat thread has written a beat: the trial was claimed (a heartbeat, its worker) in
+    the transaction that made it, so it goes stale too, and the resume fails it as lost and retries it."""
     name, _ = pg_study
     proxy = Proxy()
-    proxy.cut_on(b"INSERT INTO trial_intermediate_values")
+    proxy.cuts_on([at(phase)])
     env = {**LONG, "HPO_GRACE_S": "2"}
     run = Run("--study", name, "--trials", "2", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=env)
     assert run.finish() == 75, run.err
     assert re.search(r"^error: lost the store .*: out of reach for 2 s .*; resume with: python -m hpo.run", run.err, re.M), run.err
     assert "Traceback" not in run.err
-    (stuck,) = [t for t in trials_of(name) if t.state == TrialState.RUNNING]  # its heartbeats stopped
+    (stuck,) = [t for t in trials_of(name) if t.state == TrialState.RUNNING]
+    assert stuck.user_attrs["worker"] == store.worker_tag(run.proc.pid)
     proxy.mend()
     resume = Run("--study", name, "--trials", "2", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=env)
     assert resume.finish() == 0, resume.err
     trials = trials_of(name)
     assert_exactly(trials, 2, lost=1)
     assert [t.number for t in trials if is_lost(t)] == [stuck.number]
+
+
+class MendOnRetry(logging.Handler):
+    """Mends the proxy when the store says it is retrying: the cut is over once the client felt it."""
+
+    def __init__(self, proxy: Proxy):
+        super().__init__()
+        self.proxy = proxy
+
+    def emit(self, record):
+        if "retrying for up to" in record.getMessage():
+            self.proxy.mend()
+
+
+@pytest.mark.parametrize("queue", ["enqueue_trial", "add_trial"])
+def test_a_queued_trial_whose_commit_went_unheard_is_written_once(queue, monkeypatch):
+    """enqueue_trial and add_trial (warm starts, --confirm, the retry of an interrupted trial): the
+    INSERT commits, the client never hears so, the store retries, and finds the trial by its key."""
+    monkeypatch.setenv("HPO_STORE_WAIT_S", "20")
+    name = f"q{uuid.uuid4().hex[:10]}"
+    proxy = Proxy()
+    storage = store.open_storage(proxy.url(), create=True)
+    study = optuna.create_study(study_name=name, storage=storage)
+    handler = MendOnRetry(proxy)
+    logging.getLogger("hpo.store").addHandler(handler)
+    try:
+        proxy.cut_on(b"INSERT INTO trials", b"COMMIT", after=True)
+        x = optuna.distributions.FloatDistribution(0, 1)
+        if queue == "enqueue_trial":
+            study.enqueue_trial({"x": 0.5})
+        else:
+            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params={"x": 0.5}, distributions={"x": x}))
+        assert proxy.fired.is_set()  # the commit was cut, and ridden out
+        trials = optuna.load_study(study_name=name, storage=PG).trials
+        assert [(t.state, t.system_attrs.get("fixed_params", t.params)) for t in trials] == [(TrialState.WAITING, {"x": 0.5})]
+    finally:
+        logging.getLogger("hpo.store").removeHandler(handler)
+        optuna.delete_study(study_name=name, storage=PG)
 
 
 def test_workers_that_never_reach_the_store_are_started_again_at_most_max_restarts_times(pg_study, tmp_path):

