@@ -34,9 +34,10 @@ from hpo.until import Until
 from hpo.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
-# `--workers auto` (one single-thread worker per core for small nets) was the fastest setting, or
-# within 4 % of it, on an idle and on a busy machine (bench/README.md, "The default"); `--workers 1`
-# is the setting for a bit-identical rerun (proposals do not depend on which trial finished first).
+# `--workers auto` (one single-thread worker per core for small nets) was the fastest setting on an
+# idle machine and for a real study on a busy one; only a tiny study on a busy machine ran faster in
+# one single-thread process (bench/README.md, "The default"). `--workers 1` is the setting for a
+# bit-identical rerun (proposals do not depend on which trial finished first).
 DEFAULT_WORKERS = "auto"
 WORKERS_ENV = "HPO_WORKERS"  # --workers when not given: a default for every run in an environment
 
