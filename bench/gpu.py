@@ -1,4 +1,4 @@
-"""GPU figures for bench/gpu.sh: epoch times through ``hpo.train.fit`` and ``--workers auto`` on one GPU.
+"""GPU figures for bench/gpu.sh: epoch times through ``hpo.training.loop.fit`` and ``--workers auto`` on one GPU.
 
     .venv/bin/python bench/gpu.py [--images 50000] [--trials 2]
 
@@ -27,10 +27,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
-from hpo.data import Data, Split  # noqa: E402
-from hpo.datasets import DATASETS  # noqa: E402
-from hpo.datasets import FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST  # noqa: E402
-from hpo.train import fit  # noqa: E402
+from hpo.training.data import Data, Split  # noqa: E402
+from hpo.training.datasets import DATASETS  # noqa: E402
+from hpo.training.datasets import FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST  # noqa: E402
+from hpo.training.loop import fit  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from meter import measure  # noqa: E402
 

@@ -6,7 +6,7 @@ Three loops train the same model (same init), batch size, optimizer (SGD, moment
 CIFAR-10-shaped data (3x32x32 uint8, 10 classes; random pixels, since CIFAR-10 cannot be
 downloaded everywhere and pixel content does not change the speed):
 
-1. hpo:        ``hpo.train.fit`` with augment on (random crop, pad 4, and flip, as cifar10 uses);
+1. hpo:        ``hpo.training.loop.fit`` with augment on (random crop, pad 4, and flip, as cifar10 uses);
                its ``images_per_s`` counts training steps only, not evaluation.
 2. coursework: torchvision's ``CIFAR10`` reading real CIFAR-10-format batch files written to a
                temporary folder, per-image ``RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor /
@@ -43,10 +43,10 @@ from torchvision import transforms
 
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
-from hpo.data import Data, Split  # noqa: E402
-from hpo.datasets import DATASETS  # noqa: E402
-from hpo.nets import NETS, build  # noqa: E402
-from hpo.train import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
+from hpo.training.data import Data, Split  # noqa: E402
+from hpo.training.datasets import DATASETS  # noqa: E402
+from hpo.training.nets import NETS, build  # noqa: E402
+from hpo.training.loop import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
 from machine import Neighbours, cpu_model, load_average  # noqa: E402  (bench/machine.py)
 
 INFO = DATASETS["cifar10"]

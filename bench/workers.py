@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from hpo.train import cpu_count  # noqa: E402
+from hpo.training.loop import cpu_count  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import measure  # noqa: E402  (bench/meter.py)
 

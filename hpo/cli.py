@@ -7,7 +7,7 @@ import sys
 from typing import Callable
 
 from hpo.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError
-from hpo.faults import StoreLost
+from hpo.storage.faults import StoreLost
 
 INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kubernetes indexed Jobs
 
@@ -44,7 +44,7 @@ def epoch_line(stats, epochs: int) -> str:
 
 
 class _SayHandler(logging.Handler):
-    """The library modules log (hpo.store's waits and retries); an entry point prints them as lines."""
+    """The library modules log (hpo.storage.store's waits and retries); an entry point prints them as lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         say(self.format(record))
@@ -66,7 +66,7 @@ def run_main(main: Callable[[], int]) -> None:
     except HpoError as e:
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
-    except StoreLost as e:  # waited out $HPO_STORE_WAIT_S: hpo.workers starts the worker again
+    except StoreLost as e:  # waited out $HPO_STORE_WAIT_S: hpo.runs.workers starts the worker again
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_STORE_LOST
     except KeyboardInterrupt:

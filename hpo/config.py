@@ -23,13 +23,13 @@ STUDIES_DIR = Path("studies")
 STUDY_FILE = "study.toml"
 
 # The names a study file may use, each implemented where it is used (the module in the comment).
-Dataset = Literal["fashion_mnist", "cifar10"]  # hpo.datasets.DATASETS
-Net = Literal["lenet5", "simple_cnn", "resnet18"]  # hpo.nets.NETS
-Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]  # hpo.nets.ACTIVATIONS
-Optimizer = Literal["sgd", "adam", "adamw"]  # hpo.train.OPTIMIZERS
-Schedule = Literal["constant", "step", "cosine"]  # hpo.train.SCHEDULES
-Sampler = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]  # hpo.study.SAMPLERS
-Pruner = Literal["median", "percentile", "successive_halving", "hyperband", "patient", "none"]  # hpo.study.PRUNERS
+Dataset = Literal["fashion_mnist", "cifar10"]  # hpo.training.datasets.DATASETS
+Net = Literal["lenet5", "simple_cnn", "resnet18"]  # hpo.training.nets.NETS
+Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]  # hpo.training.nets.ACTIVATIONS
+Optimizer = Literal["sgd", "adam", "adamw"]  # hpo.training.loop.OPTIMIZERS
+Schedule = Literal["constant", "step", "cosine"]  # hpo.training.loop.SCHEDULES
+Sampler = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]  # hpo.search.study.SAMPLERS
+Pruner = Literal["median", "percentile", "successive_halving", "hyperband", "patient", "none"]  # hpo.search.study.PRUNERS
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs; ``hpo.train.fit`` takes this and nothing of Optuna."""
+    """Everything one training run needs; ``hpo.training.loop.fit`` takes this and nothing of Optuna."""
 
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)

@@ -17,10 +17,10 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIServer, make_server
 
-from hpo import schema
+from hpo.storage import schema
 from hpo.cli import run_main, say
 from hpo.errors import HpoError, reason
-from hpo.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
+from hpo.storage.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

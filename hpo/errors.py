@@ -2,7 +2,7 @@
 
 # Exit codes of the entry points.
 EXIT_BAD_INPUT = 2  # an HpoError: one line on stderr, nothing in the store changed
-EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.workers starts the worker again
+EXIT_STORE_LOST = 75  # sysexits' EX_TEMPFAIL: the store went away mid-run; hpo.runs.workers starts the worker again
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: the running trial is marked FAIL "interrupted"
 
 

@@ -1,7 +1,7 @@
 """Write a study's report: ``python -m hpo.report studies/lenet_lr``.
 
-Reads the study from the store (never creating one), computes its findings (``hpo.findings``) and
-draws them (``hpo.figures``) into studies/NAME/report/: index.html (offline, interactive),
+Reads the study from the store (never creating one), computes its findings (``hpo.analysis.findings``) and
+draws them (``hpo.analysis.figures``) into studies/NAME/report/: index.html (offline, interactive),
 report.md with PNGs, trials.csv.
 """
 from __future__ import annotations
@@ -13,13 +13,15 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from hpo import branches, cli, compare
+from hpo import cli
+from hpo.analysis import branches
+from hpo.analysis import compare
 from hpo.config import STUDY_FILE, find_study
 from hpo.errors import HpoError, closest
-from hpo.figures import write_report
-from hpo.findings import complete_trials, compute
-from hpo.outcome import count_states, report_command, run_command
-from hpo.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
+from hpo.analysis.figures import write_report
+from hpo.analysis.findings import complete_trials, compute
+from hpo.runs.outcome import count_states, report_command, run_command
+from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
 
 def parser() -> argparse.ArgumentParser:

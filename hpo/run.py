@@ -2,7 +2,7 @@
 
 Adds trials to the study named after the folder, in the store (SQLite under storage/ by default);
 running again resumes it. The worker count is settled first: one worker runs here, in this
-process (``run_single``); more are worker processes under hpo.workers' supervisor.
+process (``run_single``); more are worker processes under hpo.runs.workers' supervisor.
 """
 from __future__ import annotations
 
@@ -17,21 +17,23 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
-from hpo import confirm, faults, warmstart
-from hpo.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
+from hpo.search import confirm
+from hpo.storage import faults
+from hpo.search import warmstart
+from hpo.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
-from hpo.interrupts import Interrupts
-from hpo.objective import KEEP, Objective
-from hpo.outcome import report_command, run_command, summary
-from hpo.plateau import Plateau
-from hpo.progress import StudyProgress
-from hpo.recipe import named
-from hpo.resume import ForgetFinished
-from hpo.study import create_or_resume, grid_space, make_pruner, make_sampler
-from hpo.store import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, HEARTBEAT_ENV, HEARTBEAT_S, STORAGE_ENV, artifact_store,
+from hpo.search.interrupts import Interrupts
+from hpo.search.objective import KEEP, Objective
+from hpo.runs.outcome import report_command, run_command, summary
+from hpo.search.plateau import Plateau
+from hpo.runs.progress import StudyProgress
+from hpo.search.recipe import named
+from hpo.search.resume import ForgetFinished
+from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sampler
+from hpo.storage.store import (DEFAULT_STORAGE, GRACE_ENV, GRACE_S, HEARTBEAT_ENV, HEARTBEAT_S, STORAGE_ENV, artifact_store,
                        env_seconds, open_storage, redact, store_error, worker_tag)
-from hpo.until import Until
-from hpo.workers import run_workers, worker_count
+from hpo.search.until import Until
+from hpo.runs.workers import run_workers, worker_count
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
 # `--workers auto` (one single-thread worker per core for small nets) was the fastest setting on an
@@ -87,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--confirm", type=int, default=None, metavar="K",
                    help=f"instead of searching, retrain the top {confirm.TOP} configurations with K new seeds each, "
                         "recorded as confirmations of their trial, in one process (default: off)")
-    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.workers: quiet, and
+    p.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # a worker of hpo.runs.workers: quiet, and
     # the supervisor, not the worker, says how to resume
     return p
 
@@ -292,7 +294,7 @@ def grid_short(spec, added: list, asked: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # Until hpo.interrupts takes over (after loading the data and opening the store), SIGTERM ends
+    # Until hpo.search.interrupts takes over (after loading the data and opening the store), SIGTERM ends
     # the run as Ctrl-C does, with a line and exit 130, not silently; nothing is written by then.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args.storage = args.storage or os.environ.get(STORAGE_ENV, "").strip() or DEFAULT_STORAGE

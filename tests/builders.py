@@ -142,7 +142,7 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
         state, epochs_run, status, reason = TrialState.COMPLETE, REPORT_EPOCHS, "ok", ""
         if number in (3, 8) or kind == "empty" and number % 3 == 0:
             state, epochs_run, status, reason = TrialState.PRUNED, 2 + number % 2, "pruned", "below the median at epoch 2"
-        elif number == 13:  # hpo.objective records a divergence as a pruned trial with its reason
+        elif number == 13:  # hpo.search.objective records a divergence as a pruned trial with its reason
             state, epochs_run, status, reason = TrialState.PRUNED, 3, "diverged", REPORT_DIVERGED_REASON
         elif number == 17 or kind == "empty" and number % 3 == 1:
             state, epochs_run, status, reason = TrialState.FAIL, 2, "diverged", REPORT_FAIL_REASON

@@ -18,7 +18,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 # tests/test_placement.py, which removes this.
 os.environ["HPO_WORKERS"] = "1"
 
-# ---------------------------------------------------------------- hpo.data fixtures (tests/test_data.py)
+# ---------------------------------------------------------------- hpo.training.data fixtures (tests/test_data.py)
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -35,7 +35,7 @@ def fashion_mnist_system() -> Path:
 @pytest.fixture(scope="session")
 def empty_data_dir(tmp_path_factory, fashion_mnist_system) -> Path:
     """An empty data folder: Fashion-MNIST loads from the system copy. One per session, so that
-    hpo.data's per-(dataset, folder) cache reads the real files only once."""
+    hpo.training.data's per-(dataset, folder) cache reads the real files only once."""
     return tmp_path_factory.mktemp("data")
 
 
@@ -70,7 +70,7 @@ def study_dir(tmp_path, monkeypatch, fashion_mnist_system):
     return write_study(tmp_path / "studies" / "tiny")
 
 
-# ---- hpo.nets / hpo.train: a tiny real Fashion-MNIST subset, one thread --------------------------
+# ---- hpo.training.nets / hpo.train: a tiny real Fashion-MNIST subset, one thread --------------------------
 # Used by tests/test_train.py (and restore_threads by tests/test_nets.py). The subset is cut once
 # per session from the real files. Runs use one thread: on a shared 2-core machine a 2-thread
 # OpenMP pool stalls at every barrier whenever another process holds a core (measured 5-10x
@@ -81,7 +81,7 @@ TRAIN_SUBSET = {"train_size": 2000, "test_size": 1000}
 @pytest.fixture(scope="session")
 def fashion_subset(empty_data_dir):
     """(DataSpec, Data): 2,000 train / 6,000 val / 1,000 test real Fashion-MNIST images on the CPU."""
-    from hpo import data as data_mod
+    from hpo.training import data as data_mod
     from hpo.config import DataSpec
 
     spec = DataSpec(**TRAIN_SUBSET)

@@ -14,9 +14,9 @@ from builders import TINY_STUDY, write_study
 
 from hpo import config, run
 from hpo.errors import HpoError
-from hpo.recipe import distribution
-from hpo.store import open_storage
-from hpo.study import create_or_resume
+from hpo.search.recipe import distribution
+from hpo.storage.store import open_storage
+from hpo.search.study import create_or_resume
 
 STORE = Path("storage/hpo.db")
 

@@ -1,12 +1,12 @@
-"""hpo.branches: per-branch findings of a conditional study, built with optuna.create_trial."""
+"""hpo.analysis.branches: per-branch findings of a conditional study, built with optuna.create_trial."""
 from __future__ import annotations
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from hpo import branches
-from hpo.figures import render_markdown
-from hpo.findings import compute
+from hpo.analysis import branches
+from hpo.analysis.figures import render_markdown
+from hpo.analysis.findings import compute
 
 OPT = CategoricalDistribution(["sgd", "adam"])
 MOM = FloatDistribution(0.5, 0.99)

@@ -17,7 +17,8 @@ from builders import TINY_STUDY, write_idx, write_study
 from optuna.trial import TrialState
 from processes import Watched
 
-from hpo import config, run, study as study_mod
+from hpo import config, run
+from hpo.search import study as study_mod
 from hpo.errors import HpoError
 
 ROOT = Path(__file__).resolve().parents[1]

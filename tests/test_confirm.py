@@ -13,8 +13,9 @@ import optuna
 import pytest
 
 from builders import write_study
-from hpo import confirm, findings
-from hpo.space import trial_seed
+from hpo.search import confirm
+from hpo.analysis import findings
+from hpo.search.space import trial_seed
 
 STORE = "storage/hpo.db"
 

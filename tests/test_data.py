@@ -1,4 +1,4 @@
-"""hpo.data and hpo.datasets: real Fashion-MNIST from the system copy, generated CIFAR-10 files."""
+"""hpo.training.data and hpo.training.datasets: real Fashion-MNIST from the system copy, generated CIFAR-10 files."""
 from __future__ import annotations
 
 import pickle
@@ -11,9 +11,11 @@ import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.transforms.v2 import functional as TF
 
-from hpo import config, data, datasets
+from hpo import config
+from hpo.training import data
+from hpo.training import datasets
 from hpo.config import DataSpec
-from hpo.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
+from hpo.training.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
 from hpo.errors import HpoError
 
 FASHION, CIFAR = datasets.DATASETS["fashion_mnist"], datasets.DATASETS["cifar10"]

@@ -1,11 +1,11 @@
-"""hpo.effects: intervals, the permutation test, small groups and partial dependence on known data."""
+"""hpo.analysis.effects: intervals, the permutation test, small groups and partial dependence on known data."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from hpo import effects
+from hpo.analysis import effects
 
 pct = lambda v: f"{v:.1f}%"  # noqa: E731
 

@@ -1,4 +1,4 @@
-"""hpo.evidence through hpo.findings: the findings' words against ground-truth studies (tests/truth.py).
+"""hpo.analysis.evidence through hpo.analysis.findings: the findings' words against ground-truth studies (tests/truth.py).
 
 Each study's truth is known: the findings must state the true effects and no false ones.
 """
@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 import truth
-from hpo import findings
+from hpo.analysis import findings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -1,4 +1,4 @@
-"""hpo.findings: the report's numbers, checked against what the trials say directly."""
+"""hpo.analysis.findings: the report's numbers, checked against what the trials say directly."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from builders import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPORT_FAIL_REASON, build_report_study
-from hpo import findings
+from hpo.analysis import findings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

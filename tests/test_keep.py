@@ -12,9 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import config
-from hpo.objective import Objective
-from hpo.store import artifact_store, open_storage
-from hpo.study import create_or_resume
+from hpo.search.objective import Objective
+from hpo.storage.store import artifact_store, open_storage
+from hpo.search.study import create_or_resume
 
 QUICK = ["data.train_size=300", "train.epochs=1"]
 

@@ -1,4 +1,4 @@
-"""hpo.nets: every registered net over every dataset's image shape, and every activation."""
+"""hpo.training.nets: every registered net over every dataset's image shape, and every activation."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,9 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from hpo import config, nets
-from hpo.datasets import DATASETS
+from hpo import config
+from hpo.training import nets
+from hpo.training.datasets import DATASETS
 from hpo.errors import HpoError
 
 # The shapes the nets must take come from the dataset registry: (channels, size, classes).

@@ -1,4 +1,4 @@
-"""hpo.plateau: stop adding trials once the best value stopped improving (--patience, [stop])."""
+"""hpo.search.plateau: stop adding trials once the best value stopped improving (--patience, [stop])."""
 from __future__ import annotations
 
 import datetime
@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 
 from hpo import config
 from hpo.errors import HpoError
-from hpo.plateau import Plateau, seed_noise
+from hpo.search.plateau import Plateau, seed_noise
 
 START = datetime.datetime(2026, 1, 5, 9, 0, 0)
 

@@ -9,7 +9,8 @@ import optuna
 from builders import TINY_STUDY, write_study
 from optuna.trial import TrialState
 
-from hpo import run, workers
+from hpo import run
+from hpo.runs import workers
 
 STORE = "sqlite:///storage/hpo.db"
 

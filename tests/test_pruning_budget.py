@@ -1,4 +1,4 @@
-"""What pruning saved counts each trial against its own epoch budget (hpo.findings.pruning): a
+"""What pruning saved counts each trial against its own epoch budget (hpo.analysis.findings.pruning): a
 study resumed with another train.epochs mixes budgets. Real SQLite store, trials made with
 optuna.create_trial."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from hpo.findings import pruning
+from hpo.analysis.findings import pruning
 
 
 def trial(state, epochs_budget: int, epochs_run: int, value=None):

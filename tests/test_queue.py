@@ -1,9 +1,9 @@
-"""Popping a queued trial is atomic across processes on SQLite (BEGIN IMMEDIATE, hpo.store).
+"""Popping a queued trial is atomic across processes on SQLite (BEGIN IMMEDIATE, hpo.storage.store).
 
 The retry of a lost trial is a queued trial; two workers must never both run it. Without BEGIN
 IMMEDIATE, four processes popping 200 queued trials ran some of them twice and crashed on the
 second tell ("Cannot tell a COMPLETE trial"). Here four real processes pop 200 queued trials
-through hpo.store's storage, and each trial must be popped, run and told exactly once.
+through hpo.storage.store's storage, and each trial must be popped, run and told exactly once.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import textwrap
 import optuna
 from optuna.trial import TrialState
 
-from hpo.store import open_storage
+from hpo.storage.store import open_storage
 
 QUEUED, PROCESSES = 200, 4
 
 POPPER = textwrap.dedent("""
     import sys, pathlib, time
     import optuna
-    from hpo.store import open_storage
+    from hpo.storage.store import open_storage
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url, out, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
     study = optuna.load_study(study_name="queue", storage=open_storage(url, create=True))

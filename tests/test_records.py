@@ -19,8 +19,8 @@ from builders import TINY_STUDY, write_study
 from optuna.trial import TrialState
 from processes import hpo
 
-from hpo.nets import build, count_parameters
-from hpo.objective import versions
+from hpo.training.nets import build, count_parameters
+from hpo.search.objective import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = {"ok", "pruned", "diverged", "collapsed", "failed", "interrupted"}

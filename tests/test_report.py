@@ -17,7 +17,8 @@ import optuna
 import pytest
 
 from builders import REPORT_FAIL_REASON
-from hpo import figures, report
+from hpo import report
+from hpo.analysis import figures
 from hpo.errors import HpoError
 
 ROOT = Path(__file__).resolve().parents[1]

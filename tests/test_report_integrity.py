@@ -11,7 +11,7 @@ import sys
 import optuna
 from builders import build_report_study
 
-from hpo.store import open_storage
+from hpo.storage.store import open_storage
 
 
 def test_report_names_lost_trials_and_prints_a_rerun_command_with_the_overrides_quoted(tmp_path):

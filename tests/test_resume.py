@@ -1,4 +1,4 @@
-"""Epoch checkpoints and resume (hpo.checkpoints, hpo.resume, fit's resume entry) and --until (hpo.until):
+"""Epoch checkpoints and resume (hpo.training.checkpoints, hpo.search.resume, fit's resume entry) and --until (hpo.search.until):
 the loop in process, then python -m hpo.run as users run it, stopped by real signals and kill -9."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import torch
 from builders import write_study
 from optuna.trial import TrialState
 
-from hpo.checkpoints import Checkpoints
-from hpo.train import fit
+from hpo.training.checkpoints import Checkpoints
+from hpo.training.loop import fit
 
 # ---------------------------------------------------------------- the loop
 
@@ -73,7 +73,7 @@ def test_an_unreadable_checkpoint_is_none_with_one_warning(tmp_path, caplog):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:500])  # a file cut short
     assert store.load(good)["epoch"] == 2
-    with caplog.at_level("WARNING", logger="hpo.checkpoints"):
+    with caplog.at_level("WARNING", logger="hpo.training.checkpoints"):
         assert store.load(cut) is None
     (line,) = caplog.messages
     assert f"checkpoint {cut} is unreadable" in line and "starts again from epoch 1" in line
@@ -236,8 +236,8 @@ def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_
     goes stale it is failed, its retry queued, and the run goes on with it."""
     import threading
 
-    from hpo.store import open_storage
-    from hpo.until import Until
+    from hpo.storage.store import open_storage
+    from hpo.search.until import Until
 
     monkeypatch.setenv("HPO_HEARTBEAT_S", "1")
     monkeypatch.setenv("HPO_GRACE_S", "2")

@@ -1,11 +1,11 @@
-"""hpo.rungs: the rung view and where trials stop early, on trials built as hpo records them."""
+"""hpo.analysis.rungs: the rung view and where trials stop early, on trials built as hpo records them."""
 from __future__ import annotations
 
 import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from hpo import rungs
+from hpo.analysis import rungs
 
 D = {"opt": CategoricalDistribution(["sgd", "adam", "bad"])}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo import schema
+from hpo.storage import schema
 from hpo.errors import HpoError
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -82,7 +82,7 @@ def test_a_port_that_is_not_a_number_is_one_line_with_the_password_masked(tmp_pa
 def test_a_new_store_says_where_it_is(tmp_path, monkeypatch, caplog):
     import logging
 
-    from hpo.store import open_storage
+    from hpo.storage.store import open_storage
 
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="hpo"):

@@ -1,4 +1,4 @@
-"""Pruning multi-objective studies on validation accuracy (hpo.shadow): the study's own pruner,
+"""Pruning multi-objective studies on validation accuracy (hpo.search.shadow): the study's own pruner,
 asked through a single-objective shadow of the curves; the trial's result stays multi-objective."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from builders import write_study
 from optuna.trial import TrialState
 
-from hpo import shadow
+from hpo.search import shadow
 
 
 def curve(accs: list[float]) -> list[dict]:
@@ -40,7 +40,7 @@ def test_a_trial_behind_the_others_is_pruned_and_one_ahead_is_not(pruner):
 def test_successive_halving_keeps_its_rungs_on_the_real_trial():
     sh = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2, min_early_stopping_rate=0)
     study = multi_study(sh, [])
-    for accs in ([80, 85], [82, 86], [90, 91]):  # each records its rung while running, as hpo.objective does
+    for accs in ([80, 85], [82, 86], [90, 91]):  # each records its rung while running, as hpo.search.objective does
         t = study.ask()
         for e in range(1, len(accs) + 1):
             assert not shadow.should_prune(t, curve(accs[:e]))

@@ -1,5 +1,5 @@
 """Conditional search spaces: the study-file syntax, its checks at load (one line each), and
-define-by-run sampling (hpo.space) on a real tiny study."""
+define-by-run sampling (hpo.search.space) on a real tiny study."""
 from __future__ import annotations
 
 import subprocess
@@ -13,7 +13,7 @@ from builders import write_study
 
 from hpo import config
 from hpo.errors import HpoError
-from hpo.space import trial_config
+from hpo.search.space import trial_config
 
 HEAD = """
 seed = 0
@@ -107,7 +107,7 @@ def test_a_conditional_value_is_checked_in_its_own_branch():
 
 
 def test_the_grid_sampler_refuses_a_conditional_space():
-    from hpo.study import make_sampler
+    from hpo.search.study import make_sampler
     with pytest.raises(HpoError, match=r'grid.*cannot search conditional parameters \(search.momentum'):
         make_sampler(parse(HEAD + 'optimizer = ["sgd", "adam"]\nmomentum = { choices = [0.5, 0.9], when = { optimizer = "sgd" } }\n'
                            '[sampler]\nname = "grid"\n'), 0)

@@ -1,9 +1,9 @@
-"""hpo.store: opening the study store safely (real SQLite files; PostgreSQL faults are in test_store_faults.py)."""
+"""hpo.storage.store: opening the study store safely (real SQLite files; PostgreSQL faults are in test_store_faults.py)."""
 from __future__ import annotations
 
 import pytest
 
-from hpo import store
+from hpo.storage import store
 from hpo.errors import HpoError
 
 

@@ -1,4 +1,4 @@
-"""hpo.faults and the store's fault handling: PostgreSQL cut at a chosen phase, with one worker and
+"""hpo.storage.faults and the store's fault handling: PostgreSQL cut at a chosen phase, with one worker and
 with two, for a moment (under $HPO_STORE_WAIT_S: ridden out) and for long (over it: exit 75, and the
 supervisor starts the worker again). The cuts come from tests/pgproxy.py on a statement the test
 names, and end on a line the test waits for: no sleeps, no timing.
@@ -24,8 +24,9 @@ from builders import write_study
 from optuna.trial import TrialState
 from pgproxy import Proxy, Trigger
 
-from hpo import faults, store
-from hpo.store import is_lost
+from hpo.storage import faults
+from hpo.storage import store
+from hpo.storage.store import is_lost
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -340,7 +341,7 @@ def test_a_queued_trial_whose_commit_went_unheard_is_written_once(queue, monkeyp
     storage = store.open_storage(proxy.url(), create=True)
     study = optuna.create_study(study_name=name, storage=storage)
     handler = MendOnRetry(proxy)
-    logging.getLogger("hpo.store").addHandler(handler)
+    logging.getLogger("hpo.storage.store").addHandler(handler)
     try:
         proxy.cut_on(b"INSERT INTO trials", b"COMMIT", after=True)
         x = optuna.distributions.FloatDistribution(0, 1)
@@ -352,7 +353,7 @@ def test_a_queued_trial_whose_commit_went_unheard_is_written_once(queue, monkeyp
         trials = optuna.load_study(study_name=name, storage=PG).trials
         assert [(t.state, t.system_attrs.get("fixed_params", t.params)) for t in trials] == [(TrialState.WAITING, {"x": 0.5})]
     finally:
-        logging.getLogger("hpo.store").removeHandler(handler)
+        logging.getLogger("hpo.storage.store").removeHandler(handler)
         optuna.delete_study(study_name=name, storage=PG)
 
 

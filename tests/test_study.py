@@ -1,13 +1,14 @@
-"""hpo.study and hpo.objective: every sampler and pruner on a tiny real study, in a real SQLite store."""
+"""hpo.search.study and hpo.search.objective: every sampler and pruner on a tiny real study, in a real SQLite store."""
 from __future__ import annotations
 
 import optuna
 import pytest
 from builders import TINY_STUDY, write_study
 
-from hpo import config, run, study as study_mod
+from hpo import config, run
+from hpo.search import study as study_mod
 from hpo.errors import HpoError
-from hpo.objective import Objective, dominated
+from hpo.search.objective import Objective, dominated
 
 STORE = "sqlite:///storage/hpo.db"
 

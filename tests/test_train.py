@@ -14,13 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo import train
+from hpo.training import loop
 from hpo.config import TrainConfig
-from hpo.data import Data, Split, batches
-from hpo.datasets import DATASETS
+from hpo.training.data import Data, Split, batches
+from hpo.training.datasets import DATASETS
 from hpo.errors import HpoError
-from hpo.nets import ACTIVATIONS, NETS
-from hpo.train import OPTIMIZERS, SCHEDULES, EpochStats, fit, lr_lambda, resolve_device, setup_runtime
+from hpo.training.nets import ACTIVATIONS, NETS
+from hpo.training.loop import OPTIMIZERS, SCHEDULES, EpochStats, fit, lr_lambda, resolve_device, setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = [f.name for f in dataclasses.fields(EpochStats) if f.name != "seconds"]  # wall time varies
@@ -346,7 +346,7 @@ def test_setup_runtime_pins_threads(train_config):
     device, threads = setup_runtime(train_config(threads=1))
     assert (device.type, threads, torch.get_num_threads()) == ("cpu", 1, 1)
     device, threads = setup_runtime(train_config(threads=0))  # 0: all the cores this process may use
-    assert threads == len(os.sched_getaffinity(0)) == train.cpu_count()
+    assert threads == len(os.sched_getaffinity(0)) == loop.cpu_count()
     assert torch.get_num_threads() == threads
 
 
@@ -394,7 +394,7 @@ def test_resolve_device_rejects_other_strings(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("amp, channels_last", [(True, True), (False, False)])
 def test_fit_on_cuda(train_config, fashion_subset, empty_data_dir, amp, channels_last):
-    from hpo import data as data_mod
+    from hpo.training import data as data_mod
 
     data = data_mod.load(fashion_subset[0], 0, "cuda", root=empty_data_dir)
     config = train_config(device="cuda", amp=amp, channels_last=channels_last, deterministic=True)

@@ -11,7 +11,8 @@ import pytest
 from builders import write_study
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from hpo import config, warmstart
+from hpo import config
+from hpo.search import warmstart
 from hpo.errors import HpoError
 
 THIS = """

@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from builders import write_study
 from optuna.trial import TrialState
 
-from hpo.store import is_lost
+from hpo.storage.store import is_lost
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 STORE = "storage/hpo.db"

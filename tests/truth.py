@@ -59,7 +59,7 @@ def build(url: str, name: str, kind: str = "cliff", n: int = 80, seed: int = 0) 
     for key, value in {"description": f"ground truth: {kind}", "seed": seed, "metrics": ["val_acc"], "epochs": EPOCHS,
                        "study_file": f"studies/{name}/study.toml"}.items():
         study.set_user_attr(key, value)
-    with warnings.catch_warnings():  # experimental in Optuna, and what hpo.study does too
+    with warnings.catch_warnings():  # experimental in Optuna, and what hpo.search.study does too
         warnings.simplefilter("ignore")
         study.set_metric_names(["val_acc"])
     if kind == "thin":

@@ -7,7 +7,7 @@ objective for every trial, ``trial.suggest_*``, a plain epoch loop, ``trial.repo
 ``trial.should_prune`` after each epoch's validation, ``create_study(direction="maximize")`` with
 its default pruner (``MedianPruner()``), one process, torch's default threads. Changed only where
 the comparison with hpo needs it:
-- the network is LeNet-5, the very module hpo trains (``hpo.nets``), not the example's MLP, and
+- the network is LeNet-5, the very module hpo trains (``hpo.training.nets``), not the example's MLP, and
   the search is SGD's lr (log 1e-4..1), momentum (0.5..0.99) and batch size (32..256), not layers,
   units, dropout and optimizer;
 - all of the training set, 10 % of it held out (seeded) for validation: the example caps training
@@ -35,8 +35,8 @@ import torch.utils.data
 from optuna.trial import TrialState
 from torchvision import datasets, transforms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # hpo.nets, without installing
-from hpo.nets import build  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # hpo.training.nets, without installing
+from hpo.training.nets import build  # noqa: E402
 
 DEVICE = torch.device("cpu")
 CLASSES = 10

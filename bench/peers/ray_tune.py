@@ -7,7 +7,7 @@ example: a function trainable that loads a torchvision dataset with per-image tr
 ``OptunaSearch`` (Optuna's TPE) as the search algorithm and ``ASHAScheduler`` (max_t = epochs,
 grace period 1, reduction factor 2, as the tutorial) stopping poor trials early;
 ``max_concurrent_trials`` = the cores, one CPU per trial, CPU only. As in the Optuna peer
-(optuna_simple.py): LeNet-5 from ``hpo.nets``, SGD's lr, momentum and batch size, 10 % of the
+(optuna_simple.py): LeNet-5 from ``hpo.training.nets``, SGD's lr, momentum and batch size, 10 % of the
 training set held out, normalised; ``DataLoader(num_workers=0)``: a trial has one CPU.
 
     python bench/peers/ray_tune.py --data-dir DIR [--trials 30] [--epochs 6] [--train-size 0] [--cpus N]
@@ -32,8 +32,8 @@ import torch.utils.data
 from torchvision import datasets, transforms
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # hpo.nets, without installing
-from hpo.nets import build  # noqa: E402
+sys.path.insert(0, str(ROOT))  # hpo.training.nets, without installing
+from hpo.training.nets import build  # noqa: E402
 
 MEAN, STD = (0.2860,), (0.3530,)
 VAL_FRACTION = 0.1

@@ -12,7 +12,7 @@ that lost the store, is replaced. Its trial in hand stops beating; once the hear
 than the grace period the supervisor fails it (Optuna's ``fail_stale_trials``), which queues a
 retry with the same parameters and seed (``RetryHeartbeatStaleTrialCallback``); then a new worker
 starts with the quota left, and it, or another worker, pops the retry. The study still gets N
-trials; the lost one stays in the store as an extra FAIL record (``hpo.store.is_lost``). A worker
+trials; the lost one stays in the store as an extra FAIL record (``hpo.storage.store.is_lost``). A worker
 that stops with an error (three failed trials in a row, a bad setup) is not replaced: the others
 go on, and the command ends with the error. Ctrl-C or SIGTERM: forwarded to the workers as SIGTERM;
 each marks its running trial FAIL (status "interrupted") and exits; a second one kills them.
@@ -34,16 +34,16 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from hpo import cli
-from hpo import data as data_mod
-from hpo import warmstart
-from hpo.datasets import DATASETS
+from hpo.training import data as data_mod
+from hpo.search import warmstart
+from hpo.training.datasets import DATASETS
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
-from hpo.nets import build, count_parameters
-from hpo.outcome import count_states, report_command, run_command, summary
-from hpo.study import create_or_resume, make_pruner, make_sampler
-from hpo.store import (STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error,
+from hpo.training.nets import build, count_parameters
+from hpo.runs.outcome import count_states, report_command, run_command, summary
+from hpo.search.study import create_or_resume, make_pruner, make_sampler
+from hpo.storage.store import (STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error,
                        worker_tag)
-from hpo.train import cpu_count, resolve_device
+from hpo.training.loop import cpu_count, resolve_device
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
 PROGRESS_S = 5.0  # at most one study-wide progress line this often

@@ -1,5 +1,5 @@
 """What the entry points say about a study: trials counted by state, the best-trials table, and the
-commands that resume a run and write its report. One home for each, so hpo.run, hpo.workers and
+commands that resume a run and write its report. One home for each, so hpo.run, hpo.runs.workers and
 hpo.report print the same words."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.store import DEFAULT_STORAGE, redact
+from hpo.storage.store import DEFAULT_STORAGE, redact
 
 # How each state is written wherever hpo prints or reports it.
 STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",

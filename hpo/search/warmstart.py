@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ParamSpec, StudySpec, active
 from hpo.errors import HpoError, closest
-from hpo.store import open_storage, redact
+from hpo.storage.store import open_storage, redact
 
 ATTR = "warm_start"
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import effects
+from hpo.analysis import effects
 
 RUNG_SHARE = 0.75  # the analysis rung: the deepest epoch that at least this share of the trials reached
 MIN_SIDE = 3  # a region of fewer trials never makes a finding

@@ -8,7 +8,7 @@ import optuna
 
 
 class Interrupts:
-    """SIGINT and SIGTERM (Ctrl-C, docker stop, Slurm, kill, hpo.workers) stop the run without
+    """SIGINT and SIGTERM (Ctrl-C, docker stop, Slurm, kill, hpo.runs.workers) stop the run without
     leaving a trial RUNNING. While a network trains, the signal raises KeyboardInterrupt at once
     and the objective marks the trial FAIL (status "interrupted"). Anywhere else (asking for a
     trial, writing an epoch's records, telling the result) it is only noted and acted on at the

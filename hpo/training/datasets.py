@@ -2,7 +2,7 @@
 reading them from disk into CPU uint8 tensors: Fashion-MNIST (IDX files) and CIFAR-10.
 
 Each reader returns ``((train_images, train_labels), (test_images, test_labels))`` with images
-uint8 [N, C, H, W] and labels int64 [N]; ``hpo.data`` caches the result and cuts the splits.
+uint8 [N, C, H, W] and labels int64 [N]; ``hpo.training.data`` caches the result and cuts the splits.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Resume instead of restart: the Optuna side of a trial's epoch checkpoints (hpo.checkpoints).
+"""Resume instead of restart: the Optuna side of a trial's epoch checkpoints (hpo.training.checkpoints).
 
 A trial stopped by SIGINT/SIGTERM is queued again (``requeue``) with its parameters and seed, as
-hpo.store's heartbeat callback queues a trial lost with its worker; either retry finds the
+hpo.storage.store's heartbeat callback queues a trial lost with its worker; either retry finds the
 checkpoint by the ``checkpoint_of`` attr it inherits (the number of the trial first run with these
 parameters), reports the epochs already trained, and the loop goes on from the next one.
 """
@@ -12,10 +12,10 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
-from hpo.checkpoints import Checkpoints
+from hpo.training.checkpoints import Checkpoints
 from hpo.config import TrainConfig
 from hpo.errors import reason
-from hpo.store import store_error
+from hpo.storage.store import store_error
 
 CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
 RESUMED_FROM, RESUMES = "resumed_from_epoch", "resumes"

@@ -36,7 +36,7 @@ def study_path(spec: StudySpec) -> str:
 
 
 def distribution(p: ParamSpec) -> BaseDistribution:
-    """The distribution hpo.space.suggest asks Optuna for."""
+    """The distribution hpo.search.space.suggest asks Optuna for."""
     if p.choices:
         return CategoricalDistribution(list(p.choices))
     if p.is_int:

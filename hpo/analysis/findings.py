@@ -1,6 +1,6 @@
 """What a study found, as plain data: counts, the best trial, importances, per-parameter effects.
 
-``compute(study)`` reads the store once and returns a frozen ``Findings``; ``hpo.figures`` draws it.
+``compute(study)`` reads the store once and returns a frozen ``Findings``; ``hpo.analysis.figures`` draws it.
 Nothing here draws or formats pages, so tests check these numbers and sentences directly.
 Only COMPLETE trials enter the tables: a pruned trial's last value is not comparable with a full one.
 """
@@ -21,7 +21,8 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import effects, evidence
+from hpo.analysis import effects
+from hpo.analysis import evidence
 from hpo.errors import reason
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
@@ -130,9 +131,9 @@ class Findings:
     reproducibility: Reproducibility
     headline: tuple[str, ...]
     study_toml: str = ""
-    branches: Any = None  # hpo.branches.Branches for a study with conditional parameters (set by hpo.branches.extend)
+    branches: Any = None  # hpo.analysis.branches.Branches for a study with conditional parameters (set by hpo.analysis.branches.extend)
     warm_started: dict = dataclasses.field(default_factory=dict)  # trial number -> "STUDY#N" it was warm-started from
-    evidence: Any = None  # hpo.evidence.Evidence: every trial counted, effects with intervals
+    evidence: Any = None  # hpo.analysis.evidence.Evidence: every trial counted, effects with intervals
 
     @property
     def multi_objective(self) -> bool:

@@ -1,4 +1,4 @@
-"""Draw what ``hpo.findings`` computed: plotly figures (Optuna's own wherever it has one), and the
+"""Draw what ``hpo.analysis.findings`` computed: plotly figures (Optuna's own wherever it has one), and the
 report's pages: one offline index.html, report.md with PNGs, trials.csv.
 
 The words and tables come from ``Findings``; this module only lays them out. Both pages are
@@ -19,8 +19,8 @@ import plotly.offline
 from optuna.trial import TrialState
 
 from hpo.errors import reason
-from hpo.effects import MIN_GROUP
-from hpo.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
+from hpo.analysis.effects import MIN_GROUP
+from hpo.analysis.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
 
 PLOTLY_JS = "plotly.min.js"
 PNG_SIZE = (900, 500)
@@ -198,7 +198,7 @@ def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> 
 
 
 def branch_blocks(f: Findings) -> list:
-    """Per-branch results of a conditional study (hpo.branches), and which trials were warm-started."""
+    """Per-branch results of a conditional study (hpo.analysis.branches), and which trials were warm-started."""
     out: list = []
     if f.warm_started:
         out += [Heading("Warm start"), Para("These trials ran first, with the best configurations of another study: " + ", ".join(
@@ -359,7 +359,7 @@ def _reproducibility(f: Findings) -> list:
     return out
 
 
-# ---------------------------------------------------------------- every trial counted (hpo.evidence)
+# ---------------------------------------------------------------- every trial counted (hpo.analysis.evidence)
 
 def _interval(metric: str, lo, hi, n: int) -> str:
     if lo is None or hi is None:

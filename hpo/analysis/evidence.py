@@ -1,6 +1,6 @@
 """What the whole study supports, every trial counted: the rung view, importances at the analysis
 rung, effects with intervals (at that rung and at the final epoch), early-stop regions, seed
-confirmations; and the sentences the findings are built from. Plain data; hpo.figures draws it.
+confirmations; and the sentences the findings are built from. Plain data; hpo.analysis.figures draws it.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo import confirm, effects, rungs
+from hpo.analysis.confirmations import Confirmations, summarise
+from hpo.analysis import effects
+from hpo.analysis import rungs
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,14 @@ class Evidence:
     at_rung: dict[str, effects.Effect]  # per parameter, the values at the analysis rung
     at_final: dict[str, effects.Effect]  # per parameter, the final values of complete trials
     stops: dict[str, rungs.StopRegions]
-    confirmations: confirm.Confirmations | None
+    confirmations: Confirmations | None
     sentences: dict[str, str]  # per parameter: what the findings say about it
     missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
 
 
 def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[FrozenTrial], space: dict, metric: str,
             fmt, what: str, importances) -> Evidence:
-    """``importances(study, trials, params, metric, index)`` is hpo.findings' evaluator runner."""
+    """``importances(study, trials, params, metric, index)`` is hpo.analysis.findings' evaluator runner."""
     direction = study.directions[0]
     maximize = direction == StudyDirection.MAXIMIZE
     single = len(study.directions) == 1
@@ -71,7 +73,7 @@ def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[Froze
     at_final = effects.analyse([t.params for t in complete], [t.values[0] for t in complete], space, maximize,
                                lambda v: fmt(metric, v), what) if names else {}
     stops = {n: rungs.stop_regions(n, space[n], trials, space=space) for n in names}
-    confirmations = confirm.summarise(trials, maximize, lambda v: fmt(metric, v)) if single else None
+    confirmations = summarise(trials, maximize, lambda v: fmt(metric, v)) if single else None
     n_used = max(len(complete), basis.trials if basis else 0)
     thin = ""
     if n_used < effects.MIN_TRIALS:

@@ -1,4 +1,4 @@
-"""The objective: adapts ``hpo.train.fit`` to an Optuna trial (report, prune, record, keep weights).
+"""The objective: adapts ``hpo.training.loop.fit`` to an Optuna trial (report, prune, record, keep weights).
 
 Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))`` trains once.
 """
@@ -16,16 +16,16 @@ import torch
 import torchvision
 
 import hpo
-from hpo import data as data_mod
-from hpo import shadow
-from hpo.checkpoints import Checkpoints
+from hpo.training import data as data_mod
+from hpo.search import shadow
+from hpo.training.checkpoints import Checkpoints
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
-from hpo.interrupts import Interrupts, NoInterrupts
-from hpo.resume import TrialCheckpoint, requeue
-from hpo.space import trial_config
-from hpo.store import WORKER_ATTR, worker_tag
-from hpo.train import EpochStats, TrainResult, fit, resolve_device
+from hpo.search.interrupts import Interrupts, NoInterrupts
+from hpo.search.resume import TrialCheckpoint, requeue
+from hpo.search.space import trial_config
+from hpo.storage.store import WORKER_ATTR, worker_tag
+from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
 
 log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)
 KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
@@ -84,7 +84,7 @@ class Objective:
         self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts
         self.progress = on_epoch  # the progress bar's per-epoch hook
         self.guard = guard  # where a signal may stop a trial at once (hpo.run's Interrupts)
-        self.checkpoints = checkpoints  # epoch checkpoints (hpo.resume); None: a stopped trial starts again
+        self.checkpoints = checkpoints  # epoch checkpoints (hpo.search.resume); None: a stopped trial starts again
         self.multi = len(spec.objective.metrics) > 1
         self.device = resolve_device(spec.base.train.device)
         self._data: dict[DataSpec, data_mod.Data] = {}
@@ -100,7 +100,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         trial.set_user_attr(WORKER_ATTR, worker_tag())  # hpo's store claims it at birth; this covers any other store
         # Every way a trial ends records a status, so a failed trial without one was lost with its
-        # worker (hpo.store.is_lost).
+        # worker (hpo.storage.store.is_lost).
         try:
             config = trial_config(trial, self.spec)
             trial.set_user_attr("seed", config.seed)

@@ -60,7 +60,7 @@ def tables(url: str, verb: str = "read", engine_kwargs: dict | None = None) -> s
 
 
 def _server_tables(url: str, verb: str, engine_kwargs: dict) -> set[str]:
-    """``engine_kwargs``: the store's own (hpo.store), so that this first connection waits out a
+    """``engine_kwargs``: the store's own (hpo.storage.store), so that this first connection waits out a
     server that is away, and tells a refusal, exactly as the store's connections do."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
@@ -99,7 +99,7 @@ def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
 
 
 def _masked(url: str) -> str:
-    """The URL without its password (hpo.store.redact, which imports this module)."""
+    """The URL without its password (hpo.storage.store.redact, which imports this module)."""
     from sqlalchemy.engine import make_url
 
     try:

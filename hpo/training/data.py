@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from hpo.config import DataSpec
-from hpo.datasets import DATASETS, READERS, DatasetInfo
+from hpo.training.datasets import DATASETS, READERS, DatasetInfo
 from hpo.errors import HpoError
 
 DATA_DIR_ENV = "HPO_DATA_DIR"

@@ -7,8 +7,8 @@ import sys
 import optuna
 from tqdm import tqdm
 
-from hpo.outcome import STATE_WORDS
-from hpo.train import EpochStats
+from hpo.runs.outcome import STATE_WORDS
+from hpo.training.loop import EpochStats
 
 
 class StudyProgress:

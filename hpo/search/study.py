@@ -1,4 +1,4 @@
-"""The Optuna side of a study: sampler and pruner by name, create or resume (the store is hpo.store's)."""
+"""The Optuna side of a study: sampler and pruner by name, create or resume (the store is hpo.storage.store's)."""
 from __future__ import annotations
 
 import inspect
@@ -10,8 +10,8 @@ from optuna.storages import RDBStorage
 
 from hpo.config import StudySpec
 from hpo.errors import HpoError, reason
-from hpo.recipe import RECIPES_ATTR, check_resume, recipes, study_path
-from hpo.store import redact
+from hpo.search.recipe import RECIPES_ATTR, check_resume, recipes, study_path
+from hpo.storage.store import redact
 
 SAMPLERS = {
     "tpe": optuna.samplers.TPESampler,
@@ -115,14 +115,14 @@ def study_attrs(spec: StudySpec) -> dict:
         "description": spec.description,
         "study_file": str(spec.folder / "study.toml"),
         "study_toml": spec.source,
-        "study_path": study_path(spec),  # who the study is: hpo.recipe refuses another file of the same name
+        "study_path": study_path(spec),  # who the study is: hpo.search.recipe refuses another file of the same name
         "overrides": list(spec.overrides),
         "seed": spec.seed,
         "metrics": list(spec.objective.metrics),
         "epochs": b.train.epochs,
         "dataset": b.data.dataset,
         "model": b.model.name,
-        # conditional parameters (hpo.branches groups the report by them): Optuna name -> its branch
+        # conditional parameters (hpo.analysis.branches groups the report by them): Optuna name -> its branch
         "branches": {p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
                      for p in spec.search if p.when},
     }
@@ -131,7 +131,7 @@ def study_attrs(spec: StudySpec) -> dict:
 def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0, same_study: bool = False) -> optuna.Study:
     """The study named after the folder: created on the first run, resumed after. Its sampler is
     seeded from the study seed; the direction(s) must match what the store holds, and the study
-    file and search space must be ones the stored study can go on from (hpo.recipe)."""
+    file and search space must be ones the stored study can go on from (hpo.search.recipe)."""
     try:
         return _create_or_resume(spec, storage, worker, same_study)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:

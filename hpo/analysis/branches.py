@@ -1,4 +1,4 @@
-"""What a conditional study found per branch, as plain data (``hpo.figures`` draws it).
+"""What a conditional study found per branch, as plain data (``hpo.analysis.figures`` draws it).
 
 A study with conditional parameters (``when`` in its [search]) has trials that carry different
 parameters: momentum only where optimizer = sgd, "lr|adam/adamw" only under Adam and AdamW.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.findings import (Findings, Importances, ParamEffect, complete_trials, effect_sentence, groups, importances,
+from hpo.analysis.findings import (Findings, Importances, ParamEffect, complete_trials, effect_sentence, groups, importances,
                           metric_names, searched_params)
 
 

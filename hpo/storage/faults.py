@@ -2,7 +2,7 @@
 
 TRANSIENT: the connection was closed, reset, refused or timed out; the server is starting up or
 shutting down; a serialization failure or a deadlock. The caller retries for up to
-$HPO_STORE_WAIT_S, then gives up with ``StoreLost`` (exit 75: hpo.workers starts the worker again).
+$HPO_STORE_WAIT_S, then gives up with ``StoreLost`` (exit 75: hpo.runs.workers starts the worker again).
 SETUP: anything else the database or its driver says (authentication, no such database or role, a
 malformed URL, a missing table): one line, exit 2, no restart, since waiting would not change it.
 

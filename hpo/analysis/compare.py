@@ -2,7 +2,7 @@
 
 Per study: its best trial (val and test accuracy), trials, epochs and time spent, and one line of
 what it found; the best trials' learning curves overlaid; the parameters they share, side by side.
-The numbers come from each study's own ``hpo.findings``; this module lays them next to each other.
+The numbers come from each study's own ``hpo.analysis.findings``; this module lays them next to each other.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
 
-from hpo.findings import Findings, fmt, label
+from hpo.analysis.findings import Findings, fmt, label
 
 PNG = "learning_curves.png"
 

@@ -5,7 +5,7 @@ One file per trial (``STUDY-trialN.pt``, N the number of the trial first run wit
 only the latest: each save replaces the last one atomically (a temporary file, fsync, rename), so a
 kill mid-save leaves the previous checkpoint whole. The folder must be one that every worker of the
 study can reach (``--checkpoint-dir``, ``$HPO_CHECKPOINT_DIR``, else ``models/checkpoints``).
-Knows nothing of Optuna (hpo.resume does the trial side).
+Knows nothing of Optuna (hpo.search.resume does the trial side).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The study store: open an Optuna RDB storage (SQLite or PostgreSQL) safely, with heartbeats,
-and survive a database that goes away for a while. Samplers, pruners and studies are hpo.study's."""
+and survive a database that goes away for a while. Samplers, pruners and studies are hpo.search.study's."""
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +26,8 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import CreateEnginePlugin
 
-from hpo import schema
-from hpo import faults
+from hpo.storage import schema
+from hpo.storage import faults
 from hpo.errors import HpoError, reason
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)  # waits and retries; the entry points print t
 
 
 def worker_tag(pid: int | None = None) -> str:
-    """Each trial's "worker" attr, ``host:pid``: who ran it (and, for hpo.workers, who lost it)."""
+    """Each trial's "worker" attr, ``host:pid``: who ran it (and, for hpo.runs.workers, who lost it)."""
     return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
@@ -430,7 +430,7 @@ for _name in ("get_all_studies", "get_all_trials", "_get_trials", "get_best_tria
 
 def is_lost(trial: optuna.trial.FrozenTrial) -> bool:
     """A trial failed by the heartbeat check: its worker died (kill -9, a lost node) or lost the
-    store mid-trial. hpo.objective records a status on every way a trial of its own ends, so a
+    store mid-trial. hpo.search.objective records a status on every way a trial of its own ends, so a
     failed trial without one never reached that point. Its retry (same parameters and seed) is
     queued as a new trial; the lost one stays in the store as an extra FAIL record."""
     return trial.state == optuna.trial.TrialState.FAIL and "status" not in trial.user_attrs

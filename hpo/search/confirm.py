@@ -1,0 +1,67 @@
+"""Is the best trial lucky? ``python -m hpo.run --study NAME --confirm K`` retrains the top
+configurations with K new seeds each, as ordinary trials queued in the study; each records the
+trial it confirms (user attr ``confirms``). hpo.analysis.confirmations reads them back for the report.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.config import PrunerSpec, StudySpec
+from hpo.storage import schema
+from hpo.errors import HpoError
+from hpo.records import CONFIRMS, finite
+from hpo.search.space import trial_seed
+
+TOP = 3  # configurations confirmed
+SEED_STRIDE = 1_000_000  # confirmation seeds sit this far from trial seeds (numbers below it never meet them)
+
+
+def confirmation_seed(study_seed: int, source: int, k: int) -> int:
+    """The k-th confirmation of trial ``source``: never a trial's own seed, never another confirmation's."""
+    return (trial_seed(study_seed, source) + SEED_STRIDE * (k + 1)) % 2**31
+
+
+def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> list[FrozenTrial]:
+    """The best searched trials (confirmations are not candidates), one per distinct configuration."""
+    ranked = sorted((t for t in trials if finite(t) and CONFIRMS not in t.user_attrs),
+                    key=lambda t: ((-1 if maximize else 1) * t.values[0], t.number))
+    out, seen = [], set()
+    for t in ranked:
+        key = repr(sorted(t.params.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+        if len(out) == top:
+            break
+    return out
+
+
+def require_store(url: str, spec: StudySpec) -> None:
+    """Confirmations retrain what a search found: with no store yet, say so before one is created."""
+    if schema.check(url, create=True):
+        raise HpoError(f"--confirm: no study {spec.name!r} in the store yet; run the search first")
+
+
+def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec, int]:
+    """Queue K new-seed retrainings of each top configuration; the returned spec runs them unpruned
+    (a confirmation's full value is the point) and the count is how many trials to run."""
+    if k < 1:
+        raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {k}")
+    if len(spec.objective.metrics) > 1:
+        raise HpoError("--confirm needs a single-objective study (a Pareto front has no one best configuration)")
+    if spec.name not in optuna.get_all_study_names(storage):
+        raise HpoError(f"--confirm: no study {spec.name!r} in the store yet; run the search first")
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    sources = top_sources(trials, study.direction == optuna.study.StudyDirection.MAXIMIZE, top)
+    if not sources:
+        raise HpoError(f"--confirm: study {spec.name!r} has no complete trial to confirm yet")
+    done = {s.number: sum(t.user_attrs.get(CONFIRMS) == s.number for t in trials) for s in sources}
+    for s in sources:
+        for i in range(k):
+            study.enqueue_trial(dict(s.params), user_attrs={CONFIRMS: s.number,
+                                                             "seed": confirmation_seed(spec.seed, s.number, done[s.number] + i)})
+    return dataclasses.replace(spec, pruner=PrunerSpec("none")), k * len(sources)
