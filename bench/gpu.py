@@ -11,6 +11,7 @@
    Fashion-MNIST where it is found, else on random data in its file format.
 Needs CUDA; bench/gpu.sh checks that first. A benchmark, not a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,20 @@ def epoch_rate(model: str, amp: bool, channels_last: bool, images: int) -> tuple
     held = Split(x[:512].cuda(), y[:512].cuda())
     data = Data(info, Split(x.cuda(), y.cuda()), held, held)
     config = TrainConfig(
-        data=DataSpec(dataset="cifar10", augment=True), model=ModelSpec(name=model),
-        train=TrainSpec(epochs=2, batch_size=128, optimizer="sgd", lr=0.01, momentum=0.9, device="cuda",
-                        amp=amp, channels_last=channels_last), seed=SEED)
+        data=DataSpec(dataset="cifar10", augment=True),
+        model=ModelSpec(name=model),
+        train=TrainSpec(
+            epochs=2,
+            batch_size=128,
+            optimizer="sgd",
+            lr=0.01,
+            momentum=0.9,
+            device="cuda",
+            amp=amp,
+            channels_last=channels_last,
+        ),
+        seed=SEED,
+    )
     result, _ = fit(config, data)
     seconds = result.curve[-1].seconds
     return images / seconds, seconds
@@ -70,7 +82,9 @@ def fashion_mnist_dir(tmp: Path) -> tuple[str, str]:
     folder.mkdir(parents=True)
     g = torch.Generator().manual_seed(SEED)
     for part, n in (("train", 60000), ("t10k", 10000)):
-        idx_file(folder / f"{part}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8))
+        idx_file(
+            folder / f"{part}-images-idx3-ubyte", torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        )
         idx_file(folder / f"{part}-labels-idx1-ubyte", torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8))
     return str(tmp), "random images in Fashion-MNIST's format (no real copy here: accuracies mean nothing)"
 
@@ -84,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("gpu.py: no CUDA device visible; nothing to measure")
         return 0
-    print(f"machine   {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, {cpu_model()}, {os.cpu_count()} cores")
-    print(f"software  python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(
+        f"machine   {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, {cpu_model()}, {os.cpu_count()} cores"
+    )
+    print(
+        f"software  python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
     print(f"epochs    CIFAR-10-shaped, {args.images} images, batch 128, augment on, SGD; second epoch timed")
     print("| net | amp (bf16) | channels_last | img/s | epoch s |")
     print("|---|---|---|---|---|")
@@ -94,21 +112,48 @@ def main(argv: list[str] | None = None) -> int:
         for amp in (True, False):
             for cl in (True, False):
                 rate, seconds = epoch_rate(model, amp, cl, args.images)
-                print(f"| {model} | {'on' if amp else 'off'} | {'on' if cl else 'off'} | {rate:,.0f} | {seconds:.2f} |", flush=True)
+                print(
+                    f"| {model} | {'on' if amp else 'off'} | {'on' if cl else 'off'} | {rate:,.0f} | {seconds:.2f} |",
+                    flush=True,
+                )
     with tempfile.TemporaryDirectory(prefix="hpo-bench-gpu-") as tmp:
         data_dir, what = fashion_mnist_dir(Path(tmp))
         print(f"\nworkers   lenet_lr, {args.trials} trials x {args.epochs} epochs on {what}, one GPU")
         for workers in ("auto", "1"):
             store = Path(tmp) / f"w{workers}.db"
-            cmd = [sys.executable, "-m", "hpo.run", "--study", "lenet_lr", "--trials", str(args.trials), "--workers", workers,
-                   "--storage", f"sqlite:///{store}", "--keep", "none", "--quiet", "--data-dir", data_dir,
-                   "--set", f"train.epochs={args.epochs}", "--set", "pruner.name=none"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "hpo.run",
+                "--study",
+                "lenet_lr",
+                "--trials",
+                str(args.trials),
+                "--workers",
+                workers,
+                "--storage",
+                f"sqlite:///{store}",
+                "--keep",
+                "none",
+                "--quiet",
+                "--data-dir",
+                data_dir,
+                "--set",
+                f"train.epochs={args.epochs}",
+                "--set",
+                "pruner.name=none",
+            ]
             m = measure(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
             split = [line for line in m.stderr.splitlines() if "] pid " in line]
-            status = "ok" if m.returncode == 0 else f"failed (exit {m.returncode}): {m.stderr.strip().splitlines()[-1:]}"
-            print(f"  --workers {workers:<4} {m.wall_s:6.1f} s  {args.trials / m.wall_s * 3600:6.0f} trials/h  "
-                  f"{m.cpu_s:6.1f} CPU s  peak RSS {m.peak_rss / 2**20:,.0f} MiB  {status}"
-                  + (f"  ({'; '.join(s.split('] ', 1)[1] for s in split)})" if split else ""), flush=True)
+            status = (
+                "ok" if m.returncode == 0 else f"failed (exit {m.returncode}): {m.stderr.strip().splitlines()[-1:]}"
+            )
+            print(
+                f"  --workers {workers:<4} {m.wall_s:6.1f} s  {args.trials / m.wall_s * 3600:6.0f} trials/h  "
+                f"{m.cpu_s:6.1f} CPU s  peak RSS {m.peak_rss / 2**20:,.0f} MiB  {status}"
+                + (f"  ({'; '.join(s.split('] ', 1)[1] for s in split)})" if split else ""),
+                flush=True,
+            )
     return 0
 
 

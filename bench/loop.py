@@ -21,6 +21,7 @@ one's fastest round counts: on a shared CPU a neighbour can only slow a loop dow
 turns spreads a neighbour's burst over all three. A benchmark, not a test: it prints figures and
 the machine, and never fails on a slow result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,11 +83,15 @@ def write_cifar(root: Path, images: torch.Tensor, labels: torch.Tensor) -> type[
     test_list = [write("test_batch", rows[:EVAL_IMAGES], labels[:EVAL_IMAGES].tolist())]
     meta = pickle.dumps({"label_names": [f"class{i}" for i in range(INFO.num_classes)]}, protocol=2)
     (folder / "batches.meta").write_bytes(meta)
-    return type("BenchCIFAR10", (base,), {
-        "train_list": train_list,
-        "test_list": test_list,
-        "meta": {"filename": "batches.meta", "key": "label_names", "md5": hashlib.md5(meta).hexdigest()},
-    })
+    return type(
+        "BenchCIFAR10",
+        (base,),
+        {
+            "train_list": train_list,
+            "test_list": test_list,
+            "meta": {"filename": "batches.meta", "key": "label_names", "md5": hashlib.md5(meta).hexdigest()},
+        },
+    )
 
 
 # ---------------------------------------------------------------- the loops
@@ -110,8 +115,15 @@ def run_hpo(args, images, labels) -> float:
         return TrainConfig(
             data=DataSpec(dataset="cifar10", augment=True),
             model=ModelSpec(name=args.model),
-            train=TrainSpec(epochs=epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.01, momentum=0.9,
-                            device="cpu", threads=args.threads),
+            train=TrainSpec(
+                epochs=epochs,
+                batch_size=args.batch_size,
+                optimizer="sgd",
+                lr=0.01,
+                momentum=0.9,
+                device="cpu",
+                threads=args.threads,
+            ),
             seed=SEED,
         )
 
@@ -125,12 +137,14 @@ def run_hpo(args, images, labels) -> float:
 
 
 def run_coursework(args, dataset_class, root: str) -> float:
-    transform = transforms.Compose([
-        transforms.RandomCrop(INFO.size, padding=INFO.crop_padding),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(INFO.mean, INFO.std),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(INFO.size, padding=INFO.crop_padding),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(INFO.mean, INFO.std),
+        ]
+    )
     dataset = dataset_class(root, train=True, download=False, transform=transform)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
     torch.manual_seed(SEED)  # the loader's shuffle and the transforms' draws
@@ -175,25 +189,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128, help="batch size of all three loops (default: 128)")
     parser.add_argument("--images", type=int, default=20000, help="CIFAR-10-shaped training images (default: 20000)")
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the images (default: 2)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for all three loops; 0: all cores (default: 0)")
-    parser.add_argument("--workers", type=int, default=2, help="coursework DataLoader workers (default: 2, as the coursework used)")
-    parser.add_argument("--rounds", type=int, default=3, help="times each loop runs, interleaved; its best counts (default: 3)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads for all three loops; 0: all cores (default: 0)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="coursework DataLoader workers (default: 2, as the coursework used)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each loop runs, interleaved; its best counts (default: 3)"
+    )
     parser.add_argument("--warmup-batches", type=int, default=10, help="untimed batches before each loop (default: 10)")
     args = parser.parse_args(argv)
-    if args.images < args.batch_size or args.batch_size < 1 or args.epochs < 1 or args.threads < 0 or args.warmup_batches < 1 or args.rounds < 1:
-        parser.error("need --images >= --batch-size >= 1, --epochs >= 1, --rounds >= 1, --threads >= 0, --warmup-batches >= 1")
+    if (
+        args.images < args.batch_size
+        or args.batch_size < 1
+        or args.epochs < 1
+        or args.threads < 0
+        or args.warmup_batches < 1
+        or args.rounds < 1
+    ):
+        parser.error(
+            "need --images >= --batch-size >= 1, --epochs >= 1, --rounds >= 1, --threads >= 0, --warmup-batches >= 1"
+        )
     args.warmup_batches = min(args.warmup_batches, args.images // args.batch_size)
     args.threads = args.threads or cpu_count()
     torch.set_num_threads(args.threads)  # fit sets the same value from its config
     keep_freed_memory()  # fit sets this allocator switch for its process; the other two loops get it too
 
     total = args.epochs * args.images
-    print(f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), {platform.system()} {platform.release()}")
-    print(f"software  python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-          f"torch threads {args.threads}, mkldnn {torch.backends.mkldnn.is_available()}")
-    print(f"settings  {args.model}, batch {args.batch_size}, SGD momentum 0.9, {args.images} CIFAR-10-shaped images x "
-          f"{args.epochs} epochs = {total} timed images per loop, {args.warmup_batches} warm-up batches, "
-          f"coursework workers {args.workers}")
+    print(
+        f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), {platform.system()} {platform.release()}"
+    )
+    print(
+        f"software  python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"torch threads {args.threads}, mkldnn {torch.backends.mkldnn.is_available()}"
+    )
+    print(
+        f"settings  {args.model}, batch {args.batch_size}, SGD momentum 0.9, {args.images} CIFAR-10-shaped images x "
+        f"{args.epochs} epochs = {total} timed images per loop, {args.warmup_batches} warm-up batches, "
+        f"coursework workers {args.workers}"
+    )
     print(f"date      {datetime.datetime.now().isoformat(timespec='seconds')}, load average {load_average()}")
 
     images, labels = make_images(args.images)
@@ -204,23 +239,30 @@ def main(argv: list[str] | None = None) -> int:
         dataset_class = write_cifar(Path(tmp), images, labels)
         # Rounds interleave the loops, so a neighbour's burst on a shared CPU lands on all of them.
         for r in range(1, args.rounds + 1):
-            for key, run in (("compute", lambda: run_compute(args, images, labels)),
-                             ("hpo", lambda: run_hpo(args, images, labels)),
-                             ("coursework", lambda: run_coursework(args, dataset_class, tmp))):
+            for key, run in (
+                ("compute", lambda: run_compute(args, images, labels)),
+                ("hpo", lambda: run_hpo(args, images, labels)),
+                ("coursework", lambda: run_coursework(args, dataset_class, tmp)),
+            ):
                 torch.set_num_threads(args.threads)
                 neighbours = Neighbours()
                 rates[key].append(run())
                 others = neighbours.cores()
                 busy[key].append(others if others is not None else float("nan"))
-                print(f"  round {r}  {names[key]:<14} {rates[key][-1]:>9,.0f} img/s   other processes used "
-                      f"{busy[key][-1]:.2f} cores", flush=True)
+                print(
+                    f"  round {r}  {names[key]:<14} {rates[key][-1]:>9,.0f} img/s   other processes used "
+                    f"{busy[key][-1]:.2f} cores",
+                    flush=True,
+                )
 
     best = {k: max(v) for k, v in rates.items()}
     print(f"result (best of {args.rounds} round{'s' if args.rounds > 1 else ''}; spread = slowest/fastest round)")
     for key, name in names.items():
         i = rates[key].index(best[key])
-        print(f"  {name:<14} {best[key]:>9,.0f} img/s   spread {min(rates[key]) / best[key]:.2f}   "
-              f"other processes used {busy[key][i]:.2f} cores in that round")
+        print(
+            f"  {name:<14} {best[key]:>9,.0f} img/s   spread {min(rates[key]) / best[key]:.2f}   "
+            f"other processes used {busy[key][i]:.2f} cores in that round"
+        )
     print(f"  hpo / coursework     {best['hpo'] / best['coursework']:5.2f}x")
     print(f"  hpo / compute bound  {best['hpo'] / best['compute']:5.2f}x")
     print(f"load average after   {load_average()}")

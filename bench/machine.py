@@ -1,4 +1,5 @@
 """What every benchmark prints about the machine it ran on."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """One command, measured whole: wall time, CPU seconds and peak memory of its process tree, and
 the cores other processes used meanwhile (Linux /proc)."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ starts at epoch 1, as every stopped trial did before issue 9) and after (a check
 Per stop: completed epochs the retry trains again, and the epoch the trial was in (lost either way);
 the same random stop times for both settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,14 @@ EPOCHS = 6
 def hpo_run(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # One process: the signal goes to the trial's own process, as Slurm's does to a one-task job.
-    return subprocess.Popen([sys.executable, "-m", "hpo.run", "--quiet", "--workers", "1", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.run", "--quiet", "--workers", "1", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def training_started(db: Path) -> bool:
@@ -51,8 +58,19 @@ def training_started(db: Path) -> bool:
 def one_stop(cwd: Path, sets: list[str], delay: float, name: str) -> dict | None:
     """Start the study, SIGTERM it ``delay`` s into the trial, finish it with the printed command."""
     db = cwd / f"{name}.db"
-    base = ["--study", "lenet_lr", "--until", "1", "--storage", f"sqlite:///{db}", "--keep", "none",
-            "--checkpoint-dir", str(cwd / name), *[x for s in sets for x in ("--set", s)]]
+    base = [
+        "--study",
+        "lenet_lr",
+        "--until",
+        "1",
+        "--storage",
+        f"sqlite:///{db}",
+        "--keep",
+        "none",
+        "--checkpoint-dir",
+        str(cwd / name),
+        *[x for s in sets for x in ("--set", s)],
+    ]
     proc = hpo_run(base, cwd)
     while not training_started(db):
         if proc.poll() is not None:
@@ -85,14 +103,31 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=6000, help="training images (default: 6000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stop times (default: 0)")
     args = p.parse_args()
-    sets = [f"train.epochs={EPOCHS}", f"data.train_size={args.train_size}", "pruner.name=none", "train.threads=1",
-            "data.test_size=1000"]
+    sets = [
+        f"train.epochs={EPOCHS}",
+        f"data.train_size={args.train_size}",
+        "pruner.name=none",
+        "train.threads=1",
+        "data.test_size=1000",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "studies").symlink_to(REPO / "studies")
         # An uninterrupted trial first: how long it trains, to draw stop times within it.
-        ref = hpo_run(["--study", "lenet_lr", "--until", "1", "--storage", f"sqlite:///{cwd / 'ref.db'}", "--keep", "none",
-                       *[x for s in sets for x in ("--set", s)]], cwd)
+        ref = hpo_run(
+            [
+                "--study",
+                "lenet_lr",
+                "--until",
+                "1",
+                "--storage",
+                f"sqlite:///{cwd / 'ref.db'}",
+                "--keep",
+                "none",
+                *[x for s in sets for x in ("--set", s)],
+            ],
+            cwd,
+        )
         if ref.wait() != 0:
             sys.exit(f"preemption.py: the uninterrupted reference run failed ({ref.returncode})")
         (trial,) = optuna.load_study(study_name="lenet_lr", storage=f"sqlite:///{cwd / 'ref.db'}").trials
@@ -105,17 +140,23 @@ def main() -> None:
                 got = one_stop(cwd, sets + [f"train.checkpoint_every={every}"], delay, f"{label}{r}")
                 if got is not None:
                     rows[label].append(got)
-                    print(f"round {r} stop at {delay:5.2f} s of {wall:.2f} s, {label:6}: stopped after {got['completed']} "
-                          f"complete epochs, resumed from epoch {got['resumed']}, {got['redone']} complete epochs trained again",
-                          flush=True)
+                    print(
+                        f"round {r} stop at {delay:5.2f} s of {wall:.2f} s, {label:6}: stopped after {got['completed']} "
+                        f"complete epochs, resumed from epoch {got['resumed']}, {got['redone']} complete epochs trained again",
+                        flush=True,
+                    )
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load_average()}")
-    print(f"LeNet-5, {EPOCHS} epochs, {args.train_size} Fashion-MNIST images, 1 thread; uninterrupted trial {wall:.1f} s")
+    print(
+        f"LeNet-5, {EPOCHS} epochs, {args.train_size} Fashion-MNIST images, 1 thread; uninterrupted trial {wall:.1f} s"
+    )
     for label, got in rows.items():
         if got:
             redone = [g["redone"] for g in got]
-            print(f"{label:6} ({'no checkpoints' if label == 'before' else 'checkpoint every epoch'}): {len(got)} stops, "
-                  f"complete epochs trained again: mean {statistics.mean(redone):.2f}, max {max(redone)} "
-                  f"(+ the epoch in progress at each stop)")
+            print(
+                f"{label:6} ({'no checkpoints' if label == 'before' else 'checkpoint every epoch'}): {len(got)} stops, "
+                f"complete epochs trained again: mean {statistics.mean(redone):.2f}, max {max(redone)} "
+                f"(+ the epoch in progress at each stop)"
+            )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ not depend on the neighbours much: on a busy machine they tell what the runs wou
 idle one. A benchmark, not a test: it prints figures and the machine, and never fails on a slow
 result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,14 +73,32 @@ def run_once(extra: list[str], args, folder: Path) -> tuple[float, float, str, f
     """Wall and CPU seconds of one whole command on a fresh store, how it split the machine, and
     the cores other processes used meanwhile."""
     store = folder / f"bench-{time.monotonic_ns()}.db"
-    cmd = [sys.executable, "-m", "hpo.run", "--study", str(folder / "studies" / "bench"), "--trials", str(args.trials),
-           *extra, "--storage", f"sqlite:///{store}", "--keep", "none", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpo.run",
+        "--study",
+        str(folder / "studies" / "bench"),
+        "--trials",
+        str(args.trials),
+        *extra,
+        "--storage",
+        f"sqlite:///{store}",
+        "--keep",
+        "none",
+        "--quiet",
+    ]
     m = measure(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if m.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{m.stderr[-3000:]}")
     spawned = re.findall(r"^\[worker \d+\] pid \d+: \d+ trials?, (\d+) thread", m.stderr, re.M)
     if spawned:
-        return m.wall_s, m.cpu_s, f"{len(spawned)} workers x {spawned[0]} thread{'s' * (spawned[0] != '1')}", m.neighbours
+        return (
+            m.wall_s,
+            m.cpu_s,
+            f"{len(spawned)} workers x {spawned[0]} thread{'s' * (spawned[0] != '1')}",
+            m.neighbours,
+        )
     threads = "1" if "train.threads=1" in extra else str(cpu_count())
     return m.wall_s, m.cpu_s, f"1 process x {threads} thread{'s' * (threads != '1')}", m.neighbours
 
@@ -89,22 +108,32 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=8, help="trials per command (default: 8)")
     p.add_argument("--epochs", type=int, default=2, help="epochs per trial (default: 2)")
     p.add_argument("--train-size", type=int, default=2000, help="training images, 0 for all 54,000 (default: 2000)")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="validation share of the training set (default: 0.01)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.01, help="validation share of the training set (default: 0.01)"
+    )
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest of each counts (default: 2)")
-    p.add_argument("--single-thread", action="store_true",
-                   help="also time one worker with one thread: tells the gain of a second process from the cost of a "
-                        "second thread (default: off)")
+    p.add_argument(
+        "--single-thread",
+        action="store_true",
+        help="also time one worker with one thread: tells the gain of a second process from the cost of a "
+        "second thread (default: off)",
+    )
     args = p.parse_args()
 
-    print(f"machine: {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), load average {load_average()}")
+    print(
+        f"machine: {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), load average {load_average()}"
+    )
     print(f"python {platform.python_version()}, torch {torch.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"study: LeNet-5, Fashion-MNIST {args.train_size or 54000} train images, {args.epochs} epochs/trial, "
-          f"{args.trials} trials per command, {args.rounds} round(s)\n")
+    print(
+        f"study: LeNet-5, Fashion-MNIST {args.train_size or 54000} train images, {args.epochs} epochs/trial, "
+        f"{args.trials} trials per command, {args.rounds} round(s)\n"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "studies" / "bench").mkdir(parents=True)
         (folder / "studies" / "bench" / "study.toml").write_text(
-            STUDY.format(train_size=args.train_size, epochs=args.epochs, val_fraction=args.val_fraction))
+            STUDY.format(train_size=args.train_size, epochs=args.epochs, val_fraction=args.val_fraction)
+        )
         best: dict[str, tuple[float, float, str, str]] = {}
         for r in range(args.rounds):
             for label, extra in COMMANDS.items():
@@ -112,14 +141,19 @@ def main() -> int:
                     continue
                 seconds, cpu, split, others = run_once(extra, args, folder)
                 busy = f"{others:.2f}" if others is not None else "n/a"
-                print(f"round {r + 1}  {label:22}  {seconds:6.1f} s  {args.trials / seconds * 3600:7.0f} trials/hour"
-                      f"  {cpu:6.1f} CPU s  other processes used {busy} cores", flush=True)
+                print(
+                    f"round {r + 1}  {label:22}  {seconds:6.1f} s  {args.trials / seconds * 3600:7.0f} trials/hour"
+                    f"  {cpu:6.1f} CPU s  other processes used {busy} cores",
+                    flush=True,
+                )
                 if label not in best or seconds < best[label][0]:
                     best[label] = (seconds, cpu, split, busy)
     print()
     for label, (seconds, cpu, split, busy) in best.items():
-        print(f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
-              f"other processes used {busy} cores in that round)")
+        print(
+            f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
+            f"other processes used {busy} cores in that round)"
+        )
     print(f"--workers auto / --workers 1: {best['--workers 1'][0] / best['--workers auto'][0]:.2f}x")
     print(f"load average after {load_average()}")
     return 0

@@ -1,4 +1,5 @@
 """What the entry points share: common arguments, the worker index, one-line errors, progress lines."""
+
 from __future__ import annotations
 
 import logging
@@ -14,10 +15,14 @@ INDEX_ENV = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm arrays, Kub
 
 def add_study_arguments(parser) -> None:
     parser.add_argument("--study", required=True, help="a folder under studies/ or a path to a study folder")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a study setting, e.g. --set train.epochs=3 (repeatable; default: none)")
-    parser.add_argument("--data-dir", default=None,
-                        help="dataset folder (default: $HPO_DATA_DIR, else ./data)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a study setting, e.g. --set train.epochs=3 (repeatable; default: none)",
+    )
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: $HPO_DATA_DIR, else ./data)")
 
 
 def worker_index(args) -> int:
@@ -39,8 +44,10 @@ def say(text: str) -> None:
 
 
 def epoch_line(stats, epochs: int) -> str:
-    return (f"  epoch {stats.epoch}/{epochs}  loss {stats.train_loss:.4f}  train {stats.train_acc:.2f}%  "
-            f"val {stats.val_acc:.2f}%  lr {stats.lr:.4g}  {stats.seconds:.1f}s")
+    return (
+        f"  epoch {stats.epoch}/{epochs}  loss {stats.train_loss:.4f}  train {stats.train_acc:.2f}%  "
+        f"val {stats.val_acc:.2f}%  lr {stats.lr:.4g}  {stats.seconds:.1f}s"
+    )
 
 
 class _SayHandler(logging.Handler):

@@ -5,6 +5,7 @@ Every name a study file may use (a dataset, a net, an optimizer, a sampler...) i
 a ``Literal``; the modules that implement them keep a dict per kind, and a test checks that each
 dict's keys are the declared names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,9 @@ Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]  # 
 Optimizer = Literal["sgd", "adam", "adamw"]  # hpo.training.loop.OPTIMIZERS
 Schedule = Literal["constant", "step", "cosine"]  # hpo.training.loop.SCHEDULES
 Sampler = Literal["tpe", "random", "grid", "cmaes", "gp", "qmc", "nsga2"]  # hpo.search.study.SAMPLERS
-Pruner = Literal["median", "percentile", "successive_halving", "hyperband", "patient", "none"]  # hpo.search.study.PRUNERS
+Pruner = Literal[
+    "median", "percentile", "successive_halving", "hyperband", "patient", "none"
+]  # hpo.search.study.PRUNERS
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,19 @@ class StudySpec:
 
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
-TOP_LEVEL = {"description", "seed", "trials", "data", "model", "train", "search", "sampler", "pruner", "objective", "stop"}
+TOP_LEVEL = {
+    "description",
+    "seed",
+    "trials",
+    "data",
+    "model",
+    "train",
+    "search",
+    "sampler",
+    "pruner",
+    "objective",
+    "stop",
+}
 
 
 def _field_type(section: str, name: str):
@@ -222,7 +237,9 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
         owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
         if len(owners) != 1:
             known = sorted({f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)})
-            raise HpoError(f"unknown search parameter {where}.{key}{closest(key, known)}; searchable: {', '.join(known)}")
+            raise HpoError(
+                f"unknown search parameter {where}.{key}{closest(key, known)}; searchable: {', '.join(known)}"
+            )
         section = owners[0]
     elif section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
         raise HpoError(f"unknown search parameter {where}.{key}; write it as data.X, model.X or train.X with a known X")
@@ -280,7 +297,9 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
     """Turn a study file's TOML table into a validated ``StudySpec``."""
     for key in raw:
         if key not in TOP_LEVEL:
-            raise HpoError(f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; known: {', '.join(sorted(TOP_LEVEL))}")
+            raise HpoError(
+                f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; known: {', '.join(sorted(TOP_LEVEL))}"
+            )
     seed = _coerce(raw.get("seed", 0), int, "seed")
     base = TrainConfig(**{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}, seed=seed)
     search = raw.get("search", {})
@@ -320,7 +339,7 @@ def _check_metrics(metrics) -> None:
         raise HpoError(f"objective.metrics must be a non-empty list of {', '.join(METRICS)}, got {metrics!r}")
     for m in metrics:
         if not isinstance(m, str):
-            raise HpoError(f"objective.metrics holds {m!r}; write names, e.g. [\"val_acc\"]")
+            raise HpoError(f'objective.metrics holds {m!r}; write names, e.g. ["val_acc"]')
         if m not in METRICS:
             raise unknown("objective metric", m, METRICS)
     if len(set(metrics)) < len(metrics):
@@ -332,6 +351,7 @@ def _check_metrics(metrics) -> None:
 # one per branch:  lr = [{ low = .., high = .., when = { optimizer = "sgd" } }, { .., when = { optimizer = ["adam", "adamw"] } }]
 # (or [[search.lr]] tables). Checked here once: conditions on searched choices, no cycle, no overlap.
 
+
 def _full_key(key: str, where: str) -> str:
     """A bare field name ("optimizer") or "section.field" as "section.field"."""
     section, _, name = key.rpartition(".")
@@ -339,13 +359,15 @@ def _full_key(key: str, where: str) -> str:
         owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
         section = owners[0] if len(owners) == 1 else ""
     if section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
-        raise HpoError(f"{where}: unknown setting {key!r}; write a searched setting, e.g. when = {{ optimizer = \"sgd\" }}")
+        raise HpoError(
+            f'{where}: unknown setting {key!r}; write a searched setting, e.g. when = {{ optimizer = "sgd" }}'
+        )
     return f"{section}.{name}"
 
 
 def _when(raw: Any, where: str) -> tuple[tuple[str, tuple], ...]:
     if not isinstance(raw, dict) or not raw:
-        raise HpoError(f"{where} must be a table of setting = value or [values], e.g. when = {{ optimizer = \"sgd\" }}")
+        raise HpoError(f'{where} must be a table of setting = value or [values], e.g. when = {{ optimizer = "sgd" }}')
     out = []
     for key, values in raw.items():
         full = _full_key(key, f"{where}.{key}")
@@ -381,7 +403,7 @@ def _overlap(a: ParamSpec, b: ParamSpec, choices: dict[str, set]) -> bool:
 def _cycle(depends: dict[str, set[str]]) -> list[str] | None:
     def visit(node: str, path: list[str]) -> list[str] | None:
         if node in path:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         for nxt in sorted(depends.get(node, ())):
             found = visit(nxt, path + [node])
             if found:
@@ -392,9 +414,12 @@ def _cycle(depends: dict[str, set[str]]) -> list[str] | None:
 
 
 def _label(p: ParamSpec) -> str:
-    """"lr|sgd", "lr|adam/adamw": the field name and the branch's values."""
-    return p.name + "|" + ",".join("/".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
-                                   for _, values in p.when)
+    """ "lr|sgd", "lr|adam/adamw": the field name and the branch's values."""
+    return (
+        p.name
+        + "|"
+        + ",".join("/".join(str(v).lower() if isinstance(v, bool) else str(v) for v in values) for _, values in p.when)
+    )
 
 
 def search_space(search: dict) -> tuple[ParamSpec, ...]:
@@ -408,22 +433,30 @@ def search_space(search: dict) -> tuple[ParamSpec, ...]:
         for k, values in p.when:
             at = f"search.{p.name}.when.{k.split('.')[1]}"
             if k not in by_key:
-                raise HpoError(f"{at}: {k.split('.')[1]} is not searched, so the condition never varies; "
-                               f"add it to [search] with choices or drop the condition")
+                raise HpoError(
+                    f"{at}: {k.split('.')[1]} is not searched, so the condition never varies; "
+                    f"add it to [search] with choices or drop the condition"
+                )
             if any(not q.choices for q in by_key[k]):
-                raise HpoError(f"{at}: a condition needs a setting searched by choices, and {k.split('.')[1]} is a range")
+                raise HpoError(
+                    f"{at}: a condition needs a setting searched by choices, and {k.split('.')[1]} is a range"
+                )
             for v in values:
                 if v not in choices[k]:
-                    raise HpoError(f"{at} = {v!r} is not one of its choices: {', '.join(map(repr, sorted(choices[k], key=str)))}")
+                    raise HpoError(
+                        f"{at} = {v!r} is not one of its choices: {', '.join(map(repr, sorted(choices[k], key=str)))}"
+                    )
     loop = _cycle({k: {c for p in ps for c, _ in p.when} for k, ps in by_key.items()})
     if loop:
         raise HpoError(f"search: conditions form a cycle: {' -> '.join(k.split('.')[1] for k in loop)}")
     for k, ps in by_key.items():
         for i, a in enumerate(ps):
-            for b in ps[i + 1:]:
+            for b in ps[i + 1 :]:
                 if _overlap(a, b, choices):
-                    raise HpoError(f"search.{a.name}: two ranges overlap (when {_words(a.when) or 'always'} and when "
-                                   f"{_words(b.when) or 'always'}); give each branch values the others do not have")
+                    raise HpoError(
+                        f"search.{a.name}: two ranges overlap (when {_words(a.when) or 'always'} and when "
+                        f"{_words(b.when) or 'always'}); give each branch values the others do not have"
+                    )
     for k, ps in by_key.items():  # one Optuna name per distinct distribution
         if len(ps) > 1 and len({dataclasses.replace(p, when=()) for p in ps}) > 1:
             for i, p in enumerate(params):
@@ -451,7 +484,9 @@ def _stop(raw: Any) -> StopSpec:
         raise HpoError(f"[stop] must be a table (patience, min_delta), got {raw!r}")
     for key in raw:
         if key not in ("patience", "min_delta"):
-            raise HpoError(f"unknown key stop.{key}{closest(key, ('patience', 'min_delta'))}; known keys: patience, min_delta")
+            raise HpoError(
+                f"unknown key stop.{key}{closest(key, ('patience', 'min_delta'))}; known keys: patience, min_delta"
+            )
     patience = _coerce(raw.get("patience", 0), int, "stop.patience")
     min_delta = _coerce(raw["min_delta"], float, "stop.min_delta") if "min_delta" in raw else None
     if patience < 0:
@@ -491,15 +526,23 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (t.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {t.warmup_epochs}"),
         (t.gamma > 0, f"train.gamma must be > 0, got {t.gamma}"),
         (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
-        (t.threads <= _cores(), f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), "
-                                f"got {t.threads}"),
+        (
+            t.threads <= _cores(),
+            f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), got {t.threads}",
+        ),
         (t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}"),
-        (not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov needs optimizer = \"sgd\" and momentum > 0"),
+        (
+            not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0),
+            'train.nesterov needs optimizer = "sgd" and momentum > 0',
+        ),
         (0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}"),
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
         (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
         (d.split_seed >= -1, f"data.split_seed must be >= 0, or -1 for the study seed, got {d.split_seed}"),
-        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None, f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}"),
+        (
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
+            f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+        ),
     )
     for ok, message in checks:
         if not ok:
@@ -515,7 +558,7 @@ def _cores() -> int:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """"train.lr=0.1" -> (["train", "lr"], 0.1). Values are TOML; a bare word is a string."""
+    """ "train.lr=0.1" -> (["train", "lr"], 0.1). Values are TOML; a bare word is a string."""
     key, sep, value = text.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path) or len(path) > 2:
@@ -551,8 +594,13 @@ def find_study(name_or_path: str | Path) -> Path:
         if (folder / STUDY_FILE).is_file():
             return folder
     bare = path.parent == Path(".")
-    known = sorted({p.parent.name for d in {STUDIES_DIR, path.parent if not bare else STUDIES_DIR}
-                    for p in d.glob(f"*/{STUDY_FILE}")})
+    known = sorted(
+        {
+            p.parent.name
+            for d in {STUDIES_DIR, path.parent if not bare else STUDIES_DIR}
+            for p in d.glob(f"*/{STUDY_FILE}")
+        }
+    )
     raise HpoError(
         f"no study {str(name_or_path)!r}: expected {(STUDIES_DIR / path if bare else path) / STUDY_FILE}"
         f"{closest(path.name, known)}; studies here: {', '.join(known) or 'none'}"

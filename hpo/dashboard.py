@@ -7,6 +7,7 @@ this adds the project's store and artifact folder as defaults, binds to loopback
 otherwise, and turns bad input into one line instead of a traceback or a silently created store.
 The plain `optuna-dashboard sqlite:///storage/hpo.db --artifact-dir models` serves the same.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ DEFAULT_PORT = 8080
 
 class _Server(ThreadingMixIn, WSGIServer):
     """Threaded, as optuna-dashboard's own CLI serves: the page fetches several API routes at once."""
+
     daemon_threads = True
 
 
@@ -38,16 +40,30 @@ class _Server6(_Server):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m hpo.dashboard",
-        description="Browse the study store in optuna-dashboard (no authentication: keep it on loopback).")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
-                        help=f"Optuna storage URL or journal file (default: {DEFAULT_STORAGE})")
-    parser.add_argument("--artifact-dir", default=str(ARTIFACT_DIR), metavar="DIR",
-                        help=f"artifact store holding the trials' weights (default: {ARTIFACT_DIR})")
-    parser.add_argument("--host", default=DEFAULT_HOST, metavar="HOST",
-                        help=f"address to listen on; anything but loopback lets whoever can reach it "
-                             f"read and change the studies (default: {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
-                        help=f"port to listen on (default: {DEFAULT_PORT})")
+        description="Browse the study store in optuna-dashboard (no authentication: keep it on loopback).",
+    )
+    parser.add_argument(
+        "--storage",
+        default=DEFAULT_STORAGE,
+        metavar="URL",
+        help=f"Optuna storage URL or journal file (default: {DEFAULT_STORAGE})",
+    )
+    parser.add_argument(
+        "--artifact-dir",
+        default=str(ARTIFACT_DIR),
+        metavar="DIR",
+        help=f"artifact store holding the trials' weights (default: {ARTIFACT_DIR})",
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        metavar="HOST",
+        help=f"address to listen on; anything but loopback lets whoever can reach it "
+        f"read and change the studies (default: {DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, metavar="PORT", help=f"port to listen on (default: {DEFAULT_PORT})"
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"argument --port: {args.port} is not a port number (1-65535)")
@@ -71,8 +87,10 @@ def open_store(url: str):
         storage = get_storage(url)
         storage.get_all_studies()  # fail now, not on the first page load
     except ValueError as e:  # optuna-dashboard could not tell what kind of store the URL names
-        raise HpoError(f"malformed storage URL {redact(url)!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
-                       f"postgresql://USER@HOST/DB or a journal file") from None
+        raise HpoError(
+            f"malformed storage URL {redact(url)!r} ({e}): expected e.g. {DEFAULT_STORAGE}, "
+            f"postgresql://USER@HOST/DB or a journal file"
+        ) from None
     except ImportError as e:
         raise HpoError(f"no database driver for {redact(url)}: {reason(e)}") from None
     except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
@@ -127,8 +145,10 @@ def main(argv=None) -> int:
     if artifacts is None:
         say(f"no artifact folder at {args.artifact_dir}: running without artifacts (trial weights are not offered)")
     if not is_loopback(host):
-        say(f"warning: listening on {host}: the dashboard has no authentication, anyone who can "
-            f"reach port {port} can read and change the studies")
+        say(
+            f"warning: listening on {host}: the dashboard has no authentication, anyone who can "
+            f"reach port {port} can read and change the studies"
+        )
     say(f"optuna-dashboard for {redact(args.storage)}: open {page_url(host, port)}  (Ctrl-C stops it)")
     with server:
         try:

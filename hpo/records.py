@@ -1,5 +1,6 @@
 """What a trial records beside its value (docs/records.md): the user-attr names every layer reads,
 and how to read them."""
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ Reads the study from the store (never creating one), computes its findings (``hp
 draws them (``hpo.analysis.figures``) into studies/NAME/report/: index.html (offline, interactive),
 report.md with PNGs, trials.csv.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,30 @@ from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hpo.report", description="Write a study's report: figures, findings, trials.csv.")
-    p.add_argument("folder", nargs="+", help="the study folder (the one holding study.toml), e.g. studies/lenet_lr; "
-                                             "two or more: one report comparing them")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})")
-    p.add_argument("--study-name", default=None, metavar="NAME", help="the study in the store (default: the folder's name)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="where to write the report (default: FOLDER/report; comparing: reports/A_vs_B)")
-    p.add_argument("--no-png", action="store_true", help="skip the PNG export, which needs Chromium (default: write PNGs)")
+    p = argparse.ArgumentParser(
+        prog="python -m hpo.report", description="Write a study's report: figures, findings, trials.csv."
+    )
+    p.add_argument(
+        "folder",
+        nargs="+",
+        help="the study folder (the one holding study.toml), e.g. studies/lenet_lr; "
+        "two or more: one report comparing them",
+    )
+    p.add_argument(
+        "--storage", default=DEFAULT_STORAGE, metavar="URL", help=f"Optuna storage URL (default: {DEFAULT_STORAGE})"
+    )
+    p.add_argument(
+        "--study-name", default=None, metavar="NAME", help="the study in the store (default: the folder's name)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="where to write the report (default: FOLDER/report; comparing: reports/A_vs_B)",
+    )
+    p.add_argument(
+        "--no-png", action="store_true", help="skip the PNG export, which needs Chromium (default: write PNGs)"
+    )
     return p
 
 
@@ -52,7 +69,9 @@ def load_study(url: str, name: str) -> optuna.Study:
     storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
     names = sorted(optuna.get_all_study_names(storage))
     if name not in names:
-        raise HpoError(f"no study {name!r} in {redact(url)}{closest(name, names)}; studies there: {', '.join(names) or 'none'}")
+        raise HpoError(
+            f"no study {name!r} in {redact(url)}{closest(name, names)}; studies there: {', '.join(names) or 'none'}"
+        )
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -61,7 +80,9 @@ def looks_lost(study: optuna.Study) -> list[int]:
     writer's job, hpo.run's)."""
     storage = getattr(study._storage, "_backend", study._storage)  # load_study wraps the RDB store in a cache
     stale = set(storage._get_stale_trial_ids(study._study_id))
-    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in stale)
+    return sorted(
+        t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in stale
+    )
 
 
 def commands(folder: Path, args, overrides=()) -> str:
@@ -82,24 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     if not complete_trials(trials):
-        raise HpoError(f"study {name} has no complete trials yet ({counts['running']} running, "
-                       f"{counts['pruned']} pruned, {counts['failed']} failed)")
+        raise HpoError(
+            f"study {name} has no complete trials yet ({counts['running']} running, "
+            f"{counts['pruned']} pruned, {counts['failed']} failed)"
+        )
     try:
         source = (folder / STUDY_FILE).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise HpoError(f"{folder / STUDY_FILE} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
-    findings = compute(study, storage=redact(args.storage), folder=str(folder), command=commands(folder, args, study.user_attrs.get("overrides") or ()), study_toml=source)
+    findings = compute(
+        study,
+        storage=redact(args.storage),
+        folder=str(folder),
+        command=commands(folder, args, study.user_attrs.get("overrides") or ()),
+        study_toml=source,
+    )
     findings = branches.extend(findings, study)  # per-branch results, warm-started trials
     out = Path(args.out) if args.out else folder / "report"
     writable_folder(out)
     written = write_report(study, findings, out, png=not args.no_png)
     lost = looks_lost(study)
     if lost:
-        cli.say(f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: RUNNING with no heartbeat "
-                f"for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); the next hpo.run fails and retries "
-                f"{'it' if len(lost) == 1 else 'them'} with the same parameters")
+        cli.say(
+            f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: RUNNING with no heartbeat "
+            f"for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); the next hpo.run fails and retries "
+            f"{'it' if len(lost) == 1 else 'them'} with the same parameters"
+        )
     if counts["running"] > len(lost):
-        cli.say(f"note: {counts['running'] - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones")
+        cli.say(
+            f"note: {counts['running'] - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones"
+        )
     if written.png_error:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
     pngs = f"{len(written.pngs)} PNGs" if written.pngs else "no PNGs"

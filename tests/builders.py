@@ -1,6 +1,7 @@
 """Builders the tests share: data files in the exact on-disk formats, study folders, and studies
 written into a real store from records (no training). Plain functions: the fixtures that use them
 are in conftest.py."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,6 +20,7 @@ from torchvision.datasets import CIFAR10
 
 # ---------------------------------------------------------------- data files (tests/test_data.py)
 
+
 def write_idx(path: Path, array: np.ndarray) -> Path:
     """An IDX file of unsigned bytes, gzipped when the name ends in .gz."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
@@ -32,7 +34,9 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def make_cifar(root: Path, per_batch: int = 20, test: int = 30, bytes_keys: bool = False, seed: int = 0) -> type[CIFAR10]:
+def make_cifar(
+    root: Path, per_batch: int = 20, test: int = 30, bytes_keys: bool = False, seed: int = 0
+) -> type[CIFAR10]:
     """CIFAR-10 files in the official on-disk format under ``root``, plus the tarball of them in
     ``root.parent / "archive"``. Returns a CIFAR10 subclass that carries their md5s, so torchvision's
     checks run on them, and a url to nowhere, so a "download" fails without touching the network.
@@ -46,9 +50,14 @@ def make_cifar(root: Path, per_batch: int = 20, test: int = 30, bytes_keys: bool
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for i, name in enumerate(names):
         n = test if name == "test_batch" else per_batch
-        entry = {key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8), key("labels"): [(j + i) % 10 for j in range(n)]}
+        entry = {
+            key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            key("labels"): [(j + i) % 10 for j in range(n)],
+        }
         (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {key("label_names"): ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    meta = {
+        key("label_names"): ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    }
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
     archive = root.parent / "archive" / CIFAR10.filename
     archive.parent.mkdir(parents=True, exist_ok=True)
@@ -81,20 +90,51 @@ REPORT_DIVERGED_REASON = "diverged: loss inf at epoch 3"
 
 def report_val_acc(lr: float, momentum: float = 0.9, batch_size: int = 64) -> float:
     """The known answer: lr drives accuracy (best at 0.03), momentum and batch size shave a little."""
-    return 90.0 - 8.0 * math.log10(lr / REPORT_BEST_LR) ** 2 - REPORT_MOMENTUM_COST[momentum] - REPORT_BATCH_COST[batch_size]
+    return (
+        90.0
+        - 8.0 * math.log10(lr / REPORT_BEST_LR) ** 2
+        - REPORT_MOMENTUM_COST[momentum]
+        - REPORT_BATCH_COST[batch_size]
+    )
 
 
 def _report_trial_attrs(number, params, val_acc, epochs_run, status="ok", reason="", test_acc=None):
-    curve = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": val_acc - 5 + e / 2, "val_loss": 1.1 / e,
-              "val_acc": val_acc - (epochs_run - e), "lr": params.get("lr", 0.01), "seconds": 1.5} for e in range(1, epochs_run + 1)]
+    curve = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "train_acc": val_acc - 5 + e / 2,
+            "val_loss": 1.1 / e,
+            "val_acc": val_acc - (epochs_run - e),
+            "lr": params.get("lr", 0.01),
+            "seconds": 1.5,
+        }
+        for e in range(1, epochs_run + 1)
+    ]
     return {
-        "status": status, "reason": reason, "val_acc": val_acc, "best_val_acc": val_acc,
+        "status": status,
+        "reason": reason,
+        "val_acc": val_acc,
+        "best_val_acc": val_acc,
         **({"test_acc": test_acc} if test_acc is not None else {}),
-        "epochs_run": epochs_run, "wall_time_s": 1.5 * epochs_run, "images_per_s": 12000.0,
-        "device": "cpu", "threads": 2, "params": 61706, "seed": 1000 + number,
-        "config": {"data": {"dataset": "fashion_mnist", "val_fraction": 0.1}, "model": {"name": "lenet5", "activation": "relu"},
-                   "train": {"epochs": REPORT_EPOCHS, "lr": params.get("lr", 0.01), "momentum": params.get("momentum", 0.9),
-                             "batch_size": params.get("batch_size", 64)}, "seed": 7},
+        "epochs_run": epochs_run,
+        "wall_time_s": 1.5 * epochs_run,
+        "images_per_s": 12000.0,
+        "device": "cpu",
+        "threads": 2,
+        "params": 61706,
+        "seed": 1000 + number,
+        "config": {
+            "data": {"dataset": "fashion_mnist", "val_fraction": 0.1},
+            "model": {"name": "lenet5", "activation": "relu"},
+            "train": {
+                "epochs": REPORT_EPOCHS,
+                "lr": params.get("lr", 0.01),
+                "momentum": params.get("momentum", 0.9),
+                "batch_size": params.get("batch_size", 64),
+            },
+            "seed": 7,
+        },
         "versions": {"python": "3.11.2", "torch": "2.14.1", "torchvision": "0.29.1", "optuna": "5.0.0", "hpo": "0.1.0"},
         "curve": curve,
     }
@@ -109,8 +149,10 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
     """
     folder = root / "studies" / name
     folder.mkdir(parents=True, exist_ok=True)
-    toml = f'description = "LeNet-5 on Fashion-MNIST: lr, momentum, batch size"\nseed = 7\n\n[train]\nepochs = {REPORT_EPOCHS}\n\n' \
-           '[search]\nlr = { low = 1e-4, high = 0.3, log = true }\nmomentum = [0.5, 0.9, 0.99]\nbatch_size = [64, 128, 256]\n'
+    toml = (
+        f'description = "LeNet-5 on Fashion-MNIST: lr, momentum, batch size"\nseed = 7\n\n[train]\nepochs = {REPORT_EPOCHS}\n\n'
+        "[search]\nlr = { low = 1e-4, high = 0.3, log = true }\nmomentum = [0.5, 0.9, 0.99]\nbatch_size = [64, 128, 256]\n"
+    )
     (folder / "study.toml").write_text(toml)
     db = root / storage_file
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -118,30 +160,56 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
     metrics = ["val_acc", "wall_time"] if kind == "multi" else ["val_acc"]
     directions = ["maximize", "minimize"] if kind == "multi" else ["maximize"]
     study = optuna.create_study(study_name=name, storage=url, directions=directions)
-    for key, value in {"description": "LeNet-5 on Fashion-MNIST: lr, momentum, batch size", "study_file": str(folder / "study.toml"),
-                       "study_toml": toml, "seed": 7, "metrics": metrics, "epochs": REPORT_EPOCHS,
-                       "dataset": "fashion_mnist", "model": "lenet5"}.items():
+    for key, value in {
+        "description": "LeNet-5 on Fashion-MNIST: lr, momentum, batch size",
+        "study_file": str(folder / "study.toml"),
+        "study_toml": toml,
+        "seed": 7,
+        "metrics": metrics,
+        "epochs": REPORT_EPOCHS,
+        "dataset": "fashion_mnist",
+        "model": "lenet5",
+    }.items():
         study.set_user_attr(key, value)
     if kind == "none":
         return folder, url
-    dists = {"lr": FloatDistribution(1e-4, 0.3, log=True), "momentum": CategoricalDistribution([0.5, 0.9, 0.99]),
-             "batch_size": CategoricalDistribution([64, 128, 256])}
-    keep = {"full": dists, "multi": dists, "one": {"lr": dists["lr"]}, "empty": dists,
-            "categorical": {k: dists[k] for k in ("momentum", "batch_size")}, "fixed": {}}[kind]
+    dists = {
+        "lr": FloatDistribution(1e-4, 0.3, log=True),
+        "momentum": CategoricalDistribution([0.5, 0.9, 0.99]),
+        "batch_size": CategoricalDistribution([64, 128, 256]),
+    }
+    keep = {
+        "full": dists,
+        "multi": dists,
+        "one": {"lr": dists["lr"]},
+        "empty": dists,
+        "categorical": {k: dists[k] for k in ("momentum", "batch_size")},
+        "fixed": {},
+    }[kind]
     rng = np.random.default_rng(0)
     start = datetime.datetime(2026, 1, 5, 9, 0, 0)
     n = 20
     for number in range(n):
-        full = {"lr": float(10 ** rng.uniform(-4, math.log10(0.3))), "momentum": [0.5, 0.9, 0.99][number % 3],
-                "batch_size": [64, 128, 256][(number // 3) % 3]}
+        full = {
+            "lr": float(10 ** rng.uniform(-4, math.log10(0.3))),
+            "momentum": [0.5, 0.9, 0.99][number % 3],
+            "batch_size": [64, 128, 256][(number // 3) % 3],
+        }
         params = {k: full[k] for k in keep}
-        acc = report_val_acc(full["lr"] if "lr" in keep else REPORT_BEST_LR, params.get("momentum", 0.9), params.get("batch_size", 64))
+        acc = report_val_acc(
+            full["lr"] if "lr" in keep else REPORT_BEST_LR, params.get("momentum", 0.9), params.get("batch_size", 64)
+        )
         acc = max(acc, 10.0)
         if kind == "fixed":
             acc = 85.0 + number % 5
         state, epochs_run, status, reason = TrialState.COMPLETE, REPORT_EPOCHS, "ok", ""
         if number in (3, 8) or kind == "empty" and number % 3 == 0:
-            state, epochs_run, status, reason = TrialState.PRUNED, 2 + number % 2, "pruned", "below the median at epoch 2"
+            state, epochs_run, status, reason = (
+                TrialState.PRUNED,
+                2 + number % 2,
+                "pruned",
+                "below the median at epoch 2",
+            )
         elif number == 13:  # hpo.search.objective records a divergence as a pruned trial with its reason
             state, epochs_run, status, reason = TrialState.PRUNED, 3, "diverged", REPORT_DIVERGED_REASON
         elif number == 17 or kind == "empty" and number % 3 == 1:
@@ -154,12 +222,27 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
         value = None
         if state == TrialState.COMPLETE:
             value = [acc, 10.0 + 200.0 / full["batch_size"] + number] if kind == "multi" else [acc]
-        attrs = _report_trial_attrs(number, params, acc, epochs_run, status, reason,
-                                    test_acc=acc - 0.5 if state == TrialState.COMPLETE else None)
-        trial = optuna.create_trial(state=state, values=value, params=params, distributions=keep,
-                                    user_attrs=attrs, intermediate_values=inter if state != TrialState.FAIL else {})
+        attrs = _report_trial_attrs(
+            number,
+            params,
+            acc,
+            epochs_run,
+            status,
+            reason,
+            test_acc=acc - 0.5 if state == TrialState.COMPLETE else None,
+        )
+        trial = optuna.create_trial(
+            state=state,
+            values=value,
+            params=params,
+            distributions=keep,
+            user_attrs=attrs,
+            intermediate_values=inter if state != TrialState.FAIL else {},
+        )
         trial.datetime_start = start + datetime.timedelta(seconds=20 * number)  # two workers' worth of overlap
-        trial.datetime_complete = None if state == TrialState.RUNNING else trial.datetime_start + datetime.timedelta(seconds=4 * epochs_run)
+        trial.datetime_complete = (
+            None if state == TrialState.RUNNING else trial.datetime_start + datetime.timedelta(seconds=4 * epochs_run)
+        )
         study.add_trial(trial)
     return folder, url
 
@@ -196,7 +279,7 @@ def write_study(folder: Path, text: str = TINY_STUDY, **sections: str) -> Path:
         if head in body:
             start = body.index(head)
             end = body.find("\n[", start + 1)
-            body = body[:start] + head + "\n" + content + ("\n" + body[end + 1:] if end != -1 else "\n")
+            body = body[:start] + head + "\n" + content + ("\n" + body[end + 1 :] if end != -1 else "\n")
         else:
             body += f"\n{head}\n{content}\n"
     folder.mkdir(parents=True, exist_ok=True)

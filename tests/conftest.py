@@ -1,4 +1,5 @@
 """Shared fixtures. Each module's fixtures sit in their own marked block."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,9 @@ def fashion_mnist_system() -> Path:
     """The real Fashion-MNIST from Debian's dataset-fashion-mnist package. Missing is a failure,
     not a skip: ./setup.sh and CI install it, and the tests that need it must run."""
     if not (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"real Fashion-MNIST not installed at {SYSTEM_FASHION_MNIST} (run ./setup.sh, or apt-get install dataset-fashion-mnist)")
+        pytest.fail(
+            f"real Fashion-MNIST not installed at {SYSTEM_FASHION_MNIST} (run ./setup.sh, or apt-get install dataset-fashion-mnist)"
+        )
     return SYSTEM_FASHION_MNIST
 
 
@@ -62,6 +65,7 @@ def report_study(tmp_path):
 
 
 # ---------------------------------------------------------------- study fixtures (tests/test_study.py, test_run.py)
+
 
 @pytest.fixture
 def study_dir(tmp_path, monkeypatch, fashion_mnist_system):
@@ -111,6 +115,7 @@ def restore_threads():
 
 
 # ---- a real single-node Slurm (tests/test_slurm.py) -----------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def slurm():

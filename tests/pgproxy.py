@@ -6,6 +6,7 @@ server" (the commit happened, the client never hears so). A cut drops every conn
 proxy and refuses new ones until ``mend()``. Clients must not use TLS (``sslmode=disable``): the
 proxy has to read the messages.
 """
+
 from __future__ import annotations
 
 import socket

@@ -1,5 +1,6 @@
 """Entry points as real subprocesses, and waiting for what they say: a line on stderr, with a
 deadline, never a fixed sleep. Plain helpers for the tests that watch a run as it goes."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,14 @@ class Watched:
     pipe drained, so the process never stalls on a full pipe), and its stdout collected at the end."""
 
     def __init__(self, *args: str, cwd: Path, env: dict | None = None, module: str = "hpo.run"):
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.lines: list[str] = []
         self.grew = threading.Condition()
         self.out = ""
@@ -51,8 +58,10 @@ class Watched:
                         return m
                 seen = len(self.lines)
                 if not self._err.is_alive():
-                    raise AssertionError(f"the process ended (code {self.proc.poll()}) without a line like "
-                                         f"{pattern!r}:\n{self.err[-3000:]}")
+                    raise AssertionError(
+                        f"the process ended (code {self.proc.poll()}) without a line like "
+                        f"{pattern!r}:\n{self.err[-3000:]}"
+                    )
                 left = end - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"no line like {pattern!r} in {deadline} s:\n{self.err[-3000:]}")
@@ -82,6 +91,12 @@ def stop(proc: subprocess.Popen, timeout: float) -> None:
 
 def hpo(*args: str, cwd: Path, env: dict | None = None, module: str = "hpo.run", timeout: float = 300):
     """Run an entry point to its end: (exit code, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     return proc.returncode, proc.stdout, proc.stderr

@@ -2,6 +2,7 @@
 configured in a temporary folder, on ports of their own, and stopped afterwards.
 
 setup.sh installs slurm-wlm and munge (Debian); this needs root, as slurmd does."""
+
 from __future__ import annotations
 
 import os
@@ -69,11 +70,25 @@ class Slurm:
         shutil.chown(munge, "munge", "munge"), shutil.chown(key, "munge", "munge")
         key.chmod(0o400)
         cpus = len(os.sched_getaffinity(0))
-        (root / "slurm.conf").write_text(CONF.format(host=socket.gethostname(), root=root, cpus=cpus,
-                                                      ctld_port=free_port(), d_port=free_port()))
-        self._daemon(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "-F", f"--key-file={key}",
-                      f"--socket={munge}/munge.sock", f"--pid-file={munge}/munged.pid", f"--log-file={munge}/munged.log",
-                      f"--seed-file={munge}/munged.seed"], "munged")
+        (root / "slurm.conf").write_text(
+            CONF.format(host=socket.gethostname(), root=root, cpus=cpus, ctld_port=free_port(), d_port=free_port())
+        )
+        self._daemon(
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "/usr/sbin/munged",
+                "-F",
+                f"--key-file={key}",
+                f"--socket={munge}/munge.sock",
+                f"--pid-file={munge}/munged.pid",
+                f"--log-file={munge}/munged.log",
+                f"--seed-file={munge}/munged.seed",
+            ],
+            "munged",
+        )
         self._wait(lambda: (munge / "munge.sock").exists(), "munged's socket")
         conf = str(root / "slurm.conf")
         self._daemon(["slurmctld", "-D", "-i", "-f", conf], "slurmctld")
@@ -97,7 +112,10 @@ class Slurm:
         raise RuntimeError(f"no {what} after {deadline} s: {self.logs()}")
 
     def logs(self) -> str:
-        return " | ".join(f"{p.name}: {p.read_text()[-800:]}" for p in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log")))
+        return " | ".join(
+            f"{p.name}: {p.read_text()[-800:]}"
+            for p in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log"))
+        )
 
     def run(self, *cmd: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, cwd=cwd, timeout=60)

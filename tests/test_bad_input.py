@@ -1,6 +1,7 @@
 """Every bad value is refused in one line (HpoError, exit 2) before the store is touched: the
 store's sha256 and its trials are the same before and after each refused command. In-process
 hpo.run.main for the many values; real subprocesses for "no traceback" on each entry point."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,14 @@ def stored(study_dir, tmp_path) -> Path:
     spec = config.load("tiny")
     storage = open_storage(f"sqlite:///{STORE}", create=True)
     study = create_or_resume(spec, storage)
-    study.add_trial(optuna.create_trial(value=60.0, params={"lr": 0.01}, distributions={"lr": distribution(spec.search[0])},
-                                        user_attrs={"status": "ok", "epochs_run": 2, "val_acc": 60.0}))
+    study.add_trial(
+        optuna.create_trial(
+            value=60.0,
+            params={"lr": 0.01},
+            distributions={"lr": distribution(spec.search[0])},
+            user_attrs={"status": "ok", "epochs_run": 2, "val_acc": 60.0},
+        )
+    )
     storage.engine.dispose()  # checkpoint the WAL: the file we hash is the whole store
     return tmp_path / STORE
 
@@ -50,9 +57,21 @@ CASES = [
     (TINY_STUDY, [SET, "objective.metrics=[1]"], "objective.metrics holds 1"),
     (TINY_STUDY.replace("high = 0.5", "high = inf"), [], "search.lr.high must be a finite number, got inf"),
     (TINY_STUDY.replace("log = true", "step = 0.0"), [], "search.lr.step must be > 0, got 0.0"),
-    (TINY_STUDY + "batch_size = { low = 32, high = 64, step = -8 }\n", [], "search.batch_size.step must be > 0, got -8"),
-    (TINY_STUDY + '[sampler]\nname = "tpe"\nn_startup_trials = 2.5\n', [], "sampler.n_startup_trials for sampler 'tpe' must be int"),
-    (TINY_STUDY + '[pruner]\nname = "median"\nn_warmup_steps = "1"\n', [], "pruner.n_warmup_steps for pruner 'median' must be int"),
+    (
+        TINY_STUDY + "batch_size = { low = 32, high = 64, step = -8 }\n",
+        [],
+        "search.batch_size.step must be > 0, got -8",
+    ),
+    (
+        TINY_STUDY + '[sampler]\nname = "tpe"\nn_startup_trials = 2.5\n',
+        [],
+        "sampler.n_startup_trials for sampler 'tpe' must be int",
+    ),
+    (
+        TINY_STUDY + '[pruner]\nname = "median"\nn_warmup_steps = "1"\n',
+        [],
+        "pruner.n_warmup_steps for pruner 'median' must be int",
+    ),
     (TINY_STUDY, [SET, "train.lr=inf"], "train.lr must be a finite number, got inf"),
     (TINY_STUDY, [SET, "train.weight_decay=inf"], "train.weight_decay must be a finite number"),
     (TINY_STUDY, [SET, "train.gamma=inf"], "train.gamma must be a finite number"),
@@ -85,17 +104,26 @@ def test_a_grace_period_shorter_than_the_heartbeat_is_refused(stored, monkeypatc
 
 
 def entry(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_no_entry_point_shows_a_traceback_for_a_bad_file_or_folder(stored, study_dir, tmp_path):
     before = sha(stored)
     (tmp_path / "a_file").write_text("x")
-    procs = {"report --out a_file": (entry("report", "studies/tiny", "--out", "a_file", "--no-png", cwd=tmp_path),
-                                     "--out a_file is a file, not a folder"),
-             "run objective = 5": (None, None)}
+    procs = {
+        "report --out a_file": (
+            entry("report", "studies/tiny", "--out", "a_file", "--no-png", cwd=tmp_path),
+            "--out a_file is a file, not a folder",
+        ),
+        "run objective = 5": (None, None),
+    }
     (study_dir / "study.toml").write_text("objective = 5\n" + TINY_STUDY)
-    procs["run objective = 5"] = (entry("run", "--study", "tiny", cwd=tmp_path), "objective.metrics must be a non-empty list")
+    procs["run objective = 5"] = (
+        entry("run", "--study", "tiny", cwd=tmp_path),
+        "objective.metrics must be a non-empty list",
+    )
     (study_dir / "study.toml").write_bytes(TINY_STUDY.replace("tiny test study", "caf\u00e9").encode("latin-1"))
     for module, args in (("run", ["--study", "tiny"]), ("train", ["--study", "tiny"]), ("report", ["studies/tiny"])):
         procs[f"{module} latin-1"] = (entry(module, *args, cwd=tmp_path), "is not UTF-8 text (byte ")

@@ -1,6 +1,7 @@
 """bench/'s helpers with logic of their own (benchmarks themselves are not tests): the plain
 Optuna peer runs the study and reports each epoch, the process-tree meter counts CPU that
 getrusage cannot see, and bench/gpu.sh without CUDA says so in one line and exits 0."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,25 @@ def test_optuna_peer_reports_every_epoch(tmp_path, fashion_mnist_system):
     data = raw_layout(tmp_path / "data")
     before = time.time()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "peers" / "optuna_simple.py"), "--data-dir", str(data), "--trials", "2",
-         "--epochs", "2", "--train-size", "300", "--threads", "1"],
-        capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            str(ROOT / "bench" / "peers" / "optuna_simple.py"),
+            "--data-dir",
+            str(data),
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--train-size",
+            "300",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     trials = result["trials"]
@@ -55,14 +72,16 @@ def test_meter_counts_a_grandchild_nobody_waits_for(tmp_path):
     # The child starts a grandchild that burns about 1 CPU s and exits without waiting for it, as
     # Ray's driver leaves its daemons: getrusage(RUSAGE_CHILDREN) never sees that CPU.
     script = tmp_path / "leave.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import os, subprocess, sys, time
         spin = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.0: pass\\nprint('done', flush=True)"
         child = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
         child.stdout.readline()  # the grandchild has spent its second; it is not waited for
         time.sleep(0.6)  # a few samples of the zombie
         os._exit(0)  # no clean-up: Popen.__del__ would reap it, and getrusage would count it
-    """))
+    """)
+    )
     m = measure([sys.executable, str(script)])
     assert m.returncode == 0
     assert m.cpu_s >= 1.0
@@ -71,8 +90,13 @@ def test_meter_counts_a_grandchild_nobody_waits_for(tmp_path):
 
 
 def test_gpu_sh_without_cuda_is_one_line():
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == ["gpu.sh: no CUDA here (torch sees no CUDA device): nothing to run"]
     assert proc.stderr == ""

@@ -1,4 +1,5 @@
 """hpo.analysis.branches: per-branch findings of a conditional study, built with optuna.create_trial."""
+
 from __future__ import annotations
 
 import optuna
@@ -18,19 +19,35 @@ def conditional_study(only_adam: bool = False) -> optuna.Study:
     """8 SGD trials whose accuracy falls with momentum's distance from 0.9; 4 Adam trials at 85 + i."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("metrics", ["val_acc"])
-    study.set_user_attr("branches", {"momentum": {"setting": "momentum", "when": {"optimizer": ["sgd"]}},
-                                     "lr|sgd": {"setting": "lr", "when": {"optimizer": ["sgd"]}},
-                                     "lr|adam": {"setting": "lr", "when": {"optimizer": ["adam"]}}})
+    study.set_user_attr(
+        "branches",
+        {
+            "momentum": {"setting": "momentum", "when": {"optimizer": ["sgd"]}},
+            "lr|sgd": {"setting": "lr", "when": {"optimizer": ["sgd"]}},
+            "lr|adam": {"setting": "lr", "when": {"optimizer": ["adam"]}},
+        },
+    )
     for i in range(8 if only_adam else 0, 12):
         if i < 8:
             m = 0.5 + 0.06 * i
-            params, dists, acc = {"optimizer": "sgd", "momentum": m, "lr|sgd": 0.01 * (i + 1)}, {"optimizer": OPT, "momentum": MOM, "lr|sgd": LR_SGD}, 90 - 20 * abs(m - 0.9)
+            params, dists, acc = (
+                {"optimizer": "sgd", "momentum": m, "lr|sgd": 0.01 * (i + 1)},
+                {"optimizer": OPT, "momentum": MOM, "lr|sgd": LR_SGD},
+                90 - 20 * abs(m - 0.9),
+            )
         else:
-            params, dists, acc = {"optimizer": "adam", "lr|adam": 1e-4 * (i - 7)}, {"optimizer": OPT, "lr|adam": LR_ADAM}, 85.0 + (i - 8)
+            params, dists, acc = (
+                {"optimizer": "adam", "lr|adam": 1e-4 * (i - 7)},
+                {"optimizer": OPT, "lr|adam": LR_ADAM},
+                85.0 + (i - 8),
+            )
         user = {"warm_start": f"old#{i}"} if i < 2 else {}
         study.add_trial(optuna.create_trial(value=acc, params=params, distributions=dists, user_attrs=user))
-    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params=params, distributions=dists,
-                                        intermediate_values={1: 50.0}))  # one more Adam trial, pruned
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.PRUNED, params=params, distributions=dists, intermediate_values={1: 50.0}
+        )
+    )  # one more Adam trial, pruned
     return study
 
 
@@ -39,25 +56,42 @@ def test_each_branch_has_its_trials_numbers_and_own_parameters():
     b = branches.compute(study)
     assert b.by == ("optimizer",) and b.shared == ("optimizer",)
     adam, sgd = b.branches
-    assert (adam.label, adam.trials, adam.best_trial, adam.best, adam.mean, adam.pruned) == ("optimizer = adam", 4, 11, 88.0, 86.5, 1)
+    assert (adam.label, adam.trials, adam.best_trial, adam.best, adam.mean, adam.pruned) == (
+        "optimizer = adam",
+        4,
+        11,
+        88.0,
+        86.5,
+        1,
+    )
     assert (sgd.label, sgd.trials, sgd.pruned) == ("optimizer = sgd", 8, 0)
     assert sgd.best_trial == 7 and abs(sgd.best - (90 - 20 * abs(0.92 - 0.9))) < 1e-9
     assert [p.name for p in adam.params] == ["lr|adam"]
     assert sorted(p.name for p in sgd.params) == ["lr|sgd", "momentum"]
-    assert sum(g.trials for p in sgd.params if p.name == "momentum" for g in p.groups) == 8  # no Adam trial in SGD's table
+    assert (
+        sum(g.trials for p in sgd.params if p.name == "momentum" for g in p.groups) == 8
+    )  # no Adam trial in SGD's table
     assert set(sgd.importance.by_evaluator["PED-ANOVA"]) == {"momentum", "lr|sgd"}  # within the branch
     assert branches.display("lr|adam/adamw") == "lr (adam/adamw)"
 
 
 def test_a_branch_parameter_is_a_branch_parameter_even_when_no_other_branch_finished():
     study = conditional_study(only_adam=True)
-    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params={"optimizer": "sgd", "momentum": 0.6},
-                                        distributions={"optimizer": OPT, "momentum": MOM}, intermediate_values={1: 20.0}))
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.PRUNED,
+            params={"optimizer": "sgd", "momentum": 0.6},
+            distributions={"optimizer": OPT, "momentum": MOM},
+            intermediate_values={1: 20.0},
+        )
+    )
     b = branches.compute(study)
     assert b.shared == ("optimizer",) and [x.label for x in b.branches] == ["optimizer = adam", "optimizer = sgd"]
     sgd = b.branches[1]
     assert (sgd.trials, sgd.pruned, sgd.best_trial, sgd.params) == (0, 1, None, ())  # all pruned: counted, not ranked
-    assert "| optimizer = sgd | 0 | 1 | n/a | n/a | n/a | — |" in render_markdown(branches.extend(compute(study), study), {})
+    assert "| optimizer = sgd | 0 | 1 | n/a | n/a | n/a | — |" in render_markdown(
+        branches.extend(compute(study), study), {}
+    )
     assert b.ranked == ("optimizer", "lr|adam")  # what Optuna's importance sees: every complete trial has both
     assert [p.name for p in b.branches[0].params] == ["lr|adam"]
 
@@ -67,7 +101,11 @@ def test_the_report_shows_the_branches_and_marks_warm_started_trials():
     f = branches.extend(compute(study), study)
     assert f.warm_started == {0: "old#0", 1: "old#1"}
     md = render_markdown(f, {})
-    assert "## Branches" in md and "### Branch optimizer = sgd (8 trials)" in md and "### Branch optimizer = adam (4 trials)" in md
+    assert (
+        "## Branches" in md
+        and "### Branch optimizer = sgd (8 trials)" in md
+        and "### Branch optimizer = adam (4 trials)" in md
+    )
     assert "are Optuna's, on the parameters every complete trial has (optimizer)" in md
     assert "| optimizer = adam | 4 | 1 | 86.5% | 88.0% | 85.0% | #11 |" in md
     assert "#0 from `old#0`" in md

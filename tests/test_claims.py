@@ -1,6 +1,7 @@
 """README promises that no other test holds to: --trials' default, the password kept out of hpo.run's
 own output, --timeout and a second Ctrl-C under --workers, --data-dir, integer-range grids, the preset
 table, and refusing to resume a study whose metric directions changed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,6 +34,7 @@ def trials_of(url=STORE, name="tiny"):
 
 # ---------------------------------------------------------------- --trials
 
+
 def test_trials_defaults_to_the_study_files_trials(study_dir):
     write_study(study_dir, text=TINY_STUDY.replace("trials = 3", "trials = 2"), train=QUICK)
     assert run.main(["--study", str(study_dir), "--quiet"]) == 0
@@ -46,6 +48,7 @@ def test_trials_is_20_when_the_study_file_has_none(study_dir):
 
 
 # ---------------------------------------------------------------- the password
+
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_password_never_reaches_the_output(workers, study_dir, capsys):
@@ -65,6 +68,7 @@ def test_the_password_never_reaches_the_output(workers, study_dir, capsys):
 
 # ---------------------------------------------------------------- --timeout and a second Ctrl-C under --workers
 
+
 def test_timeout_bounds_a_run_with_workers(study_dir, tmp_path):
     write_study(study_dir, train=QUICK, pruner='name = "none"')
     watched = Watched("--study", "tiny", "--trials", "60", "--workers", "2", "--timeout", "2", cwd=tmp_path)
@@ -77,8 +81,12 @@ def test_timeout_bounds_a_run_with_workers(study_dir, tmp_path):
 
 
 def test_a_second_ctrl_c_kills_the_workers_outright(study_dir, tmp_path):
-    write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
-                search="lr = { low = 0.02, high = 0.08 }")  # each worker's one trial trains on: none collapses
+    write_study(
+        study_dir,
+        train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        pruner='name = "none"',
+        search="lr = { low = 0.02, high = 0.08 }",
+    )  # each worker's one trial trains on: none collapses
     url = f"sqlite:///{tmp_path / 'storage/hpo.db'}"
     watched = Watched("--study", "tiny", "--trials", "2", "--workers", "2", cwd=tmp_path)
     try:
@@ -123,6 +131,7 @@ def _wait(check, what: str, deadline: float = 120) -> None:
 
 # ---------------------------------------------------------------- --data-dir
 
+
 def _one_class_fashion_mnist(folder: Path) -> None:
     """Fashion-MNIST files in the plain fashion-mnist/ layout, every image of class 3: a model
     trained on them scores 100%, which the real data never gives."""
@@ -137,29 +146,48 @@ def test_data_dir_is_where_the_data_comes_from(workers, study_dir, tmp_path, mon
     _one_class_fashion_mnist(tmp_path / "mine")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.setenv("HPO_DATA_DIR", str(tmp_path / "elsewhere"))  # --data-dir wins over it
-    write_study(study_dir, text=TINY_STUDY.replace("train_size = 2000", "train_size = 500").replace(
-        "test_size = 200", "test_size = 100").replace("val_fraction = 0.01", "val_fraction = 0.1"),
-        train=QUICK, pruner='name = "none"', search="lr = { low = 0.01, high = 0.05 }")  # every lr here learns the one
+    write_study(
+        study_dir,
+        text=TINY_STUDY.replace("train_size = 2000", "train_size = 500")
+        .replace("test_size = 200", "test_size = 100")
+        .replace("val_fraction = 0.01", "val_fraction = 0.1"),
+        train=QUICK,
+        pruner='name = "none"',
+        search="lr = { low = 0.01, high = 0.05 }",
+    )  # every lr here learns the one
     # class; the preset's range reaches 0.5, where a second worker's proposal can diverge (4 % seen)
-    assert run.main(["--study", str(study_dir), "--trials", "2", "--workers", workers,
-                     "--data-dir", str(tmp_path / "mine")]) == 0
+    assert (
+        run.main(
+            ["--study", str(study_dir), "--trials", "2", "--workers", workers, "--data-dir", str(tmp_path / "mine")]
+        )
+        == 0
+    )
     trials = trials_of()
     assert [(t.value, t.user_attrs["test_acc"]) for t in trials] == [(100.0, 100.0)] * 2
 
 
 # ---------------------------------------------------------------- integer-range grids
 
+
 def test_a_grid_over_an_integer_range_lists_its_integers(study_dir):
-    write_study(study_dir, sampler='name = "grid"',
-                search="warmup_epochs = { low = 0, high = 2 }\nbatch_size = { low = 32, high = 96, step = 32 }")
+    write_study(
+        study_dir,
+        sampler='name = "grid"',
+        search="warmup_epochs = { low = 0, high = 2 }\nbatch_size = { low = 32, high = 96, step = 32 }",
+    )
     space = study_mod.grid_space(config.load(study_dir))
     assert space == {"warmup_epochs": [0, 1, 2], "batch_size": [32, 64, 96]}
     assert all(type(v) is int for values in space.values() for v in values)
 
 
 def test_a_grid_study_over_an_integer_range_runs_each_point_once(study_dir):
-    write_study(study_dir, train=QUICK, sampler='name = "grid"', pruner='name = "none"',
-                search="batch_size = { low = 32, high = 64, step = 32 }")
+    write_study(
+        study_dir,
+        train=QUICK,
+        sampler='name = "grid"',
+        pruner='name = "none"',
+        search="batch_size = { low = 32, high = 64, step = 32 }",
+    )
     assert run.main(["--study", str(study_dir), "--trials", "5", "--quiet"]) == 0  # the grid stops the study at 2
     trials = trials_of()
     assert sorted(t.params["batch_size"] for t in trials) == [32, 64]
@@ -168,10 +196,11 @@ def test_a_grid_study_over_an_integer_range_runs_each_point_once(study_dir):
 
 # ---------------------------------------------------------------- the preset table
 
+
 def _preset_rows() -> dict[str, str]:
     """README's preset table: study name -> what the row says it answers."""
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("| study | what it answers |"):].split("\n\n")[0]
+    table = text[text.index("| study | what it answers |") :].split("\n\n")[0]
     rows = {}
     for line in table.splitlines()[2:]:
         names, says = line.strip("|").split("|", 1)
@@ -196,8 +225,11 @@ def test_each_preset_is_what_the_table_says(name):
         assert b.model.name == "lenet5"
     if name.startswith("lenet_lr"):
         assert search["lr"].log and (spec.sampler.name, spec.pruner.name) == ("tpe", "median")
-    for param, values in (("momentum", [0.5, 0.9, 0.95, 0.99]), ("batch_size", [32, 64, 128, 256]),
-                          ("activation", ["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"])):
+    for param, values in (
+        ("momentum", [0.5, 0.9, 0.95, 0.99]),
+        ("batch_size", [32, 64, 128, 256]),
+        ("activation", ["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]),
+    ):
         if name.startswith(f"lenet_{param}"):
             assert list(search[param].choices) == values and spec.sampler.name == "grid"
     if name.startswith("cnn_schedule"):
@@ -205,7 +237,12 @@ def test_each_preset_is_what_the_table_says(name):
         assert {"lr", "momentum", "nesterov", "warmup_epochs"} <= set(search)
     if name == "cnn_schedule_cifar10":
         assert "45k/5k split, 200 epochs, decay at 50/100/150 by 0.2" in says
-        assert (b.data.val_fraction, b.train.epochs, b.train.milestones, b.train.gamma) == (0.1, 200, (50, 100, 150), 0.2)
+        assert (b.data.val_fraction, b.train.epochs, b.train.milestones, b.train.gamma) == (
+            0.1,
+            200,
+            (50, 100, 150),
+            0.2,
+        )
     if name == "resnet18_lr_cifar10":
         assert "lr 0.001 / 0.01 / 0.1, 50 epochs, batch 128" in says
         assert b.model.name == "resnet18" and list(search["lr"].choices) == [0.001, 0.01, 0.1]
@@ -213,15 +250,27 @@ def test_each_preset_is_what_the_table_says(name):
     if name == "resnet18_schedule_cifar10":
         assert "lr 0.1, batch 256, 200 epochs: cosine vs step, warmup, label smoothing" in says
         assert b.model.name == "resnet18" and (b.train.lr, b.train.batch_size, b.train.epochs) == (0.1, 256, 200)
-        assert set(search["schedule"].choices) == {"cosine", "step"} and {"warmup_epochs", "label_smoothing"} <= set(search)
+        assert set(search["schedule"].choices) == {"cosine", "step"} and {"warmup_epochs", "label_smoothing"} <= set(
+            search
+        )
     if name.startswith("joint"):
         assert "optimizer (SGD with momentum and Nesterov, Adam, AdamW" in says and "Hyperband" in says
         assert set(search["optimizer"].choices) == {"sgd", "adam", "adamw"} and spec.pruner.name == "hyperband"
-        assert {"name", "activation", "optimizer", "momentum", "nesterov", "batch_size", "warmup_epochs", "schedule"} <= set(search)
+        assert {
+            "name",
+            "activation",
+            "optimizer",
+            "momentum",
+            "nesterov",
+            "batch_size",
+            "warmup_epochs",
+            "schedule",
+        } <= set(search)
         assert {p.when for p in spec.search if p.name == "momentum"} == {(("train.optimizer", ("sgd",)),)}
 
 
 # ---------------------------------------------------------------- metric directions
+
 
 def test_resuming_with_other_metric_directions_is_refused_and_leaves_the_store(study_dir, tmp_path):
     write_study(study_dir, train=QUICK)
@@ -229,7 +278,12 @@ def test_resuming_with_other_metric_directions_is_refused_and_leaves_the_store(s
     db = tmp_path / "storage" / "hpo.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     write_study(study_dir, train=QUICK, objective='metrics = ["val_acc", "params"]')
-    with pytest.raises(HpoError, match=re.escape("study 'tiny' in the store optimises ['maximize'], the study file "
-                                                 "asks for ['maximize', 'minimize']; use another --storage")):
+    with pytest.raises(
+        HpoError,
+        match=re.escape(
+            "study 'tiny' in the store optimises ['maximize'], the study file "
+            "asks for ['maximize', 'minimize']; use another --storage"
+        ),
+    ):
         run.main(["--study", str(study_dir), "--trials", "1"])
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before

@@ -1,4 +1,5 @@
 """python -m hpo.report A B: one report across two small real studies (real training, real store)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -53,7 +54,14 @@ def test_comparison_report_lays_the_studies_side_by_side(two_studies):
 
 def test_comparison_inputs_are_checked_first(two_studies):
     proc = run("hpo.report", "studies/lenet", "studies/nope", "--no-png", cwd=two_studies)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: no study 'studies/nope'") and len(proc.stderr.splitlines()) == 1
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("error: no study 'studies/nope'")
+        and len(proc.stderr.splitlines()) == 1
+    )
     proc = run("hpo.report", "studies/lenet", "studies/cnn", "--study-name", "x", cwd=two_studies)
-    assert (proc.returncode, proc.stderr) == (2, "error: --study-name names one study; comparing takes each study's name from its folder\n")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "error: --study-name names one study; comparing takes each study's name from its folder\n",
+    )
     assert not (two_studies / "reports").exists()

@@ -1,4 +1,5 @@
 """hpo.config: study files parse into typed specs; every bad input is one clear HpoError."""
+
 from __future__ import annotations
 
 import tomllib
@@ -45,8 +46,19 @@ def test_parse_gives_typed_frozen_specs():
 
 
 def test_overrides_use_the_contract_spellings():
-    spec = parse(BASE, ["train.epochs=5", "train.lr=0.2", "train.batch_size=64", "data.dataset=cifar10",
-                        "data.train_size=1000", "model.name=simple_cnn", "sampler.name=random", "pruner.name=none"])
+    spec = parse(
+        BASE,
+        [
+            "train.epochs=5",
+            "train.lr=0.2",
+            "train.batch_size=64",
+            "data.dataset=cifar10",
+            "data.train_size=1000",
+            "model.name=simple_cnn",
+            "sampler.name=random",
+            "pruner.name=none",
+        ],
+    )
     b = spec.base
     assert (b.train.epochs, b.train.lr, b.train.batch_size) == (5, 0.2, 64)
     assert (b.data.dataset, b.data.train_size, b.model.name) == ("cifar10", 1000, "simple_cnn")
@@ -60,7 +72,9 @@ def test_override_values_are_toml_and_bare_words_are_strings():
 
 
 def test_sampler_and_pruner_options_pass_through():
-    spec = parse(BASE + '[sampler]\nname = "tpe"\nn_startup_trials = 4\n[pruner]\nname = "median"\nn_warmup_steps = 1\n')
+    spec = parse(
+        BASE + '[sampler]\nname = "tpe"\nn_startup_trials = 4\n[pruner]\nname = "median"\nn_warmup_steps = 1\n'
+    )
     assert spec.sampler.options == {"n_startup_trials": 4}
     assert spec.pruner.options == {"n_warmup_steps": 1}
 
@@ -75,7 +89,9 @@ def test_overriding_a_sampler_or_pruner_name_drops_the_old_ones_options():
 
 
 def test_dotted_search_keys_and_int_ranges():
-    spec = parse(BASE + '"model.name" = { choices = ["lenet5", "simple_cnn"] }\nwarmup_epochs = { low = 0, high = 2 }\n')
+    spec = parse(
+        BASE + '"model.name" = { choices = ["lenet5", "simple_cnn"] }\nwarmup_epochs = { low = 0, high = 2 }\n'
+    )
     keys = {p.key: p for p in spec.search}
     assert keys["model.name"].choices == ("lenet5", "simple_cnn")
     assert keys["train.warmup_epochs"].is_int and keys["train.warmup_epochs"].high == 2
@@ -88,29 +104,36 @@ def test_with_values_replaces_only_what_it_names():
     assert changed.train.epochs == spec.base.train.epochs and spec.base.train.lr == 0.01
 
 
-@pytest.mark.parametrize("text, overrides, message", [
-    ("[train]\nlr = 0.1\nepoch = 3\n", [], "unknown key train.epoch (did you mean 'epochs'?)"),
-    ("[trian]\nlr = 0.1\n", [], "unknown key 'trian'"),
-    ("[search]\nlr = { low = 1.0, high = 0.1 }\n", [], "low (1.0) is greater than high (0.1)"),
-    ("[search]\nlr = { low = 0.0, high = 0.1, log = true }\n", [], "log scale needs low > 0"),
-    ("[search]\nbatch_size = { choices = [] }\n", [], "choices must be a non-empty list"),
-    ("[search]\nlearning_rate = { low = 0.1, high = 1.0 }\n", [], "unknown search parameter search.learning_rate"),
-    ("[search]\nactivation = { low = 1, high = 2 }\n", [], "give it choices"),
-    ("[search]\nactivation = { choices = [\"relu\", \"relux\"] }\n", [], "unknown model.activation 'relux'"),
-    ("[search]\nlr = { low = 0.1 }\n", [], "needs both low and high"),
-    ("[train]\nlr = \"fast\"\n", [], "train.lr must be float"),
-    ("[train]\nepochs = 2.5\n", [], "train.epochs must be int"),
-    ("", ["train.lr=-1"], "train.lr must be > 0, got -1"),
-    ("", ["train.batch_size=0"], "train.batch_size must be >= 1"),
-    ("", ["train.momentum=1.0"], "train.momentum must be in [0, 1)"),
-    ("", ["model.name=lenet6"], "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn"),
-    ("", ["train.optimizer=sgdd"], "unknown train.optimizer 'sgdd'"),
-    ("", ["train.schedule=linear"], "choose one of: constant, cosine, step"),
-    ("", ["data.dataset=mnist"], "unknown data.dataset 'mnist'"),
-    ("", ["train.nesterov=true", "train.optimizer=adam"], "train.nesterov needs optimizer"),
-    ("", ["objective.metrics=['test_acc']"], "unknown objective metric 'test_acc'"),
-    ("", ["train.lr"], "write SECTION.KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("[train]\nlr = 0.1\nepoch = 3\n", [], "unknown key train.epoch (did you mean 'epochs'?)"),
+        ("[trian]\nlr = 0.1\n", [], "unknown key 'trian'"),
+        ("[search]\nlr = { low = 1.0, high = 0.1 }\n", [], "low (1.0) is greater than high (0.1)"),
+        ("[search]\nlr = { low = 0.0, high = 0.1, log = true }\n", [], "log scale needs low > 0"),
+        ("[search]\nbatch_size = { choices = [] }\n", [], "choices must be a non-empty list"),
+        ("[search]\nlearning_rate = { low = 0.1, high = 1.0 }\n", [], "unknown search parameter search.learning_rate"),
+        ("[search]\nactivation = { low = 1, high = 2 }\n", [], "give it choices"),
+        ('[search]\nactivation = { choices = ["relu", "relux"] }\n', [], "unknown model.activation 'relux'"),
+        ("[search]\nlr = { low = 0.1 }\n", [], "needs both low and high"),
+        ('[train]\nlr = "fast"\n', [], "train.lr must be float"),
+        ("[train]\nepochs = 2.5\n", [], "train.epochs must be int"),
+        ("", ["train.lr=-1"], "train.lr must be > 0, got -1"),
+        ("", ["train.batch_size=0"], "train.batch_size must be >= 1"),
+        ("", ["train.momentum=1.0"], "train.momentum must be in [0, 1)"),
+        (
+            "",
+            ["model.name=lenet6"],
+            "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn",
+        ),
+        ("", ["train.optimizer=sgdd"], "unknown train.optimizer 'sgdd'"),
+        ("", ["train.schedule=linear"], "choose one of: constant, cosine, step"),
+        ("", ["data.dataset=mnist"], "unknown data.dataset 'mnist'"),
+        ("", ["train.nesterov=true", "train.optimizer=adam"], "train.nesterov needs optimizer"),
+        ("", ["objective.metrics=['test_acc']"], "unknown objective metric 'test_acc'"),
+        ("", ["train.lr"], "write SECTION.KEY=VALUE"),
+    ],
+)
 def test_bad_input_is_one_clear_line(text, overrides, message):
     with pytest.raises(HpoError) as error:
         parse(text, overrides)

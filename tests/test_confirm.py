@@ -2,6 +2,7 @@
 
 A real tiny study (Fashion-MNIST subset, one epoch) searched, then confirmed, through real subprocesses.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -21,7 +22,9 @@ STORE = "storage/hpo.db"
 
 
 def hpo_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def load(cwd: Path) -> optuna.Study:
@@ -43,7 +46,7 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tiny: 6 trials added" in proc.stdout
     trials = load(searched).get_trials()
-    added = trials[len(before):]
+    added = trials[len(before) :]
     assert len(added) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in added)
     by_source = {s.number: [t for t in added if t.user_attrs[confirm.CONFIRMS] == s.number] for s in sources}
     assert {n: len(ts) for n, ts in by_source.items()} == {s.number: 2 for s in sources}
@@ -74,10 +77,13 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     assert len(seeds) == len(trials) + 3 and len(set(seeds)) == len(seeds)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--confirm", "0"], "error: --confirm must be >= 1 seeds per configuration, got 0\n"),
-    (["--confirm", "2", "--workers", "2"], "error: --confirm runs in one process: leave out --workers\n"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--confirm", "0"], "error: --confirm must be >= 1 seeds per configuration, got 0\n"),
+        (["--confirm", "2", "--workers", "2"], "error: --confirm runs in one process: leave out --workers\n"),
+    ],
+)
 def test_bad_confirm_is_one_line_and_leaves_no_store(study_dir, tmp_path, args, message):
     proc = hpo_run("--study", "tiny", *args, cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, message)
@@ -86,5 +92,8 @@ def test_bad_confirm_is_one_line_and_leaves_no_store(study_dir, tmp_path, args, 
 
 def test_confirm_before_any_search_is_one_line(study_dir, tmp_path):
     proc = hpo_run("--study", "tiny", "--confirm", "2", cwd=tmp_path)
-    assert (proc.returncode, proc.stderr) == (2, "error: --confirm: no study 'tiny' in the store yet; run the search first\n")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "error: --confirm: no study 'tiny' in the store yet; run the search first\n",
+    )
     assert not (tmp_path / STORE).exists()  # refused before any store was created

@@ -1,6 +1,7 @@
 """What runs only on a GPU: bf16 autocast, channels_last, deterministic mode, pinned copies, the
 divergence check (every 25 steps there), and the workers' GPU round-robin. Marked ``cuda``: they skip
 without a CUDA device, and bench/gpu.sh runs them where there is one (``pytest -m cuda``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,9 @@ def cuda_data(empty_data_dir, fashion_subset):
 
 def _config(spec, **train) -> TrainConfig:
     train = {"epochs": 1, "lr": 0.05, "device": "cuda", **train}
-    return TrainConfig(data=dataclasses.replace(spec, augment=False), model=ModelSpec("lenet5"), train=TrainSpec(**train), seed=0)
+    return TrainConfig(
+        data=dataclasses.replace(spec, augment=False), model=ModelSpec("lenet5"), train=TrainSpec(**train), seed=0
+    )
 
 
 class Seen:
@@ -43,8 +46,11 @@ class Seen:
                 self.dtypes.add(output.dtype)
                 x = inputs[0]
                 if x.shape[1] > 1:  # one channel is laid out the same either way
-                    self.formats.add("channels_last" if x.is_contiguous(memory_format=torch.channels_last)
-                                     and not x.is_contiguous() else "contiguous")
+                    self.formats.add(
+                        "channels_last"
+                        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                        else "contiguous"
+                    )
 
         self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
         return self
@@ -100,7 +106,9 @@ def test_a_diverging_run_is_caught_on_the_gpu(cuda_data):
 def test_workers_go_round_robin_over_the_gpus(study_dir, tmp_path):
     from processes import hpo
 
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1\ndevice = \"auto\"", pruner='name = "none"')
+    write_study(
+        study_dir, train='epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1\ndevice = "auto"', pruner='name = "none"'
+    )
     n = torch.cuda.device_count()
     assert workers.devices(config.load(study_dir)) == [f"cuda:{i}" for i in range(n)]
     code, out, err = hpo("--study", "tiny", "--trials", "4", "--workers", "4", cwd=tmp_path)

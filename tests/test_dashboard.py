@@ -1,5 +1,6 @@
 """hpo.dashboard as a user meets it: a real subprocess serving a real SQLite store and artifact
 folder, read through optuna-dashboard's JSON API and rendered by a real headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -30,23 +31,30 @@ def _build_store(root: Path) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     (root / "storage").mkdir()
     (root / "models").mkdir()
-    study = optuna.create_study(study_name=STUDY, storage=f"sqlite:///{root / 'storage' / 'hpo.db'}",
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name=STUDY, storage=f"sqlite:///{root / 'storage' / 'hpo.db'}", direction="maximize"
+    )
     study.set_user_attr("metrics", ["val_acc"])
     space = {"lr": FloatDistribution(1e-4, 1.0, log=True), "momentum": FloatDistribution(0.0, 0.99)}
     for i in range(4):
-        study.add_trial(optuna.create_trial(
-            params={"lr": 10 ** (-3 + i / 2), "momentum": 0.5 + i / 10}, distributions=space,
-            value=80.0 + i, intermediate_values={1: 50.0 + i, 2: 70.0 + i, 3: 80.0 + i},
-            user_attrs={"status": "ok", "epochs_run": 3}))
+        study.add_trial(
+            optuna.create_trial(
+                params={"lr": 10 ** (-3 + i / 2), "momentum": 0.5 + i / 10},
+                distributions=space,
+                value=80.0 + i,
+                intermediate_values={1: 50.0 + i, 2: 70.0 + i, 3: 80.0 + i},
+                user_attrs={"status": "ok", "epochs_run": 3},
+            )
+        )
     study.enqueue_trial({"lr": 0.05, "momentum": 0.9})
     trial = study.ask(space)
     for epoch in (1, 2, 3):
         trial.report(60.0 + epoch, epoch)
     weights = root / "weights.pt"
     weights.write_bytes(WEIGHTS)
-    artifact_id = upload_artifact(artifact_store=FileSystemArtifactStore(root / "models"),
-                                  file_path=str(weights), study_or_trial=trial)
+    artifact_id = upload_artifact(
+        artifact_store=FileSystemArtifactStore(root / "models"), file_path=str(weights), study_or_trial=trial
+    )
     trial.set_user_attr("status", "ok")
     trial.set_user_attr("weights_artifact_id", artifact_id)
     study.tell(trial, 90.0)
@@ -61,8 +69,9 @@ def _free_port() -> int:
 
 def _dashboard(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "hpo.dashboard", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.dashboard", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @contextmanager
@@ -76,8 +85,13 @@ def _serving(*args: str, cwd: Path):
         port = _free_port()
         log = cwd / f"dashboard-{port}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "hpo.dashboard", *args, "--port", str(port)],
-                                    cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpo.dashboard", *args, "--port", str(port)],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -133,8 +147,9 @@ def store(tmp_path_factory):
 def served(store):
     """The dashboard over the test store, with every option but --host given, as the brief's user runs it."""
     root, study_id = store
-    with _serving("--storage", f"sqlite:///{root / 'storage' / 'hpo.db'}",
-                  "--artifact-dir", str(root / "models"), cwd=root) as (_, log, port):
+    with _serving(
+        "--storage", f"sqlite:///{root / 'storage' / 'hpo.db'}", "--artifact-dir", str(root / "models"), cwd=root
+    ) as (_, log, port):
         yield root, study_id, port, log
 
 
@@ -149,9 +164,21 @@ def chromium():
 def _browse(chromium: str, url: str, profile: Path, *extra: str) -> str:
     """Load ``url`` in headless Chromium, letting the page run 15 s of virtual time (its API calls
     and rendering) first; returns what Chromium printed on stdout."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={profile}", "--virtual-time-budget=15000", *extra, url]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        *extra,
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
     return done.stdout
@@ -210,8 +237,7 @@ def test_browser_renders_the_study_list_and_pages(served, chromium, tmp_path):
     for number in range(5):  # the intermediate-values chart's legend: one curve per trial
         assert f"trial #{number}" in study, f"trial {number} missing from the study page: {study[:1500]}"
 
-    trials = _text(_browse(chromium, f"{base}/studies/{study_id}/trials?numbers=4", tmp_path / "profile",
-                           "--dump-dom"))
+    trials = _text(_browse(chromium, f"{base}/studies/{study_id}/trials?numbers=4", tmp_path / "profile", "--dump-dom"))
     for number in range(5):
         assert f"Trial {number}" in trials, f"trial {number} missing from the trial list: {trials[:800]}"
     # The selected trial's detail: its parameters and the weights it uploaded.
@@ -219,8 +245,14 @@ def test_browser_renders_the_study_list_and_pages(served, chromium, tmp_path):
     assert "Artifacts weights.pt" in trials
 
     shot = tmp_path / "study.png"
-    _browse(chromium, f"{base}/studies/{study_id}", tmp_path / "profile", "--window-size=1400,1000",
-            f"--screenshot={shot}", "--hide-scrollbars")
+    _browse(
+        chromium,
+        f"{base}/studies/{study_id}",
+        tmp_path / "profile",
+        "--window-size=1400,1000",
+        f"--screenshot={shot}",
+        "--hide-scrollbars",
+    )
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert int.from_bytes(png[16:20], "big") == 1400 and int.from_bytes(png[20:24], "big") == 1000
@@ -252,8 +284,13 @@ def test_open_to_all_warns_and_defaults_find_the_store(store, tmp_path):
 
 def test_missing_artifact_folder_runs_without_artifacts(store, tmp_path):
     root, _ = store
-    with _serving("--storage", f"sqlite:///{root / 'storage' / 'hpo.db'}",
-                  "--artifact-dir", str(tmp_path / "nowhere"), cwd=tmp_path) as (_, log, port):
+    with _serving(
+        "--storage",
+        f"sqlite:///{root / 'storage' / 'hpo.db'}",
+        "--artifact-dir",
+        str(tmp_path / "nowhere"),
+        cwd=tmp_path,
+    ) as (_, log, port):
         assert json.loads(_get(port, "/api/meta"))["artifact_is_available"] is False
         assert json.loads(_get(port, "/api/studies"))["study_summaries"][0]["study_name"] == STUDY
         assert f"no artifact folder at {tmp_path / 'nowhere'}" in log.read_text()
@@ -280,11 +317,14 @@ def test_missing_store_is_one_line_and_not_created(tmp_path):
     assert str(elsewhere) in line and not elsewhere.exists()
 
 
-@pytest.mark.parametrize("url, says", [
-    ("not-a-url", "malformed storage URL"),
-    ("sqlite://storage/hpo.db", "malformed SQLite URL"),
-    ("postgresql://user:hunter2@127.0.0.1:1/hpo", "cannot read the store postgresql://user:***@"),
-])
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("not-a-url", "malformed storage URL"),
+        ("sqlite://storage/hpo.db", "malformed SQLite URL"),
+        ("postgresql://user:hunter2@127.0.0.1:1/hpo", "cannot read the store postgresql://user:***@"),
+    ],
+)
 def test_bad_storage_url_is_one_line(tmp_path, url, says):
     line = _one_error_line(_dashboard("--storage", url, cwd=tmp_path))
     assert says in line and "hunter2" not in line
@@ -305,6 +345,10 @@ def test_every_option_states_its_default():
     done = _dashboard("--help", cwd=ROOT)
     assert done.returncode == 0
     help_text = " ".join(done.stdout.split())
-    for default in ("(default: sqlite:///storage/hpo.db)", "(default: models)", "(default: 127.0.0.1)",
-                    "(default: 8080)"):
+    for default in (
+        "(default: sqlite:///storage/hpo.db)",
+        "(default: models)",
+        "(default: 127.0.0.1)",
+        "(default: 8080)",
+    ):
         assert default in help_text

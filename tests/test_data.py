@@ -1,4 +1,5 @@
 """hpo.training.data and hpo.training.datasets: real Fashion-MNIST from the system copy, generated CIFAR-10 files."""
+
 from __future__ import annotations
 
 import pickle
@@ -89,7 +90,9 @@ def _tiny_fashion(folder: Path, write, n: int = 7, gz: bool = True) -> None:
         write(folder / f"{part}-labels-idx1-ubyte{suffix}", np.arange(count) % 10)
 
 
-@pytest.mark.parametrize("layout, gz", [("FashionMNIST/raw", False), ("FashionMNIST/raw", True), ("fashion-mnist", True)])
+@pytest.mark.parametrize(
+    "layout, gz", [("FashionMNIST/raw", False), ("FashionMNIST/raw", True), ("fashion-mnist", True)]
+)
 def test_fashion_mnist_data_folder_comes_first(tmp_path, idx_writer, layout, gz):
     _tiny_fashion(tmp_path / layout, idx_writer, gz=gz)
     (train_x, train_y), (test_x, test_y) = read_fashion_mnist(tmp_path)
@@ -153,7 +156,9 @@ def test_fashion_mnist_missing_everywhere(tmp_path):
         read_fashion_mnist(root, system=tmp_path / "no-system", source=offline)
     message = str(error.value)
     assert "\n" not in message
-    assert str(root / "fashion-mnist") in message and "HPO_DATA_DIR" in message and "train-images-idx3-ubyte.gz" in message
+    assert (
+        str(root / "fashion-mnist") in message and "HPO_DATA_DIR" in message and "train-images-idx3-ubyte.gz" in message
+    )
 
 
 # ---------------------------------------------------------------- load: seeded splits
@@ -246,7 +251,9 @@ def test_batches_shuffle_is_a_seeded_permutation():
 
 def test_augmented_batches_are_deterministic():
     split = _synthetic(CIFAR, 40)
-    run = lambda seed: [x for x, _ in data.batches(split, 16, CIFAR, generator=torch.Generator().manual_seed(seed), augment=True)]
+    run = lambda seed: [
+        x for x, _ in data.batches(split, 16, CIFAR, generator=torch.Generator().manual_seed(seed), augment=True)
+    ]
     assert all(torch.equal(a, b) for a, b in zip(run(7), run(7)))
     assert not all(torch.equal(a, b) for a, b in zip(run(7), run(8)))
 
@@ -305,8 +312,8 @@ def test_augment_needs_a_generator():
 
 def test_channels_last():
     split = _synthetic(CIFAR, 8)
-    (x, _), = data.batches(split, 8, CIFAR, channels_last=True)
-    (plain, _), = data.batches(split, 8, CIFAR)
+    ((x, _),) = data.batches(split, 8, CIFAR, channels_last=True)
+    ((plain, _),) = data.batches(split, 8, CIFAR)
     assert x.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, plain)
 
 
@@ -376,5 +383,10 @@ def test_cifar10_missing(tmp_path, cifar_files):
         read_cifar10(root, source=source)
     message = str(error.value)
     assert "\n" not in message
-    for part in (str(root), "cifar-10-python.tar.gz", "HPO_DATA_DIR", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"):
+    for part in (
+        str(root),
+        "cifar-10-python.tar.gz",
+        "HPO_DATA_DIR",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ):
         assert part in message

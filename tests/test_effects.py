@@ -1,4 +1,5 @@
 """hpo.analysis.effects: intervals, the permutation test, small groups and partial dependence on known data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,12 +48,16 @@ def test_a_group_under_three_trials_is_shown_but_never_a_finding():
 
 def test_too_few_trials_says_so():
     space = {"lr": FloatDistribution(1e-4, 1, log=True)}
-    eff = effects.analyse([{"lr": 10 ** -i} for i in range(1, 6)], [80, 85, 70, 60, 50], space, True, pct, "val acc")["lr"]
+    eff = effects.analyse([{"lr": 10**-i} for i in range(1, 6)], [80, 85, 70, 60, 50], space, True, pct, "val acc")[
+        "lr"
+    ]
     assert eff.claim == "too few trials (5) to tell an effect from noise" and eff.p_value is None
 
 
 def test_log_bins_are_log_spaced():
-    kind, index, groups = effects.bins(FloatDistribution(1e-4, 1, log=True), [10 ** (-4 + 4 * i / 29) for i in range(30)])
+    kind, index, groups = effects.bins(
+        FloatDistribution(1e-4, 1, log=True), [10 ** (-4 + 4 * i / 29) for i in range(30)]
+    )
     assert kind == "range" and len(groups) == 5
     widths = [np.log10(g["high"] / g["low"]) for g in groups]
     assert np.allclose(widths, 0.8) and sorted(set(index)) == [0, 1, 2, 3, 4]

@@ -2,6 +2,7 @@
 
 Each study's truth is known: the findings must state the true effects and no false ones.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,7 +44,9 @@ def test_cliff_study_states_the_truth(computed):
     # lr is ranked first where every state still counts, by both evaluators
     assert ev.rung is not None and not ev.rung.final and ev.rung.epoch == 2
     assert all(next(iter(v)) == "lr" for v in ev.rung_importance.values())
-    assert any(x.startswith("At epoch 2, where 63 trials of all states can be compared, lr matters most") for x in f.headline)
+    assert any(
+        x.startswith("At epoch 2, where 63 trials of all states can be compared, lr matters most") for x in f.headline
+    )
     # its best range holds the optimum, at the rung and at the final epoch
     lr = line(f, "lr:")
     for lo, hi in re.findall(r"best between ([\d.]+) and ([\d.]+)", lr):
@@ -52,7 +55,9 @@ def test_cliff_study_states_the_truth(computed):
     assert ev.at_rung["lr"].clear and ev.at_final["lr"].clear
     # the momentum cliff is located with its counts
     high = [t for t in trials if t.params["momentum"] >= truth.CLIFF_MOMENTUM]
-    low_stopped = [t for t in trials if t.params["momentum"] < truth.CLIFF_MOMENTUM and t.state != optuna.trial.TrialState.COMPLETE]
+    low_stopped = [
+        t for t in trials if t.params["momentum"] < truth.CLIFF_MOMENTUM and t.state != optuna.trial.TrialState.COMPLETE
+    ]
     momentum = line(f, "momentum:")
     n = len(high)
     assert f"momentum ≥ 0.9: {n} of {n} trials stopped by epoch 2 ({n} diverged)" in momentum
@@ -67,8 +72,10 @@ def test_cliff_study_states_the_truth(computed):
 def test_an_irrelevant_parameter_is_no_clear_effect_however_its_means_fall(computed):
     study, f = computed("lucky_batch")
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
-    means = {b: sum(t.value for t in done if t.params["batch_size"] == b) / sum(t.params["batch_size"] == b for t in done)
-             for b in truth.BATCHES}
+    means = {
+        b: sum(t.value for t in done if t.params["batch_size"] == b) / sum(t.params["batch_size"] == b for t in done)
+        for b in truth.BATCHES
+    }
     assert max(means.values()) - min(means.values()) > 5  # the sampled means do differ
     eff = f.evidence.at_final["batch_size"]
     assert {b.value: round(b.mean, 6) for b in eff.bands} == {b: round(m, 6) for b, m in means.items()}
@@ -101,8 +108,15 @@ def test_group_numbers_match_the_trials(computed):
     study, f = computed("cliff")
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
     for b in f.evidence.at_final["lr"].bands:
-        vals = [t.value for t in done if b.low <= t.params["lr"] < b.high or (b is f.evidence.at_final["lr"].bands[-1] and t.params["lr"] == b.high)]
+        vals = [
+            t.value
+            for t in done
+            if b.low <= t.params["lr"] < b.high
+            or (b is f.evidence.at_final["lr"].bands[-1] and t.params["lr"] == b.high)
+        ]
         assert b.n == len(vals) and math.isclose(b.mean, sum(vals) / len(vals))
         assert b.lo <= b.mean <= b.hi
     rung = f.evidence.rungs
-    assert [r.trials for r in rung] == [sum(e in t.intermediate_values for t in study.get_trials()) for e in range(1, 7)]
+    assert [r.trials for r in rung] == [
+        sum(e in t.intermediate_values for t in study.get_trials()) for e in range(1, 7)
+    ]

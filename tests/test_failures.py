@@ -1,5 +1,6 @@
 """Three failed trials in a row stop a run (a setup problem, not bad luck): in one process and in
 each worker under hpo.workers. A failure between successes does not count towards it."""
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ from processes import hpo
 from hpo.run import MAX_FAILS_IN_A_ROW, FailureGuard
 
 # Every trial asks for more training images than Fashion-MNIST has: each fails as its data loads.
-ALWAYS_FAILS = 'train_size = { choices = [1000000000] }\nlr = { low = 0.01, high = 0.1 }'
+ALWAYS_FAILS = "train_size = { choices = [1000000000] }\nlr = { low = 0.01, high = 0.1 }"
 REASON = "failed: HpoError: data.train_size"
 
 
@@ -53,8 +54,9 @@ def test_each_worker_stops_after_three_failures_in_a_row(study_dir, tmp_path):
     code, out, err = hpo("--study", "tiny", "--trials", "10", "--workers", "2", cwd=tmp_path)
     assert code == 2, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: 2 worker(s) stopped early (worker 0: error: stopped after 3 failed trials in a row; "
-                           f"last: {REASON}"), last
+    assert last.startswith(
+        f"error: 2 worker(s) stopped early (worker 0: error: stopped after 3 failed trials in a row; last: {REASON}"
+    ), last
     assert "worker 1: error: stopped after 3 failed trials in a row" in last
     assert "the study got 6 of the 10 trials" in last
     assert re.search(r"resume with: python -m hpo.run --study tiny --trials 4 --workers 2$", last)

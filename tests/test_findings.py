@@ -1,4 +1,5 @@
 """hpo.analysis.findings: the report's numbers, checked against what the trials say directly."""
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,9 @@ def test_pruning_savings_and_problems(full):
     assert (p.saved, p.saved_pct) == (30, 15.0)
     assert (p.pruned, p.pruned_saved, p.stopped, p.stopped_saved) == (2, 15, 2, 15)
     assert [(r.number, r.state, r.reason) for r in f.problems] == [
-        (13, "PRUNED", REPORT_DIVERGED_REASON), (17, "FAIL", REPORT_FAIL_REASON)]
+        (13, "PRUNED", REPORT_DIVERGED_REASON),
+        (17, "FAIL", REPORT_FAIL_REASON),
+    ]
 
 
 def test_reproducibility(full):
@@ -160,7 +163,9 @@ def test_too_few_trials_for_importance():
 
 def test_few_integer_values_get_one_row_each():
     dist = IntDistribution(1, 8)
-    trials = [optuna.create_trial(value=float(v), params={"layers": v}, distributions={"layers": dist}) for v in (1, 2, 2, 8)]
+    trials = [
+        optuna.create_trial(value=float(v), params={"layers": v}, distributions={"layers": dist}) for v in (1, 2, 2, 8)
+    ]
     kind, rows = findings.groups("layers", dist, trials, optuna.study.StudyDirection.MAXIMIZE)
     assert kind == "value" and [(g.value, g.trials) for g in rows] == [(1, 1), (2, 2), (8, 1)]
 

@@ -1,6 +1,7 @@
 """A finished trial is never thrown away: weights that cannot be kept are a warning on the trial,
 not a failed trial; --keep none never touches models/. A real SQLite study, a tiny real
 Fashion-MNIST trial, a real artifact store whose folder goes away under it."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ from hpo.search.study import create_or_resume
 QUICK = ["data.train_size=300", "train.epochs=1"]
 
 
-def test_weights_that_cannot_be_saved_leave_the_trial_complete_with_a_warning(study_dir, tmp_path, empty_data_dir,
-                                                                              caplog, restore_threads):
+def test_weights_that_cannot_be_saved_leave_the_trial_complete_with_a_warning(
+    study_dir, tmp_path, empty_data_dir, caplog, restore_threads
+):
     spec = config.load("tiny", QUICK)
     artifacts = artifact_store(tmp_path / "models")
     shutil.rmtree(tmp_path / "models")
@@ -38,16 +40,28 @@ def test_weights_that_cannot_be_saved_leave_the_trial_complete_with_a_warning(st
 def test_keep_none_keeps_no_file_in_models(study_dir, tmp_path):
     from hpo import run
 
-    assert run.main(["--study", "tiny", "--trials", "1", "--keep", "none", "--quiet", *(x for s in QUICK for x in ("--set", s))]) == 0
+    assert (
+        run.main(
+            ["--study", "tiny", "--trials", "1", "--keep", "none", "--quiet", *(x for s in QUICK for x in ("--set", s))]
+        )
+        == 0
+    )
     # no weights; the running trial's epoch checkpoint (models/checkpoints/) is gone once it ended
     assert not [p for p in (tmp_path / "models").rglob("*") if p.is_file()]
 
 
 def test_an_artifact_folder_that_cannot_be_made_is_one_line_before_the_store(study_dir, tmp_path):
     (tmp_path / "models").write_text("a file where the folder should be")
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == ("error: cannot create the artifact folder models for the weights: File exists; "
-                                   "run where it can be created, or pass --keep none")
+    assert proc.stderr.strip() == (
+        "error: cannot create the artifact folder models for the weights: File exists; "
+        "run where it can be created, or pass --keep none"
+    )
     assert not (tmp_path / "storage" / "hpo.db").exists()

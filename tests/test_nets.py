@@ -1,4 +1,5 @@
 """hpo.training.nets: every registered net over every dataset's image shape, and every activation."""
+
 from __future__ import annotations
 
 import pytest
@@ -151,7 +152,9 @@ def _validated(**model):
 
 def test_unknown_activation_lists_the_known_ones():
     known = ", ".join(sorted(nets.ACTIVATIONS))
-    with pytest.raises(HpoError, match=f"unknown model.activation 'relux' \\(did you mean 'relu'\\?\\); choose one of: {known}$"):
+    with pytest.raises(
+        HpoError, match=f"unknown model.activation 'relux' \\(did you mean 'relu'\\?\\); choose one of: {known}$"
+    ):
         _validated(activation="relux")
     with pytest.raises(HpoError, match="unknown model.activation 'swish'"):
         _validated(name="lenet5", activation="swish")
@@ -161,7 +164,9 @@ def test_unknown_net_lists_the_known_ones():
     with pytest.raises(HpoError) as info:
         _validated(name="lenet6")
     message = str(info.value)
-    assert message == "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn"
+    assert (
+        message == "unknown model.name 'lenet6' (did you mean 'lenet5'?); choose one of: lenet5, resnet18, simple_cnn"
+    )
     assert "\n" not in message and all(name in message for name in nets.NETS)
 
 
@@ -218,7 +223,13 @@ def test_simple_cnn_table(dataset):
 def test_resnet18_cifar_stem():
     model = nets.build("resnet18", 3, 32, 10)
     stem = model.conv1
-    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding) == (3, 64, (3, 3), (1, 1), (1, 1))
+    assert (stem.in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding) == (
+        3,
+        64,
+        (3, 3),
+        (1, 1),
+        (1, 1),
+    )
     assert stem.bias is None
     assert isinstance(model.maxpool, nn.Identity)
     seen = {}
@@ -226,6 +237,7 @@ def test_resnet18_cifar_stem():
     def record(name):
         def hook(module, args, out=None):  # returns None: the hook only looks
             seen[name] = (args[0] if out is None else out).shape
+
         return hook
 
     model.layer1.register_forward_pre_hook(record("layer1"))

@@ -1,6 +1,7 @@
 """Where each worker runs and what it proposes: the worker index (--worker-index, $SLURM_ARRAY_TASK_ID,
 $JOB_COMPLETION_INDEX; machine m x K + i under --workers K), --workers auto, the cores // K thread
 split and the GPU round-robin. Broken, array tasks would silently propose the same parameters."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,18 @@ def no_index_env(monkeypatch):
     return monkeypatch
 
 
-@pytest.mark.parametrize("arg, env, expected", [
-    (None, {}, 0),
-    (None, {"SLURM_ARRAY_TASK_ID": "5"}, 5),
-    (None, {"JOB_COMPLETION_INDEX": "6"}, 6),
-    (None, {"SLURM_ARRAY_TASK_ID": "5", "JOB_COMPLETION_INDEX": "6"}, 5),  # Slurm first
-    (None, {"SLURM_ARRAY_TASK_ID": " ", "JOB_COMPLETION_INDEX": "6"}, 6),  # blank is unset
-    (2, {"SLURM_ARRAY_TASK_ID": "5", "JOB_COMPLETION_INDEX": "6"}, 2),  # the option wins
-    (0, {"SLURM_ARRAY_TASK_ID": "5"}, 0),
-])
+@pytest.mark.parametrize(
+    "arg, env, expected",
+    [
+        (None, {}, 0),
+        (None, {"SLURM_ARRAY_TASK_ID": "5"}, 5),
+        (None, {"JOB_COMPLETION_INDEX": "6"}, 6),
+        (None, {"SLURM_ARRAY_TASK_ID": "5", "JOB_COMPLETION_INDEX": "6"}, 5),  # Slurm first
+        (None, {"SLURM_ARRAY_TASK_ID": " ", "JOB_COMPLETION_INDEX": "6"}, 6),  # blank is unset
+        (2, {"SLURM_ARRAY_TASK_ID": "5", "JOB_COMPLETION_INDEX": "6"}, 2),  # the option wins
+        (0, {"SLURM_ARRAY_TASK_ID": "5"}, 0),
+    ],
+)
 def test_worker_index_comes_from_the_option_then_slurm_then_kubernetes(arg, env, expected, no_index_env):
     for name, value in env.items():
         no_index_env.setenv(name, value)
@@ -72,16 +76,26 @@ def test_workers_of_machine_m_get_index_m_times_k_plus_i_and_a_share_of_the_core
     # threads unset (0: all cores), so the supervisor splits them; long trials keep the workers alive
     write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05", pruner='name = "none"')
     share = max(1, cpu_count() // 2)
-    watched = Watched("--study", "tiny", "--trials", "4", "--workers", "2", cwd=tmp_path,
-                      env={"SLURM_ARRAY_TASK_ID": "3", "JOB_COMPLETION_INDEX": ""})  # machine 3 of an array
+    watched = Watched(
+        "--study",
+        "tiny",
+        "--trials",
+        "4",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        env={"SLURM_ARRAY_TASK_ID": "3", "JOB_COMPLETION_INDEX": ""},
+    )  # machine 3 of an array
     try:
         started = [watched.wait_line(rf"^\[worker {i}\] pid (\d+): (.*)$") for i in (0, 1)]
         pids = [int(m.group(1)) for m in started]
         for i in (0, 1):  # each worker is up (its command line is readable once it says something)
             watched.wait_line(rf"^\[worker {i}\] study 'tiny' in ")
         argv = [Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") for pid in pids]
-        environ = [dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
-                   for pid in pids]
+        environ = [
+            dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in kv)
+            for pid in pids
+        ]
     finally:
         watched.proc.send_signal(signal.SIGTERM)
         watched.finish(120)
@@ -94,37 +108,59 @@ def test_workers_of_machine_m_get_index_m_times_k_plus_i_and_a_share_of_the_core
 
 def test_a_thread_count_the_study_sets_is_kept(study_dir, tmp_path):
     spec = config.load(study_dir)  # the tiny study sets threads = 1
-    args = run.parser().parse_args(["--study", str(study_dir), "--workers", "2", "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+    args = run.parser().parse_args(
+        ["--study", str(study_dir), "--workers", "2", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
+    )
     sup = workers.Supervisor(args, spec, 4, 2, None, [])
     assert not any(w.startswith("train.threads=") for w in sup.command(0, 2))
 
 
 def test_gpus_are_dealt_round_robin(study_dir, tmp_path, no_index_env):
     spec = config.load(study_dir)
-    args = run.parser().parse_args(["--study", str(study_dir), "--workers", "4", "--worker-index", "1",
-                                    "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+    args = run.parser().parse_args(
+        [
+            "--study",
+            str(study_dir),
+            "--workers",
+            "4",
+            "--worker-index",
+            "1",
+            "--storage",
+            f"sqlite:///{tmp_path / 'x.db'}",
+        ]
+    )
     sup = workers.Supervisor(args, spec, 8, 4, 1, ["cuda:0", "cuda:1"])
     commands = [sup.command(slot, 2) for slot in range(4)]
     assert [c[c.index("--worker-index") + 1] for c in commands] == ["4", "5", "6", "7"]
     assert [[w for w in c if w.startswith("train.device=")] for c in commands] == [
-        ["train.device=cuda:0"], ["train.device=cuda:1"], ["train.device=cuda:0"], ["train.device=cuda:1"]]
+        ["train.device=cuda:0"],
+        ["train.device=cuda:1"],
+        ["train.device=cuda:0"],
+        ["train.device=cuda:1"],
+    ]
 
 
-@pytest.mark.parametrize("model, search, cores, gpus, expected", [
-    ("lenet5", "", 8, 0, 8),  # small net on the CPU: one worker per core
-    ("simple_cnn", "", 2, 0, 2),
-    ("resnet18", "", 8, 0, 1),  # ResNet-18 keeps every core busy: one worker
-    ("lenet5", '"model.name" = { choices = ["lenet5", "resnet18"] }', 8, 0, 1),  # the largest net searched decides
-    ("lenet5", "", 8, 2, 4),  # two small trials per GPU
-    ("resnet18", "", 8, 2, 2),  # one large trial per GPU
-])
+@pytest.mark.parametrize(
+    "model, search, cores, gpus, expected",
+    [
+        ("lenet5", "", 8, 0, 8),  # small net on the CPU: one worker per core
+        ("simple_cnn", "", 2, 0, 2),
+        ("resnet18", "", 8, 0, 1),  # ResNet-18 keeps every core busy: one worker
+        ("lenet5", '"model.name" = { choices = ["lenet5", "resnet18"] }', 8, 0, 1),  # the largest net searched decides
+        ("lenet5", "", 8, 2, 4),  # two small trials per GPU
+        ("resnet18", "", 8, 2, 2),  # one large trial per GPU
+    ],
+)
 def test_auto_worker_count(model, search, cores, gpus, expected, study_dir):
     write_study(study_dir, model=f'name = "{model}"', search=search or "lr = { low = 0.01, high = 0.1 }")
     assert workers.auto_workers(config.load(study_dir), cores, gpus) == expected
 
 
-@pytest.mark.parametrize("asked", [["--workers", "auto"], [], ["--workers", "auto", "HPO_WORKERS=1"]],
-                         ids=["option", "default", "option-over-env"])
+@pytest.mark.parametrize(
+    "asked",
+    [["--workers", "auto"], [], ["--workers", "auto", "HPO_WORKERS=1"]],
+    ids=["option", "default", "option-over-env"],
+)
 def test_workers_auto_runs_one_worker_per_core_with_one_thread_each(asked, study_dir, tmp_path, monkeypatch):
     """auto is the default (the suite's conftest sets $HPO_WORKERS=1; a user's environment has none),
     and --workers wins over $HPO_WORKERS."""

@@ -1,4 +1,5 @@
 """hpo.search.plateau: stop adding trials once the best value stopped improving (--patience, [stop])."""
+
 from __future__ import annotations
 
 import datetime
@@ -25,7 +26,10 @@ def study_of(values: list[float], params: list[float] | None = None, direction: 
     for i, v in enumerate(values):
         x = params[i] if params else i / 100
         t = optuna.create_trial(value=v, params={"x": x}, distributions={"x": FloatDistribution(0, 1)})
-        t.datetime_start, t.datetime_complete = START + datetime.timedelta(minutes=i), START + datetime.timedelta(minutes=i, seconds=30)
+        t.datetime_start, t.datetime_complete = (
+            START + datetime.timedelta(minutes=i),
+            START + datetime.timedelta(minutes=i, seconds=30),
+        )
         study.add_trial(t)
     return study
 
@@ -44,11 +48,20 @@ def test_stops_when_the_last_n_trials_did_not_beat_the_best_by_more_than_min_del
 
 def test_minimize_and_pruned_trials_count_as_finished():
     study = study_of([5.0, 3.0, 2.95, 2.99], direction="minimize")
-    assert Plateau(2).check(study).startswith("stopped on a plateau: the best value (2.95, trial #2) has improved by 0.05")
+    assert (
+        Plateau(2).check(study).startswith("stopped on a plateau: the best value (2.95, trial #2) has improved by 0.05")
+    )
     assert Plateau(3).check(study) == ""  # before the last 3: 5.0
-    pruned = optuna.create_trial(state=optuna.trial.TrialState.PRUNED, params={"x": 0.9}, distributions={"x": FloatDistribution(0, 1)},
-                                 intermediate_values={1: 9.0})
-    pruned.datetime_start, pruned.datetime_complete = START + datetime.timedelta(hours=1), START + datetime.timedelta(hours=1, seconds=5)
+    pruned = optuna.create_trial(
+        state=optuna.trial.TrialState.PRUNED,
+        params={"x": 0.9},
+        distributions={"x": FloatDistribution(0, 1)},
+        intermediate_values={1: 9.0},
+    )
+    pruned.datetime_start, pruned.datetime_complete = (
+        START + datetime.timedelta(hours=1),
+        START + datetime.timedelta(hours=1, seconds=5),
+    )
     study.add_trial(pruned)
     assert Plateau(3).check(study) != ""  # the pruned trial is one of the last 3: before them, 3.0
 
@@ -70,29 +83,43 @@ def test_as_a_callback_it_stops_optimize():
     assert len(study.trials) == 5 and plateau.reason.startswith("stopped on a plateau")
 
 
-@pytest.mark.parametrize("stop, message", [
-    ("patience = -1", r"^stop.patience must be >= 0"), ("min_delta = -0.5", r"^stop.min_delta must be >= 0"),
-    ("patiance = 3", r"^unknown key stop.patiance \(did you mean 'patience'\?\); known keys: patience, min_delta$"), ('patience = "3"', r"^stop.patience must be int"),
-])
+@pytest.mark.parametrize(
+    "stop, message",
+    [
+        ("patience = -1", r"^stop.patience must be >= 0"),
+        ("min_delta = -0.5", r"^stop.min_delta must be >= 0"),
+        ("patiance = 3", r"^unknown key stop.patiance \(did you mean 'patience'\?\); known keys: patience, min_delta$"),
+        ('patience = "3"', r"^stop.patience must be int"),
+    ],
+)
 def test_bad_stop_settings_are_one_line(stop, message):
     with pytest.raises(HpoError, match=message):
         config.parse(tomllib.loads(f"[stop]\n{stop}\n"), "t", Path("studies/t"))
-    assert config.parse(tomllib.loads("[stop]\npatience = 4\nmin_delta = 1\n"), "t", Path("t")).stop == config.StopSpec(4, 1.0)
+    assert config.parse(tomllib.loads("[stop]\npatience = 4\nmin_delta = 1\n"), "t", Path("t")).stop == config.StopSpec(
+        4, 1.0
+    )
 
 
 TINY = ("epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1", 'name = "random"')
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpo.run", "--study", "flat", "--quiet", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "flat", "--quiet", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
 def flat_study(tmp_path, monkeypatch, fashion_mnist_system):
     monkeypatch.chdir(tmp_path)
     folder = write_study(tmp_path / "studies" / "flat", train=TINY[0], sampler=TINY[1])
-    (folder / "study.toml").write_text((folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300"))
+    (folder / "study.toml").write_text(
+        (folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
+    )
     return tmp_path
 
 

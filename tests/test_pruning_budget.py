@@ -1,6 +1,7 @@
 """What pruning saved counts each trial against its own epoch budget (hpo.analysis.findings.pruning): a
 study resumed with another train.epochs mixes budgets. Real SQLite store, trials made with
 optuna.create_trial."""
+
 from __future__ import annotations
 
 import optuna
@@ -11,10 +12,18 @@ from hpo.analysis.findings import pruning
 
 
 def trial(state, epochs_budget: int, epochs_run: int, value=None):
-    attrs = {"epochs_run": epochs_run, "status": "ok" if state == TrialState.COMPLETE else "pruned",
-             "config": {"train": {"epochs": epochs_budget}}}
-    return optuna.create_trial(state=state, value=value, params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-3, 1.0)},
-                               user_attrs=attrs)
+    attrs = {
+        "epochs_run": epochs_run,
+        "status": "ok" if state == TrialState.COMPLETE else "pruned",
+        "config": {"train": {"epochs": epochs_budget}},
+    }
+    return optuna.create_trial(
+        state=state,
+        value=value,
+        params={"lr": 0.01},
+        distributions={"lr": FloatDistribution(1e-3, 1.0)},
+        user_attrs=attrs,
+    )
 
 
 def test_savings_count_each_trial_against_its_own_budget(tmp_path):

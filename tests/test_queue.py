@@ -5,6 +5,7 @@ IMMEDIATE, four processes popping 200 queued trials ran some of them twice and c
 second tell ("Cannot tell a COMPLETE trial"). Here four real processes pop 200 queued trials
 through hpo.storage.store's storage, and each trial must be popped, run and told exactly once.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -51,8 +52,10 @@ def test_queued_trials_are_popped_once_each_by_concurrent_processes(tmp_path):
         study.enqueue_trial({"x": x})
     outs = [tmp_path / f"popper{i}.txt" for i in range(PROCESSES)]
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", POPPER, url, str(out), str(go)], stderr=subprocess.PIPE, text=True)
-             for out in outs]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", POPPER, url, str(out), str(go)], stderr=subprocess.PIPE, text=True)
+        for out in outs
+    ]
     try:
         _wait_until(lambda: all((out.parent / (out.name + ".ready")).exists() for out in outs), procs)
         go.touch()

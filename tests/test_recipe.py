@@ -1,6 +1,7 @@
 """One study, one identity: a stored study is resumed only from its own study file, and only with a
 search space its trials can go on from; every recipe version it ran under is kept. Real SQLite
 stores; trials made with optuna.create_trial (training is not the point here)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,8 @@ def test_a_second_folder_of_the_same_name_is_refused_naming_both_files(tmp_path)
     study = resume(url, other, same_study=True)  # asked for explicitly: the moved file continues the study
     assert study.user_attrs["model"] == "simple_cnn" and len(study.trials) == 2
     assert [v["study_file"] for v in study.user_attrs[RECIPES_ATTR]] == [
-        str((tmp_path / p / "tiny" / "study.toml").resolve()) for p in ("studies", "elsewhere")]
+        str((tmp_path / p / "tiny" / "study.toml").resolve()) for p in ("studies", "elsewhere")
+    ]
 
 
 def test_a_copy_with_the_same_recipe_is_the_same_study(tmp_path):
@@ -66,10 +68,22 @@ def test_a_copy_with_the_same_recipe_is_the_same_study(tmp_path):
 
 
 REFUSED = [
-    ('batch_size = { choices = [32, 64] }', 'batch_size = { choices = [32, 128] }', "search.batch_size was choices [32, 64], now choices [32, 128]"),
-    ('batch_size = { choices = [32, 64] }', 'batch_size = { choices = [64, 32] }', "now choices [64, 32]"),
-    ('warmup_epochs = { low = 0, high = 2 }', 'warmup_epochs = { choices = [0, 1, 2] }', "search.warmup_epochs was int range [0, 2], now choices [0, 1, 2]"),
-    ('weight_decay = { low = 1e-5, high = 1e-2, log = true }', 'weight_decay = { low = 1e-5, high = 1e-2 }', "was float range [1e-05, 0.01, log], now float range [1e-05, 0.01]"),
+    (
+        "batch_size = { choices = [32, 64] }",
+        "batch_size = { choices = [32, 128] }",
+        "search.batch_size was choices [32, 64], now choices [32, 128]",
+    ),
+    ("batch_size = { choices = [32, 64] }", "batch_size = { choices = [64, 32] }", "now choices [64, 32]"),
+    (
+        "warmup_epochs = { low = 0, high = 2 }",
+        "warmup_epochs = { choices = [0, 1, 2] }",
+        "search.warmup_epochs was int range [0, 2], now choices [0, 1, 2]",
+    ),
+    (
+        "weight_decay = { low = 1e-5, high = 1e-2, log = true }",
+        "weight_decay = { low = 1e-5, high = 1e-2 }",
+        "was float range [1e-05, 0.01, log], now float range [1e-05, 0.01]",
+    ),
 ]
 
 
@@ -103,8 +117,13 @@ def test_run_refuses_the_other_folder_in_one_line_and_the_store_is_untouched(tmp
     _, url, db = stored_study(tmp_path)
     write_study(tmp_path / "elsewhere" / "tiny", TINY_STUDY.replace("tiny test study", "another study"))
     before = sha(db)
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "elsewhere/tiny", "--storage", url, "--trials", "1"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "elsewhere/tiny", "--storage", url, "--trials", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: study 'tiny' in the store came from")
     assert sha(db) == before

@@ -6,6 +6,7 @@ The test_findings and test_report studies are built by hand to match docs/record
 run that checks the documentation against the code. One run, shared by the module: 4 trials of a
 grid with complete, pruned and collapsed trials, in --quiet mode (its per-trial lines are checked too).
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,10 +29,26 @@ CURVE_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "
 # Keys by how far a trial got (docs/records.md).
 EVERY = {"status": str, "reason": str, "seed": int, "config": dict, "versions": dict, "worker": str}
 TRAINED = {"epochs_run": int, "curve": list}  # from its first epoch on
-FINISHED = {"val_acc": float, "best_val_acc": float, "test_acc": float, "wall_time_s": float, "images_per_s": float,
-            "device": str, "threads": int, "params": int}  # trained to the end (complete, or diverged)
-STUDY = {"description": str, "study_file": str, "study_toml": str, "seed": int, "metrics": list, "epochs": int,
-         "dataset": str, "model": str}
+FINISHED = {
+    "val_acc": float,
+    "best_val_acc": float,
+    "test_acc": float,
+    "wall_time_s": float,
+    "images_per_s": float,
+    "device": str,
+    "threads": int,
+    "params": int,
+}  # trained to the end (complete, or diverged)
+STUDY = {
+    "description": str,
+    "study_file": str,
+    "study_toml": str,
+    "seed": int,
+    "metrics": list,
+    "epochs": int,
+    "dataset": str,
+    "model": str,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +57,13 @@ def real_run(tmp_path_factory, fashion_mnist_system):
     cwd = tmp_path_factory.mktemp("records")
     # Seed 1's grid order: lr 1e-4 collapses (#0), lr 0.05 completes (#1), and the median pruner stops the
     # two after it at epoch 1, behind #1.
-    folder = write_study(cwd / "studies" / "tiny", text=TINY_STUDY.replace("seed = 0", "seed = 1"),
-                         sampler='name = "grid"', pruner='name = "median"\nn_startup_trials = 1',
-                         search="lr = { choices = [0.05, 0.0001] }\nmomentum = { choices = [0.9, 0.8] }")
+    folder = write_study(
+        cwd / "studies" / "tiny",
+        text=TINY_STUDY.replace("seed = 0", "seed = 1"),
+        sampler='name = "grid"',
+        pruner='name = "median"\nn_startup_trials = 1',
+        search="lr = { choices = [0.05, 0.0001] }\nmomentum = { choices = [0.9, 0.8] }",
+    )
     code, out, err = hpo("--study", "tiny", "--trials", "4", "--quiet", cwd=cwd)
     assert code == 0, err[-3000:]
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{cwd / 'storage/hpo.db'}")
@@ -86,7 +107,9 @@ def test_every_documented_trial_record_is_there_with_its_type(real_run):
             assert a["device"] == "cpu" and a["threads"] == 1
             assert a["params"] == count_parameters(build("lenet5", 1, 28, 10))
         elif a["status"] == "pruned":
-            assert t.state == TrialState.PRUNED and a["reason"].startswith("pruned at epoch 1: ") and a["epochs_run"] == 1
+            assert (
+                t.state == TrialState.PRUNED and a["reason"].startswith("pruned at epoch 1: ") and a["epochs_run"] == 1
+            )
             assert not set(FINISHED) & set(a)  # stopped mid-training: no final results
         else:
             assert t.state == TrialState.PRUNED and a["reason"].startswith("collapsed: ") and a["epochs_run"] == 2
@@ -151,7 +174,11 @@ def test_quiet_prints_one_line_per_trial_with_the_count_and_the_best(real_run):
             best = t
         what = t.state.name.lower() + (f" {t.value:.4g}" if t.state == TrialState.COMPLETE else "")
         reason = f": {t.user_attrs['reason']}" if t.user_attrs["reason"] else ""
-        expected.append(f"trial #{t.number} {what}{reason}  ({k}/4" + (f"; best {best.value:.2f}% (#{best.number})" if best else "") + ")")
+        expected.append(
+            f"trial #{t.number} {what}{reason}  ({k}/4"
+            + (f"; best {best.value:.2f}% (#{best.number})" if best else "")
+            + ")"
+        )
     assert lines == expected
     assert "done: 4 trials (1 complete, 3 pruned)" in err
     assert "|" not in err  # no progress bar in quiet mode

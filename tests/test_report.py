@@ -4,6 +4,7 @@ The CLI runs as a real subprocess where the exit code and the output are the poi
 checks call ``main`` in-process with --no-png (fast). One test exports PNGs with kaleido and the
 real Chromium, as CI installs it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,13 +23,24 @@ from hpo.analysis import figures
 from hpo.errors import HpoError
 
 ROOT = Path(__file__).resolve().parents[1]
-FULL_FIGURES = {"history", "importance", "contour", "contour_matrix", "slice", "parallel_coordinate", "learning_curves", "timeline"}
+FULL_FIGURES = {
+    "history",
+    "importance",
+    "contour",
+    "contour_matrix",
+    "slice",
+    "parallel_coordinate",
+    "learning_curves",
+    "timeline",
+}
 CHROMIUM = "/usr/bin/chromium"
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
-    return subprocess.run([sys.executable, "-m", "hpo.report", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hpo.report", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def figure_ids(page: str) -> set[str]:
@@ -56,12 +68,16 @@ def in_tmp(tmp_path, monkeypatch, report_study):
 
 
 def test_report_writes_page_markdown_csv_and_pngs(tmp_path, report_study):
-    assert Path(CHROMIUM).exists() or shutil.which("chromium"), \
+    assert Path(CHROMIUM).exists() or shutil.which("chromium"), (
         "Chromium is needed for the PNG export (kaleido 1.x drives it): apt-get install chromium"
+    )
     report_study()
     result = cli(tmp_path, "studies/lenet_lr")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "report written to studies/lenet_lr/report/index.html (and report.md, trials.csv, 8 PNGs)"
+    assert (
+        result.stdout.strip()
+        == "report written to studies/lenet_lr/report/index.html (and report.md, trials.csv, 8 PNGs)"
+    )
     assert "warning" not in result.stderr, result.stderr
     out = tmp_path / "studies/lenet_lr/report"
 
@@ -85,7 +101,9 @@ def test_report_writes_page_markdown_csv_and_pngs(tmp_path, report_study):
     assert len(rows) == 20 and rows[17]["state"] == "FAIL" and rows[17]["user_attrs_reason"] == REPORT_FAIL_REASON
 
 
-@pytest.mark.parametrize("kind, counts", [("empty", "4 running, 9 pruned, 7 failed"), ("none", "0 running, 0 pruned, 0 failed")])
+@pytest.mark.parametrize(
+    "kind, counts", [("empty", "4 running, 9 pruned, 7 failed"), ("none", "0 running, 0 pruned, 0 failed")]
+)
 def test_no_complete_trials_is_one_line(tmp_path, report_study, kind, counts):
     report_study(kind=kind)
     result = cli(tmp_path, "studies/lenet_lr")
@@ -110,14 +128,18 @@ def test_not_a_study_folder(tmp_path, report_study):
     (tmp_path / "studies/notes").mkdir()
     result = cli(tmp_path, "studies/notes")
     assert result.returncode == 2
-    assert result.stderr == "error: no study 'studies/notes': expected studies/notes/study.toml; studies here: lenet_lr\n"
+    assert (
+        result.stderr == "error: no study 'studies/notes': expected studies/notes/study.toml; studies here: lenet_lr\n"
+    )
 
 
 def test_unknown_and_chosen_study_names(tmp_path, monkeypatch, report_study):
     monkeypatch.chdir(tmp_path)
     report_study(kind="none")
     report_study(kind="one", name="lr_only")  # same store; its folder is studies/lr_only
-    with pytest.raises(HpoError, match=r"no study 'nope' in sqlite:///storage/hpo.db; studies there: lenet_lr, lr_only"):
+    with pytest.raises(
+        HpoError, match=r"no study 'nope' in sqlite:///storage/hpo.db; studies there: lenet_lr, lr_only"
+    ):
         report.main(["studies/lenet_lr", "--study-name", "nope", "--no-png"])
     assert report.main(["studies/lenet_lr", "--study-name", "lr_only", "--out", "other", "--no-png"]) == 0
     assert "# Study lr_only" in (tmp_path / "other/report.md").read_text()
@@ -137,7 +159,13 @@ def test_categorical_only_gets_a_contour(in_tmp):
 
 def test_multi_objective_has_pareto_front_and_per_objective_figures(in_tmp):
     _, page, md = in_tmp("multi")
-    assert {"pareto_front", "history_val_acc", "history_wall_time", "importance_val_acc", "importance_wall_time"} <= figure_ids(page)
+    assert {
+        "pareto_front",
+        "history_val_acc",
+        "history_wall_time",
+        "importance_val_acc",
+        "importance_wall_time",
+    } <= figure_ids(page)
     assert "### Pareto front" in md and "val_acc (maximize), wall_time (minimize)" in md
 
 
@@ -152,8 +180,13 @@ def test_running_study_reports_the_complete_trials(tmp_path, monkeypatch, report
     monkeypatch.chdir(tmp_path)
     _, url = report_study()
     study = optuna.load_study(study_name="lenet_lr", storage=url)
-    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.RUNNING, params={"lr": 0.01},
-                                        distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 0.3, log=True)}))
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.RUNNING,
+            params={"lr": 0.01},
+            distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 0.3, log=True)},
+        )
+    )
     assert report.main(["studies/lenet_lr", "--no-png"]) == 0
     assert "note: 1 trials are still running; the report covers the 16 complete ones" in capsys.readouterr().err
     assert "still running: 1 trials are not finished" in (tmp_path / "studies/lenet_lr/report/report.md").read_text()
@@ -169,7 +202,10 @@ def test_png_failure_warns_and_writes_the_pages(tmp_path, monkeypatch, report_st
     monkeypatch.setattr(figures.pio, "write_images", broken)
     assert report.main(["studies/lenet_lr"]) == 0
     captured = capsys.readouterr()
-    assert captured.err == "warning: no PNGs (RuntimeError: Could not find Chrome); index.html and report.md are written without them\n"
+    assert (
+        captured.err
+        == "warning: no PNGs (RuntimeError: Could not find Chrome); index.html and report.md are written without them\n"
+    )
     assert captured.out.strip().endswith("(and report.md, trials.csv, no PNGs)")
     out = tmp_path / "studies/lenet_lr/report"
     assert "![" not in (out / "report.md").read_text() and figure_ids((out / "index.html").read_text())

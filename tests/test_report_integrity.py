@@ -1,6 +1,7 @@
 """What hpo.report says about a study's integrity: trials lost with a killed worker are named,
 and the printed rerun command keeps the study's --set overrides and quotes paths for a shell.
 Real SQLite stores, a real heartbeat row, a real `python -m hpo.report`."""
+
 from __future__ import annotations
 
 import shlex
@@ -26,12 +27,21 @@ def test_report_names_lost_trials_and_prints_a_rerun_command_with_the_overrides_
         storage.record_heartbeat(trial._trial_id)
     storage.engine.dispose()
     with sqlite3.connect(root / "storage" / "hpo.db") as conn:  # kill -9 an hour ago: its last beat is that old
-        conn.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id = ?", (lost._trial_id,))
-    proc = subprocess.run([sys.executable, "-m", "hpo.report", str(folder), "--storage", url, "--no-png"], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+        conn.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id = ?", (lost._trial_id,)
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.report", str(folder), "--storage", url, "--no-png"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert (f"note: trial #{lost.number} looks lost: RUNNING with no heartbeat for over 30 s (its worker died); "
-            f"the next hpo.run fails and retries it with the same parameters") in proc.stderr
+    assert (
+        f"note: trial #{lost.number} looks lost: RUNNING with no heartbeat for over 30 s (its worker died); "
+        f"the next hpo.run fails and retries it with the same parameters"
+    ) in proc.stderr
     assert "note: 1 trials are still running" in proc.stderr
     md = (folder / "report" / "report.md").read_text()
     rerun = next(line for line in md.splitlines() if line.startswith("python -m hpo.run "))

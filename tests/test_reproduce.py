@@ -1,6 +1,7 @@
 """The recipe travels with the result: the configuration the report prints for the best trial,
 saved as a study file and trained with `python -m hpo.train`, gives that trial's validation
 accuracy to the last digit on the CPU. Real subprocesses, real Fashion-MNIST (a small subset)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,9 @@ QUICK = ["--set", "seed=5", "--set", "data.train_size=400", "--set", "train.epoc
 
 
 def hpo(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -28,7 +31,9 @@ def test_the_printed_configuration_retrains_the_trial_bit_for_bit(study_dir, tmp
     recipe = re.search(r"Its full configuration, as it ran.*?```toml\n(.*?)```", md, re.S).group(1)
     study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
     best = study.best_trial
-    assert best.user_attrs["seed"] != 5 and f"seed = {best.user_attrs['seed']}" in recipe  # a trial seed, not the study's
+    assert (
+        best.user_attrs["seed"] != 5 and f"seed = {best.user_attrs['seed']}" in recipe
+    )  # a trial seed, not the study's
     assert "split_seed = 5" in recipe  # the split the trial was scored on: the study seed's
     (tmp_path / "studies" / "again").mkdir()
     (tmp_path / "studies" / "again" / "study.toml").write_text(recipe)

@@ -1,5 +1,6 @@
 """Epoch checkpoints and resume (hpo.training.checkpoints, hpo.search.resume, fit's resume entry) and --until (hpo.search.until):
 the loop in process, then python -m hpo.run as users run it, stopped by real signals and kill -9."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,7 +62,11 @@ def test_checkpoint_every(train_config, fashion_subset, restore_threads):
     seen = {}
     for every in (0, 1, 2):
         epochs = []
-        fit(train_config(epochs=3, checkpoint_every=every), fashion_subset[1], on_checkpoint=lambda s: epochs.append(s["epoch"]))
+        fit(
+            train_config(epochs=3, checkpoint_every=every),
+            fashion_subset[1],
+            on_checkpoint=lambda s: epochs.append(s["epoch"]),
+        )
         seen[every] = epochs
     assert seen == {0: [], 1: [1, 2, 3], 2: [2]}
 
@@ -94,15 +99,27 @@ STUDY = dict(train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner
 
 
 def hpo_run(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--quiet", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--quiet", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == code, proc.stderr[-3000:]
     return proc
 
 
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpo.run", "--quiet", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.run", "--quiet", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, deadline: float = 120) -> Path:
@@ -160,7 +177,11 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
     command = re.search(r"resume with: (python -m hpo.run .*)$", err, re.M).group(1)
     assert command == "python -m hpo.run --study tiny --until 1 --storage sqlite:///b.db"
     stopped, retry = trials_of(tmp_path, "b.db")
-    assert (stopped.state, stopped.user_attrs["status"], retry.state) == (TrialState.FAIL, "interrupted", TrialState.WAITING)
+    assert (stopped.state, stopped.user_attrs["status"], retry.state) == (
+        TrialState.FAIL,
+        "interrupted",
+        TrialState.WAITING,
+    )
     assert 1 <= stopped.user_attrs["epochs_run"] < 6  # stopped mid-trial
     out = hpo_run(*command.split()[3:], cwd=tmp_path)
     trials = trials_of(tmp_path, "b.db")
@@ -168,7 +189,10 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
     done = trials[1]
     # It went on from its checkpoint: the epoch the store saw last, or the next one if the signal
     # came between the checkpoint and that epoch's records.
-    assert done.user_attrs["resumed_from_epoch"] in (stopped.user_attrs["epochs_run"], stopped.user_attrs["epochs_run"] + 1)
+    assert done.user_attrs["resumed_from_epoch"] in (
+        stopped.user_attrs["epochs_run"],
+        stopped.user_attrs["epochs_run"] + 1,
+    )
     assert done.user_attrs["resumes"] == 1
     assert f"trial #1 resumes from its checkpoint after epoch {done.user_attrs['resumed_from_epoch']}" in out.stderr
     assert_same_training(tmp_path, done, uninterrupted)
@@ -218,8 +242,10 @@ def test_an_unreadable_checkpoint_restarts_the_trial_with_one_warning(study_dir,
 def test_until_n_from_two_commands_and_again_ends_with_exactly_n(study_dir, tmp_path):
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
     # One process, and a supervisor of two workers: three processes share the study.
-    procs = [start("--study", "tiny", "--until", "5", "--worker-index", "0", cwd=tmp_path),
-             start("--study", "tiny", "--until", "5", "--workers", "2", "--worker-index", "1", cwd=tmp_path)]
+    procs = [
+        start("--study", "tiny", "--until", "5", "--worker-index", "0", cwd=tmp_path),
+        start("--study", "tiny", "--until", "5", "--workers", "2", "--worker-index", "1", cwd=tmp_path),
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
@@ -253,8 +279,10 @@ def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_
     while time.time() < end and not result:
         storage.record_heartbeat(other._trial_id)
         time.sleep(0.2)
-    assert not result and lines == ["the other 1 of the 2 trials are running elsewhere: waiting for them to finish "
-                                    "(a stopped or lost one is taken over here)"]
+    assert not result and lines == [
+        "the other 1 of the 2 trials are running elsewhere: waiting for them to finish "
+        "(a stopped or lost one is taken over here)"
+    ]
     waiting.join(timeout=30)  # no more heartbeats: lost after 2 s
     assert result == [1]
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -262,11 +290,14 @@ def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_
     assert Until(1).wait(study, 0.2, lambda: None, lines.append) == 0  # already done: no wait
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--until", "0"], "--until must be >= 1, got 0"),
-    (["--until", "3", "--trials", "3"], "--trials and --until exclude each other"),
-    (["--set", "train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--until", "0"], "--until must be >= 1, got 0"),
+        (["--until", "3", "--trials", "3"], "--trials and --until exclude each other"),
+        (["--set", "train.checkpoint_every=-1"], "train.checkpoint_every must be >= 0"),
+    ],
+)
 def test_bad_until_or_checkpoint_setting_is_one_line(args, message, study_dir, tmp_path):
     proc = hpo_run("--study", "tiny", *args, cwd=tmp_path, code=2)
     assert proc.stderr.strip() == f"error: {message}" or message in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -1,4 +1,5 @@
 """python -m hpo.run as users run it: real subprocesses, a real SQLite store, real signals."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,9 @@ STORE = "storage/hpo.db"
 def hpo_run(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess:
     """The single-process run (``--workers 1`` unless the test says otherwise): tests/test_workers.py has the rest."""
     args = args if "--workers" in args else (*args, "--workers", "1")
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
     if check_code is not None:
         assert proc.returncode == check_code, proc.stderr[-2000:]
     return proc
@@ -44,7 +47,18 @@ def test_run_then_resume_adds_to_the_same_study(study_dir, tmp_path):
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert len({t.params["lr"] for t in trials}) == 4  # the resumed run does not replay proposals
     t = trials[0]
-    for key in ("val_acc", "test_acc", "epochs_run", "wall_time_s", "images_per_s", "device", "seed", "config", "versions", "curve"):
+    for key in (
+        "val_acc",
+        "test_acc",
+        "epochs_run",
+        "wall_time_s",
+        "images_per_s",
+        "device",
+        "seed",
+        "config",
+        "versions",
+        "curve",
+    ):
         assert key in t.user_attrs, key
     assert t.user_attrs["versions"]["optuna"] == optuna.__version__
     assert [c["epoch"] for c in t.user_attrs["curve"]] == [1, 2] == list(t.intermediate_values)
@@ -76,7 +90,8 @@ def wait_for_running_trial(db: Path, proc: subprocess.Popen, deadline: float = 1
                 with sqlite3.connect(db, timeout=5) as conn:
                     rows = conn.execute(
                         "SELECT count(*) FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
-                        "WHERE t.state = 'RUNNING'").fetchone()
+                        "WHERE t.state = 'RUNNING'"
+                    ).fetchone()
                 if rows[0]:
                     return
             except sqlite3.OperationalError:  # tables not created yet
@@ -88,8 +103,13 @@ def wait_for_running_trial(db: Path, proc: subprocess.Popen, deadline: float = 1
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_interrupt_marks_the_running_trial_and_says_how_to_resume(sig, code, study_dir, tmp_path):
     write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "5", "--workers", "1"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "5", "--workers", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for_running_trial(tmp_path / STORE, proc)
         proc.send_signal(sig)
@@ -120,21 +140,30 @@ def one_trial_store(tmp_path_factory, fashion_mnist_system) -> Path:
     return cwd / STORE
 
 
-@pytest.mark.parametrize("args, section, text, message", [
-    ([], "sampler", 'name = "bayes"', "unknown sampler.name 'bayes'"),
-    ([], "pruner", 'name = "medain"', "unknown pruner.name 'medain' (did you mean 'median'?)"),
-    ([], "sampler", 'name = "grid"', "search.lr is a continuous range"),
-    ([], "search", "lr = { low = 0.5, high = 0.1 }", "low (0.5) is greater than high (0.1)"),
-    ([], "search", "lr = { low = 0.0, high = 0.1, log = true }", "log scale needs low > 0"),
-    ([], "search", "batch_size = { choices = [] }", "choices must be a non-empty list"),
-    ([], "train", "epoch = 3", "unknown key train.epoch (did you mean 'epochs'?)"),
-    (["--study", "tiny2"], None, None, "no study 'tiny2'"),
-    (["--storage", "postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db"], None, None,
-     'cannot open the store postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db: connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "hpo_no_such_db" does not exist'),
-    (["--storage", "sqlite:///file:storage/hpo.db?mode=ro&uri=true"], None, None, "cannot open the store"),
-    (["--trials", "0"], None, None, "--trials must be >= 1"),
-])
-def test_bad_input_is_one_line_and_leaves_the_store_untouched(args, section, text, message, study_dir, tmp_path, one_trial_store):
+@pytest.mark.parametrize(
+    "args, section, text, message",
+    [
+        ([], "sampler", 'name = "bayes"', "unknown sampler.name 'bayes'"),
+        ([], "pruner", 'name = "medain"', "unknown pruner.name 'medain' (did you mean 'median'?)"),
+        ([], "sampler", 'name = "grid"', "search.lr is a continuous range"),
+        ([], "search", "lr = { low = 0.5, high = 0.1 }", "low (0.5) is greater than high (0.1)"),
+        ([], "search", "lr = { low = 0.0, high = 0.1, log = true }", "log scale needs low > 0"),
+        ([], "search", "batch_size = { choices = [] }", "choices must be a non-empty list"),
+        ([], "train", "epoch = 3", "unknown key train.epoch (did you mean 'epochs'?)"),
+        (["--study", "tiny2"], None, None, "no study 'tiny2'"),
+        (
+            ["--storage", "postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db"],
+            None,
+            None,
+            'cannot open the store postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db: connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "hpo_no_such_db" does not exist',
+        ),
+        (["--storage", "sqlite:///file:storage/hpo.db?mode=ro&uri=true"], None, None, "cannot open the store"),
+        (["--trials", "0"], None, None, "--trials must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_the_store_untouched(
+    args, section, text, message, study_dir, tmp_path, one_trial_store
+):
     (tmp_path / "storage").mkdir()
     shutil.copy(one_trial_store, tmp_path / STORE)
     before = digest(tmp_path / STORE)
@@ -157,8 +186,12 @@ def test_malformed_toml_is_one_line(study_dir, tmp_path):
 
 
 def test_multi_objective_study_keeps_a_pareto_front(study_dir, tmp_path):
-    write_study(study_dir, objective='metrics = ["val_acc", "params"]', sampler='name = "nsga2"\npopulation_size = 4',
-                search='"model.name" = { choices = ["lenet5", "simple_cnn"] }\nlr = { low = 0.02, high = 0.1 }')
+    write_study(
+        study_dir,
+        objective='metrics = ["val_acc", "params"]',
+        sampler='name = "nsga2"\npopulation_size = 4',
+        search='"model.name" = { choices = ["lenet5", "simple_cnn"] }\nlr = { low = 0.02, high = 0.1 }',
+    )
     proc = hpo_run("--study", "tiny", "--trials", "3", cwd=tmp_path)
     assert "Pareto front:" in proc.stdout
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / STORE}")

@@ -1,6 +1,7 @@
 """How a run ends when it could not do what was asked: an exhausted grid says so; a run whose
 every trial failed is an error even below the three-in-a-row guard. In-process hpo.run.main on
 a tiny real Fashion-MNIST subset and a real SQLite store."""
+
 from __future__ import annotations
 
 import optuna
@@ -17,11 +18,26 @@ def trials():
 
 def test_an_exhausted_grid_says_how_many_trials_it_added(study_dir, capsys):
     write_study(study_dir, search="lr = { choices = [0.05] }", sampler='name = "grid"', pruner='name = "none"')
-    assert run.main(["--study", "tiny", "--trials", "3", "--keep", "none", "--quiet", "--set", "data.train_size=300",
-                     "--set", "train.epochs=1"]) == 0
+    assert (
+        run.main(
+            [
+                "--study",
+                "tiny",
+                "--trials",
+                "3",
+                "--keep",
+                "none",
+                "--quiet",
+                "--set",
+                "data.train_size=300",
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
     assert len(trials()) == 1
-    assert ("note: the grid's 1 points have all run: 1 of the 3 trials asked for were added"
-            in capsys.readouterr().err)
+    assert "note: the grid's 1 points have all run: 1 of the 3 trials asked for were added" in capsys.readouterr().err
 
 
 def test_a_run_whose_every_trial_failed_is_an_error(study_dir):
@@ -45,8 +61,28 @@ def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "2", "--keep", "none", "--quiet",
-                             "--set", "train.epochs=50", "--set", "data.train_size=300"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo.run",
+            "--study",
+            "tiny",
+            "--trials",
+            "2",
+            "--keep",
+            "none",
+            "--quiet",
+            "--set",
+            "train.epochs=50",
+            "--set",
+            "data.train_size=300",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline, db = time.monotonic() + 120, tmp_path / "storage" / "hpo.db"
     while time.monotonic() < deadline and proc.poll() is None:  # a trial RUNNING with an epoch recorded: it trains
         try:
@@ -75,8 +111,13 @@ def test_sigterm_before_the_first_trial_ends_with_a_line(study_dir, tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1", "--keep", "none"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1", "--keep", "none"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not sigterm_caught(proc.pid) and time.monotonic() < deadline:  # the handler is in: hpo's code runs
         time.sleep(0.005)

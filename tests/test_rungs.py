@@ -1,4 +1,5 @@
 """hpo.analysis.rungs: the rung view and where trials stop early, on trials built as hpo records them."""
+
 from __future__ import annotations
 
 import optuna
@@ -11,9 +12,14 @@ D = {"opt": CategoricalDistribution(["sgd", "adam", "bad"])}
 
 
 def trial(number, opt, values, state=TrialState.COMPLETE, status="ok"):
-    t = optuna.create_trial(state=state, value=values[-1] if state == TrialState.COMPLETE else None, params={"opt": opt},
-                            distributions=D, intermediate_values=dict(enumerate(values, 1)),
-                            user_attrs={"status": status, "epochs_run": len(values)})
+    t = optuna.create_trial(
+        state=state,
+        value=values[-1] if state == TrialState.COMPLETE else None,
+        params={"opt": opt},
+        distributions=D,
+        intermediate_values=dict(enumerate(values, 1)),
+        user_attrs={"status": status, "epochs_run": len(values)},
+    )
     t.number = number
     return t
 
@@ -54,8 +60,12 @@ def test_a_choice_where_every_trial_stops_is_named_with_its_counts():
 
 
 def test_no_region_when_stops_are_spread_evenly():
-    ts = [trial(i, "sgd" if i % 2 else "adam", [50.0], TrialState.PRUNED, "pruned") if i % 3 == 0 else trial(i, "sgd" if i % 2 else "adam", [70, 80])
-          for i in range(40)]
+    ts = [
+        trial(i, "sgd" if i % 2 else "adam", [50.0], TrialState.PRUNED, "pruned")
+        if i % 3 == 0
+        else trial(i, "sgd" if i % 2 else "adam", [70, 80])
+        for i in range(40)
+    ]
     s = rungs.stop_regions("opt", D["opt"], ts)
     assert not s.clear and "stands out" in s.sentence
 

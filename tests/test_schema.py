@@ -1,6 +1,7 @@
 """Readers never write and writers never adopt another program's database: real SQLite files, a
 real PostgreSQL database of our own, real `python -m hpo.*` subprocesses. Every refused command
 leaves the store byte for byte (SQLite's sha256) or table for table (PostgreSQL) as it was."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,9 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def hpo(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def refused(proc: subprocess.CompletedProcess, words: str) -> None:
@@ -54,10 +57,12 @@ def test_readers_refuse_what_is_not_a_store_and_write_nothing(module, tmp_path, 
     empty.touch()
     before = {p: sha(p) for p in (other_db, empty)}
     head = ["studies/tiny"] if module == "report" else []
-    for url, words in ((f"sqlite:///{other_db}", "is not an Optuna store: it holds other tables (users)"),
-                       (f"sqlite:///{empty}", "(an empty database)"),
-                       (f"sqlite:///{tmp_path}/missing.db?timeout=5", f"no store at {tmp_path}/missing.db: run"),
-                       (f"sqlite:///{other_db}?timeout=5", "is not an Optuna store")):
+    for url, words in (
+        (f"sqlite:///{other_db}", "is not an Optuna store: it holds other tables (users)"),
+        (f"sqlite:///{empty}", "(an empty database)"),
+        (f"sqlite:///{tmp_path}/missing.db?timeout=5", f"no store at {tmp_path}/missing.db: run"),
+        (f"sqlite:///{other_db}?timeout=5", "is not an Optuna store"),
+    ):
         refused(hpo(module, *head, "--storage", url, cwd=tmp_path), words)
     assert {p: sha(p) for p in before} == before
     assert not (tmp_path / "missing.db").exists()
@@ -92,6 +97,7 @@ def test_a_new_store_says_where_it_is(tmp_path, monkeypatch, caplog):
 
 # ---------------------------------------------------------------- PostgreSQL: a database of our own
 
+
 @pytest.fixture
 def pg_database():
     """A new, empty database on the test server, dropped afterwards: its URL and a table lister."""
@@ -122,7 +128,10 @@ def test_postgresql_readers_create_no_tables_and_writers_refuse_a_foreign_schema
     assert tables() == []
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE invoices (id int)")
-    refused(hpo("run", "--study", "tiny", "--storage", url, cwd=tmp_path), "is not an Optuna store: it holds other tables (invoices)")
+    refused(
+        hpo("run", "--study", "tiny", "--storage", url, cwd=tmp_path),
+        "is not an Optuna store: it holds other tables (invoices)",
+    )
     refused(hpo("report", "studies/tiny", "--storage", url, cwd=tmp_path), "is not an Optuna store")
     assert tables() == ["invoices"]
 

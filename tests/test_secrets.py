@@ -2,6 +2,7 @@
 the supervisor hands the URL over in the environment ($HPO_STORAGE). A real two-worker run on
 the PostgreSQL test server (trust auth ignores the password), each worker's /proc/PID/cmdline
 read while it runs."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,31 @@ URL = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
 
 def test_workers_get_the_store_url_through_the_environment_never_argv(study_dir, tmp_path):
     name = f"tiny_wt11_{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen([sys.executable, "-m", "hpo.run", "--study", "tiny", "--study-name", name, "--trials", "2",
-                             "--workers", "2", "--keep", "none", "--storage", URL, "--set", "data.train_size=300"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo.run",
+            "--study",
+            "tiny",
+            "--study-name",
+            name,
+            "--trials",
+            "2",
+            "--workers",
+            "2",
+            "--keep",
+            "none",
+            "--storage",
+            URL,
+            "--set",
+            "data.train_size=300",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         pids, lines, deadline = [], [], time.monotonic() + 120
         while len(pids) < 2 and time.monotonic() < deadline:  # "[worker i] pid N: ..." as each starts

@@ -1,5 +1,6 @@
 """Pruning multi-objective studies on validation accuracy (hpo.search.shadow): the study's own pruner,
 asked through a single-objective shadow of the curves; the trial's result stays multi-objective."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,13 @@ def multi_study(pruner, finished: list[list[float]]) -> optuna.Study:
     return study
 
 
-@pytest.mark.parametrize("pruner", [optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-                                    optuna.pruners.PercentilePruner(25.0, n_startup_trials=2)])
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        optuna.pruners.PercentilePruner(25.0, n_startup_trials=2),
+    ],
+)
 def test_a_trial_behind_the_others_is_pruned_and_one_ahead_is_not(pruner):
     study = multi_study(pruner, [[70, 80, 85], [72, 81, 86], [71, 79, 84]])
     trial = study.ask()
@@ -60,13 +66,24 @@ def test_a_study_without_val_acc_is_not_prunable():
 
 def test_an_accuracy_vs_time_study_prunes_and_reports_its_pareto_front(tmp_path, monkeypatch, fashion_mnist_system):
     monkeypatch.chdir(tmp_path)
-    folder = write_study(tmp_path / "studies" / "mo", train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1",
-                         search="lr = { low = 1e-4, high = 0.5, log = true }", sampler='name = "random"',
-                         pruner='name = "median"\nn_startup_trials = 2\nn_warmup_steps = 0',
-                         objective='metrics = ["val_acc", "wall_time"]')
-    (folder / "study.toml").write_text((folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300"))
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "mo", "--trials", "8", "--quiet", "--keep", "none"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    folder = write_study(
+        tmp_path / "studies" / "mo",
+        train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        search="lr = { low = 1e-4, high = 0.5, log = true }",
+        sampler='name = "random"',
+        pruner='name = "median"\nn_startup_trials = 2\nn_warmup_steps = 0',
+        objective='metrics = ["val_acc", "wall_time"]',
+    )
+    (folder / "study.toml").write_text(
+        (folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "mo", "--trials", "8", "--quiet", "--keep", "none"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     url = f"sqlite:///{tmp_path / 'storage/hpo.db'}"
     study = optuna.load_study(study_name="mo", storage=url)
@@ -76,8 +93,13 @@ def test_an_accuracy_vs_time_study_prunes_and_reports_its_pareto_front(tmp_path,
     assert all(t.user_attrs["epochs_run"] < 3 and "median pruner" in t.user_attrs["reason"] for t in pruned)
     assert all(len(t.values) == 2 for t in complete) and len(study.directions) == 2  # still multi-objective
     assert all(t.intermediate_values == {} for t in study.trials)  # nothing reported to the real study
-    report = subprocess.run([sys.executable, "-m", "hpo.report", "studies/mo", "--no-png"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "hpo.report", "studies/mo", "--no-png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     md = (folder / "report" / "report.md").read_text()
     front = len(study.best_trials)

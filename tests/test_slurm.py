@@ -1,5 +1,6 @@
 """The README's Slurm recipe, submitted to a real single-node Slurm (tests/slurm.py) against PostgreSQL:
 an array task cancelled mid-trial, resubmitted, and the study ends with exactly the trials asked for."""
+
 from __future__ import annotations
 
 import sys
@@ -59,8 +60,9 @@ def array_task(pid: int) -> str:
     return next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"SLURM_ARRAY_TASK_ID="))
 
 
-def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n(slurm, slurm_store, tmp_path,
-                                                                                   fashion_mnist_system):
+def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n(
+    slurm, slurm_store, tmp_path, fashion_mnist_system
+):
     url = slurm_store.url
     # The recipe as the README shows it; only the store and the trial count change. The submit
     # folder holds a tiny lenet_lr study (2,000 images, 6 epochs) and the .venv the recipe runs.
@@ -69,8 +71,12 @@ def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n
         assert old in script
         script = script.replace(old, new)
     (tmp_path / "job.sbatch").write_text(script)
-    write_study(tmp_path / "studies" / "lenet_lr", train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1",
-                pruner='name = "none"', search="lr = { low = 0.02, high = 0.08, log = true }")  # every lr learns: none collapses
+    write_study(
+        tmp_path / "studies" / "lenet_lr",
+        train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        pruner='name = "none"',
+        search="lr = { low = 0.02, high = 0.08, log = true }",
+    )  # every lr learns: none collapses
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     (tmp_path / "logs").mkdir()
     options = ("--cpus-per-task=1", "--mem=500M")  # this one small node: two tasks at once
@@ -82,8 +88,10 @@ def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n
     victim = wait_for(training, "a trial in training")[0]
     task = array_task(int(victim.user_attrs["worker"].rsplit(":", 1)[1]))
     slurm.run("scancel", f"{job}_{task}")
-    stopped = wait_for(lambda: [t for t in trials(slurm_store) if t.number == victim.number and t.state.is_finished()],
-                       "the cancelled task's trial to be marked")[0]
+    stopped = wait_for(
+        lambda: [t for t in trials(slurm_store) if t.number == victim.number and t.state.is_finished()],
+        "the cancelled task's trial to be marked",
+    )[0]
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["status"] == "interrupted"
     wait_for(lambda: f"{job}_{task}" not in slurm.queued(job), "the cancelled task to end")
     again = slurm.sbatch(tmp_path / "job.sbatch", f"--array={task}", *options, cwd=tmp_path)
@@ -96,9 +104,15 @@ def test_a_cancelled_array_task_is_resubmitted_and_the_study_ends_with_exactly_n
     done = trials(slurm_store)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in done) == N
     assert not [t for t in done if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    (retry,) = [t for t in done if t.user_attrs.get("checkpoint_of") == stopped.user_attrs["checkpoint_of"]
-                and t.number != stopped.number]
+    (retry,) = [
+        t
+        for t in done
+        if t.user_attrs.get("checkpoint_of") == stopped.user_attrs["checkpoint_of"] and t.number != stopped.number
+    ]
     assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
-    assert retry.user_attrs["resumed_from_epoch"] in (stopped.user_attrs["epochs_run"], stopped.user_attrs["epochs_run"] + 1)
+    assert retry.user_attrs["resumed_from_epoch"] in (
+        stopped.user_attrs["epochs_run"],
+        stopped.user_attrs["epochs_run"] + 1,
+    )
     assert retry.user_attrs["resumed_from_epoch"] >= 1
     assert not list((tmp_path / "models" / "checkpoints").glob("*.pt"))  # every trial ended for good

@@ -4,6 +4,7 @@ supervisor starts the worker again). The cuts come from tests/pgproxy.py on a st
 names, and end on a line the test waits for: no sleeps, no timing.
 
 Each study here has its own name and is deleted afterwards (other engineers share the server)."""
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +41,20 @@ class Run:
     """``python -m hpo.run`` in the background, its stderr lines collected as they come."""
 
     def __init__(self, *args: str, cwd, env: dict):
-        self.proc = subprocess.Popen([sys.executable, "-m", "hpo.run", *args], cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo.run", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
         self.lines: list[str] = []
         self.out: list[str] = []
-        self.readers = [threading.Thread(target=self._read, args=(s, d), daemon=True)
-                        for s, d in ((self.proc.stderr, self.lines), (self.proc.stdout, self.out))]
+        self.readers = [
+            threading.Thread(target=self._read, args=(s, d), daemon=True)
+            for s, d in ((self.proc.stderr, self.lines), (self.proc.stdout, self.out))
+        ]
         for r in self.readers:
             r.start()
 
@@ -113,26 +122,32 @@ def assert_exactly(trials, n: int, lost: int | None = 0) -> None:
     if lost is not None:
         assert len(gone) == lost, [(t.number, t.state.name) for t in trials]
     for t in gone:  # retried with the same parameters, if it had any yet (a retry lost in turn is retried again)
-        assert any(r.system_attrs.get("retry_history", [None])[-1] == t.number and (r.params == t.params or not t.params)
-                   for r in trials), [(r.number, r.state.name, r.system_attrs) for r in trials]
+        assert any(
+            r.system_attrs.get("retry_history", [None])[-1] == t.number and (r.params == t.params or not t.params)
+            for r in trials
+        ), [(r.number, r.state.name, r.system_attrs) for r in trials]
 
 
 # ---------------------------------------------------------------- the classification
 
-@pytest.mark.parametrize("error, kind", [
-    (psycopg.errors.lookup("40001")("could not serialize access"), faults.TRANSIENT),
-    (psycopg.errors.lookup("40P01")("deadlock detected"), faults.TRANSIENT),
-    (psycopg.errors.lookup("57P01")("terminating connection due to administrator command"), faults.TRANSIENT),
-    (psycopg.errors.lookup("57P03")("the database system is starting up"), faults.TRANSIENT),
-    (psycopg.errors.lookup("08006")("connection failure"), faults.TRANSIENT),
-    (psycopg.OperationalError("server closed the connection unexpectedly"), faults.TRANSIENT),  # no SQLSTATE
-    (psycopg.errors.lookup("28P01")("password authentication failed"), faults.SETUP),
-    (psycopg.errors.lookup("3D000")("database does not exist"), faults.SETUP),
-    (psycopg.errors.lookup("42P01")("relation does not exist"), faults.SETUP),
-    (sqlalchemy.exc.ArgumentError("Could not parse SQLAlchemy URL"), faults.SETUP),
-    (faults.StoreLost("out of reach"), faults.LOST),
-    (ValueError("a bug"), None),
-])
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (psycopg.errors.lookup("40001")("could not serialize access"), faults.TRANSIENT),
+        (psycopg.errors.lookup("40P01")("deadlock detected"), faults.TRANSIENT),
+        (psycopg.errors.lookup("57P01")("terminating connection due to administrator command"), faults.TRANSIENT),
+        (psycopg.errors.lookup("57P03")("the database system is starting up"), faults.TRANSIENT),
+        (psycopg.errors.lookup("08006")("connection failure"), faults.TRANSIENT),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), faults.TRANSIENT),  # no SQLSTATE
+        (psycopg.errors.lookup("28P01")("password authentication failed"), faults.SETUP),
+        (psycopg.errors.lookup("3D000")("database does not exist"), faults.SETUP),
+        (psycopg.errors.lookup("42P01")("relation does not exist"), faults.SETUP),
+        (sqlalchemy.exc.ArgumentError("Could not parse SQLAlchemy URL"), faults.SETUP),
+        (faults.StoreLost("out of reach"), faults.LOST),
+        (ValueError("a bug"), None),
+    ],
+)
 def test_store_errors_are_classified_by_class_and_sqlstate(error, kind):
     assert faults.kind(error) == kind
     # The same, as SQLAlchemy and Optuna wrap it.
@@ -236,8 +251,9 @@ def ride_out(run: Run, proxy: Proxy, cuts: int) -> None:
     for k in range(cuts):
         end = time.monotonic() + 180
         while len(proxy.fires) <= k:
-            assert run.proc.poll() is None and time.monotonic() < end, \
+            assert run.proc.poll() is None and time.monotonic() < end, (
                 f"cut {k + 1} of {cuts} never came ({len(proxy.fires)} came):\n{run.err[-4000:]}"
+            )
             time.sleep(0.05)
         run.wait_for("retrying for up to", after=proxy.fires[k])
         proxy.mend()
@@ -267,8 +283,14 @@ def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_st
     proxy.on_fire = lambda: len(run.lines)
     supervisor = f"hpo pid {run.proc.pid}"
     worker, itself = (lambda app: app != supervisor), (lambda app: app == supervisor)
-    proxy.cuts_on([at("opening", worker), at("ask-committed", worker), Trigger((b"FROM trials",), apps=itself),
-                   at("tell-committed", worker)])
+    proxy.cuts_on(
+        [
+            at("opening", worker),
+            at("ask-committed", worker),
+            Trigger((b"FROM trials",), apps=itself),
+            at("tell-committed", worker),
+        ]
+    )
     ride_out(run, proxy, 4)
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "stopped early" not in run.err and "lost the store" not in run.err
@@ -281,7 +303,9 @@ def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_aga
     """An outage longer than $HPO_STORE_WAIT_S mid-training: each worker stops (exit 75), its trial
     in hand is failed as lost and retried, new workers take the rest: exactly N trials."""
     name, folder = pg_study
-    write_study(folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"', search=SEARCH)
+    write_study(
+        folder, train="epochs = 3\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"', search=SEARCH
+    )
     proxy = Proxy()
     run = Run("--study", name, "--trials", "4", "--workers", "2", "--storage", proxy.url(), cwd=tmp_path, env=LONG)
     supervisor = f"hpo pid {run.proc.pid}"
@@ -307,7 +331,9 @@ def test_one_worker_stops_with_75_after_a_long_cut_and_the_resume_retries_its_tr
     env = {**LONG, "HPO_GRACE_S": "2"}
     run = Run("--study", name, "--trials", "2", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=env)
     assert run.finish() == 75, run.err
-    assert re.search(r"^error: lost the store .*: out of reach for 2 s .*; resume with: python -m hpo.run", run.err, re.M), run.err
+    assert re.search(
+        r"^error: lost the store .*: out of reach for 2 s .*; resume with: python -m hpo.run", run.err, re.M
+    ), run.err
     assert "Traceback" not in run.err
     (stuck,) = [t for t in trials_of(name) if t.state == TrialState.RUNNING]
     assert stuck.user_attrs["worker"] == store.worker_tag(run.proc.pid)
@@ -348,10 +374,14 @@ def test_a_queued_trial_whose_commit_went_unheard_is_written_once(queue, monkeyp
         if queue == "enqueue_trial":
             study.enqueue_trial({"x": 0.5})
         else:
-            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params={"x": 0.5}, distributions={"x": x}))
+            study.add_trial(
+                optuna.trial.create_trial(state=TrialState.WAITING, params={"x": 0.5}, distributions={"x": x})
+            )
         assert proxy.fired.is_set()  # the commit was cut, and ridden out
         trials = optuna.load_study(study_name=name, storage=PG).trials
-        assert [(t.state, t.system_attrs.get("fixed_params", t.params)) for t in trials] == [(TrialState.WAITING, {"x": 0.5})]
+        assert [(t.state, t.system_attrs.get("fixed_params", t.params)) for t in trials] == [
+            (TrialState.WAITING, {"x": 0.5})
+        ]
     finally:
         logging.getLogger("hpo.storage.store").removeHandler(handler)
         optuna.delete_study(study_name=name, storage=PG)
@@ -360,8 +390,18 @@ def test_a_queued_trial_whose_commit_went_unheard_is_written_once(queue, monkeyp
 def test_workers_that_never_reach_the_store_are_started_again_at_most_max_restarts_times(pg_study, tmp_path):
     name, _ = pg_study
     proxy = Proxy()
-    run = Run("--study", name, "--trials", "2", "--workers", "2", "--storage", proxy.url(), cwd=tmp_path,
-              env={**LONG, "HPO_STORE_WAIT_S": "1"})
+    run = Run(
+        "--study",
+        name,
+        "--trials",
+        "2",
+        "--workers",
+        "2",
+        "--storage",
+        proxy.url(),
+        cwd=tmp_path,
+        env={**LONG, "HPO_STORE_WAIT_S": "1"},
+    )
     supervisor = f"hpo pid {run.proc.pid}"
     proxy.refuse = lambda app: app != supervisor  # the supervisor reaches the store; its workers never do
     assert run.finish() == 2, run.err

@@ -1,4 +1,5 @@
 """hpo.search.study and hpo.search.objective: every sampler and pruner on a tiny real study, in a real SQLite store."""
+
 from __future__ import annotations
 
 import optuna
@@ -24,10 +25,15 @@ def test_registries_implement_exactly_the_declared_names():
 
 @pytest.mark.parametrize("sampler", sorted(study_mod.SAMPLERS))
 def test_every_sampler_runs_a_study(sampler, study_dir):
-    search = 'lr = { choices = [0.01, 0.05] }' if sampler == "grid" else 'lr = { low = 0.02, high = 0.1, log = true }'
+    search = "lr = { choices = [0.01, 0.05] }" if sampler == "grid" else "lr = { low = 0.02, high = 0.1, log = true }"
     metrics = '["val_acc", "params"]' if sampler == "nsga2" else '["val_acc"]'
-    write_study(study_dir, search=search + '\n"model.name" = { choices = ["lenet5", "simple_cnn"] }',
-                sampler=f'name = "{sampler}"', pruner='name = "none"', objective=f"metrics = {metrics}")
+    write_study(
+        study_dir,
+        search=search + '\n"model.name" = { choices = ["lenet5", "simple_cnn"] }',
+        sampler=f'name = "{sampler}"',
+        pruner='name = "none"',
+        objective=f"metrics = {metrics}",
+    )
     assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "2"]) == 0
     trials = load_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -41,9 +47,14 @@ def test_every_sampler_runs_a_study(sampler, study_dir):
 
 # Each pruner's options, chosen so that it must prune on the grid below (one bracket for Hyperband:
 # successive halving with reduction factor 3).
-PRUNER_OPTIONS = {"median": "n_startup_trials = 1", "percentile": "percentile = 50.0\nn_startup_trials = 1",
-                  "successive_halving": "min_resource = 1\nreduction_factor = 2",
-                  "hyperband": "min_resource = 1\nmax_resource = 2", "patient": "patience = 0", "none": ""}
+PRUNER_OPTIONS = {
+    "median": "n_startup_trials = 1",
+    "percentile": "percentile = 50.0\nn_startup_trials = 1",
+    "successive_halving": "min_resource = 1\nreduction_factor = 2",
+    "hyperband": "min_resource = 1\nmax_resource = 2",
+    "patient": "patience = 0",
+    "none": "",
+}
 GOOD_LR, SLOW_LR = 0.05, 0.0001
 
 
@@ -56,12 +67,18 @@ def test_every_pruner_prunes_what_it_should_and_records_why(pruner, study_dir):
     first, values = ("lr", [GOOD_LR, SLOW_LR]) if pruner != "patient" else ("gamma", [1.0, 3.0])
     if pruner == "patient":
         text = text.replace("momentum = 0.9\n", 'momentum = 0.9\nschedule = "step"\nmilestones = [1]\n')
-    write_study(study_dir, text=text, pruner=f'name = "{pruner}"\n{PRUNER_OPTIONS[pruner]}', sampler='name = "grid"',
-                search=f"{first} = {{ choices = {values} }}\nmomentum = {{ choices = [0.9, 0.8] }}")
+    write_study(
+        study_dir,
+        text=text,
+        pruner=f'name = "{pruner}"\n{PRUNER_OPTIONS[pruner]}',
+        sampler='name = "grid"',
+        search=f"{first} = {{ choices = {values} }}\nmomentum = {{ choices = [0.9, 0.8] }}",
+    )
     assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "4"]) == 0
     trials = load_trials()
     assert sorted((t.params[first], t.params["momentum"]) for t in trials) == sorted(
-        (v, m) for v in values for m in (0.9, 0.8))  # the whole grid, each point once
+        (v, m) for v in values for m in (0.9, 0.8)
+    )  # the whole grid, each point once
     pruned = {t.number for t in trials if t.user_attrs["status"] == "pruned"}
     for t in trials:
         assert t.user_attrs["epochs_run"] == len(t.intermediate_values)
@@ -72,12 +89,20 @@ def test_every_pruner_prunes_what_it_should_and_records_why(pruner, study_dir):
     if pruner == "none":
         assert not pruned
     elif pruner == "patient":  # patience 0: pruned exactly when epoch 2 is worse than epoch 1
-        fell = {t.number for t in trials if t.user_attrs["status"] in ("ok", "pruned") and len(t.intermediate_values) == 2
-                and t.intermediate_values[2] < t.intermediate_values[1]}
+        fell = {
+            t.number
+            for t in trials
+            if t.user_attrs["status"] in ("ok", "pruned")
+            and len(t.intermediate_values) == 2
+            and t.intermediate_values[2] < t.intermediate_values[1]
+        }
         assert pruned and pruned == fell, [(t.params, t.intermediate_values, t.user_attrs["status"]) for t in trials]
     else:
-        trailing = {t.number for t in trials if t.params["lr"] == SLOW_LR
-                    and any(u.params["lr"] == GOOD_LR and u.number < t.number for u in trials)}
+        trailing = {
+            t.number
+            for t in trials
+            if t.params["lr"] == SLOW_LR and any(u.params["lr"] == GOOD_LR and u.number < t.number for u in trials)
+        }
         assert trailing, "the grid's order leaves no slow trial after a good one: pick another seed"
         assert trailing <= pruned, [(t.number, t.params, t.user_attrs["status"]) for t in trials]
         assert all(trials[n].user_attrs["epochs_run"] == 1 for n in pruned)
@@ -91,7 +116,7 @@ def test_objective_runs_without_a_study(study_dir):
 
 
 def test_diverged_trial_is_pruned_with_its_reason_and_the_study_goes_on(study_dir):
-    write_study(study_dir, search='lr = { choices = [1e6, 0.05] }', sampler='name = "grid"', pruner='name = "none"')
+    write_study(study_dir, search="lr = { choices = [1e6, 0.05] }", sampler='name = "grid"', pruner='name = "none"')
     assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "2"]) == 0
     by_lr = {t.params["lr"]: t for t in load_trials()}
     bad = by_lr[1e6]
@@ -102,8 +127,13 @@ def test_diverged_trial_is_pruned_with_its_reason_and_the_study_goes_on(study_di
 
 def test_chance_level_trial_is_pruned_as_collapsed(study_dir):
     # Sigmoid LeNet at a tiny lr stays at chance: the loss is finite, so only the accuracy tells.
-    write_study(study_dir, search='lr = { choices = [1e-6] }', sampler='name = "grid"', pruner='name = "none"',
-                model='name = "lenet5"\nactivation = "sigmoid"')
+    write_study(
+        study_dir,
+        search="lr = { choices = [1e-6] }",
+        sampler='name = "grid"',
+        pruner='name = "none"',
+        model='name = "lenet5"\nactivation = "sigmoid"',
+    )
     run.main(["--study", str(study_dir), "--workers", "1", "--trials", "1"])
     (t,) = load_trials()
     assert t.state == optuna.trial.TrialState.PRUNED
@@ -121,13 +151,16 @@ def test_keep_policy_decides_which_weights_are_stored(keep, expected, study_dir,
 
 
 def test_keep_best_stores_each_new_best_and_the_final_best(study_dir, tmp_path):
-    write_study(study_dir, pruner='name = "none"', search='lr = { choices = [0.0005, 0.05, 0.002] }', sampler='name = "grid"')
+    write_study(
+        study_dir, pruner='name = "none"', search="lr = { choices = [0.0005, 0.05, 0.002] }", sampler='name = "grid"'
+    )
     assert run.main(["--study", str(study_dir), "--workers", "1", "--trials", "3"]) == 0
     trials = load_trials()
     best = max(trials, key=lambda t: t.value)
     assert "weights_artifact_id" in best.user_attrs
     store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "models")
     import torch
+
     with store.open_reader(best.user_attrs["weights_artifact_id"]) as f:
         state = torch.load(f, weights_only=True)
     assert "features.0.weight" in state
@@ -145,12 +178,19 @@ def test_grid_over_a_continuous_range_is_refused(study_dir):
         study_mod.make_sampler(spec, 0)
 
 
-@pytest.mark.parametrize("section, text, message", [
-    ("sampler", 'name = "bayes"', "unknown sampler.name 'bayes'; choose one of: cmaes, gp, grid, nsga2, qmc, random, tpe"),
-    ("pruner", 'name = "medain"', "unknown pruner.name 'medain' (did you mean 'median'?)"),
-    ("sampler", 'name = "tpe"\nn_start = 3', "unknown option sampler.n_start for sampler 'tpe'"),
-    ("pruner", 'name = "patient"\npatience = -1', "pruner 'patient': patience cannot be negative"),
-])
+@pytest.mark.parametrize(
+    "section, text, message",
+    [
+        (
+            "sampler",
+            'name = "bayes"',
+            "unknown sampler.name 'bayes'; choose one of: cmaes, gp, grid, nsga2, qmc, random, tpe",
+        ),
+        ("pruner", 'name = "medain"', "unknown pruner.name 'medain' (did you mean 'median'?)"),
+        ("sampler", 'name = "tpe"\nn_start = 3', "unknown option sampler.n_start for sampler 'tpe'"),
+        ("pruner", 'name = "patient"\npatience = -1', "pruner 'patient': patience cannot be negative"),
+    ],
+)
 def test_bad_sampler_or_pruner(section, text, message, study_dir):
     write_study(study_dir, **{section: text})
     with pytest.raises(HpoError) as error:  # names fail as the file is read, options as Optuna gets them

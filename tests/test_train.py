@@ -1,5 +1,6 @@
 """hpo.train: the seeded loop on a real Fashion-MNIST subset (2,000 train images, LeNet-5, 1-3
 epochs), its schedules and optimizers by registry, and ``python -m hpo.train`` as a subprocess."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,7 +67,9 @@ def steps_per_epoch(config: TrainConfig, data: Data) -> int:
 # ---------------------------------------------------------------- reproducibility
 
 
-@pytest.mark.parametrize("model, epochs, size", [("lenet5", 2, 0), ("simple_cnn", 1, 512)])  # simple_cnn: dropout's RNG too
+@pytest.mark.parametrize(
+    "model, epochs, size", [("lenet5", 2, 0), ("simple_cnn", 1, 512)]
+)  # simple_cnn: dropout's RNG too
 def test_same_seed_is_bit_identical(train_config, fashion_subset, model, epochs, size):
     _, data = fashion_subset
     if size:  # fewer images for the bigger net
@@ -78,7 +81,11 @@ def test_same_seed_is_bit_identical(train_config, fashion_subset, model, epochs,
     second, second_model = fit(config, data)
     assert first.status == second.status == "ok"
     assert numbers(first) == numbers(second)  # exact float equality, field by field
-    assert (first.test_acc, first.best_val_acc, first.final_val_acc) == (second.test_acc, second.best_val_acc, second.final_val_acc)
+    assert (first.test_acc, first.best_val_acc, first.final_val_acc) == (
+        second.test_acc,
+        second.best_val_acc,
+        second.final_val_acc,
+    )
     assert same_state(first_model, second_model)
 
     other, other_model = fit(dataclasses.replace(config, seed=4), data)
@@ -98,8 +105,13 @@ def test_batch_order_follows_the_seed(train_config, fashion_subset, monkeypatch)
         firsts.append(y.clone())
         yield x, y
 
-    monkeypatch.setattr(train, "batches", lambda split, *args, **kwargs: (
-        first_batch_only(split, *args, **kwargs) if split is data.train else batches(split, *args, **kwargs)))
+    monkeypatch.setattr(
+        train,
+        "batches",
+        lambda split, *args, **kwargs: (
+            first_batch_only(split, *args, **kwargs) if split is data.train else batches(split, *args, **kwargs)
+        ),
+    )
     for seed in (3, 3, 4):
         fit(train_config(seed=seed, epochs=1), data)
     assert torch.equal(firsts[0], firsts[1])
@@ -129,7 +141,9 @@ def test_result_fields(train_config, fashion_subset):
         accuracy = 100.0 * (model.eval()(x).argmax(1) == y).float().mean().item()
     assert result.test_acc == pytest.approx(accuracy, abs=0.2)
     as_dict = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert as_dict["curve"][0]["epoch"] == 1 and set(as_dict["curve"][0]) == {f.name for f in dataclasses.fields(EpochStats)}
+    assert as_dict["curve"][0]["epoch"] == 1 and set(as_dict["curve"][0]) == {
+        f.name for f in dataclasses.fields(EpochStats)
+    }
 
 
 def test_on_epoch_once_per_epoch(train_config, fashion_subset):
@@ -270,11 +284,15 @@ def test_lr_used_per_step_and_in_the_curve(train_config, fashion_subset, monkeyp
     assert used == pytest.approx([0.04 * f(k) for k in range(2 * per_epoch)], rel=1e-12)
     # The curve's lr is the one used on the epoch's first step.
     assert [s.lr for s in result.curve] == [used[0], used[per_epoch]]
-    expected = {
-        "constant": [0.04, 0.04],
-        "step": [0.04, 0.02],
-        "cosine": [0.04, 0.02],  # cos(pi/2): half way through 2 epochs
-    }.get(extra["schedule"]) if "warmup_epochs" not in extra else [0.04 / per_epoch, 0.04]
+    expected = (
+        {
+            "constant": [0.04, 0.04],
+            "step": [0.04, 0.02],
+            "cosine": [0.04, 0.02],  # cos(pi/2): half way through 2 epochs
+        }.get(extra["schedule"])
+        if "warmup_epochs" not in extra
+        else [0.04 / per_epoch, 0.04]
+    )
     assert [s.lr for s in result.curve] == pytest.approx(expected)
 
 
@@ -309,7 +327,9 @@ def test_sgd_options_reach_the_optimizer(train_config, fashion_subset, monkeypat
     assert (group["initial_lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.03, 0.8, True, 5e-4)
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_optimizer_registry(train_config, name, cls):
     params = [torch.nn.Parameter(torch.zeros(3))]
     spec = train_config(lr=0.007, weight_decay=0.01, momentum=0.5).train
@@ -371,7 +391,9 @@ def test_resolve_device_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     for name in ("cuda", "cuda:0", "cuda:1"):
-        with pytest.raises(HpoError, match=f"^train.device = '{name}' but no CUDA device is visible; use \"auto\" or \"cpu\"$"):
+        with pytest.raises(
+            HpoError, match=f'^train.device = \'{name}\' but no CUDA device is visible; use "auto" or "cpu"$'
+        ):
             resolve_device(name)
 
 
@@ -417,8 +439,14 @@ def test_fit_refuses_data_on_another_device(train_config, fashion_subset, monkey
 
 
 def cli(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpo.train", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.train", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def names(registry) -> str:
@@ -444,8 +472,18 @@ BAD_INPUT = {
 def cli_runs(fashion_subset, empty_data_dir):
     """Every CLI run of this file, started together (each pays ~2 s of imports) and awaited once."""
     env = {**os.environ, "HPO_DATA_DIR": str(empty_data_dir)}
-    good = cli("--study", "lenet_lr", "--set", "train.epochs=2", "--set", "data.train_size=2000",
-               "--set", "train.threads=1", "--json", env=env)
+    good = cli(
+        "--study",
+        "lenet_lr",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.train_size=2000",
+        "--set",
+        "train.threads=1",
+        "--json",
+        env=env,
+    )
     bad = {}
     for key, (args, _) in BAD_INPUT.items():
         study = [] if "--study" in args else ["--study", "lenet_lr"]
@@ -471,7 +509,9 @@ def test_cli_json(cli_runs):
     # Progress goes to stderr: a header, one line per epoch, a summary.
     assert "Traceback" not in err
     lines = err.splitlines()
-    assert lines[0].startswith("lenet_lr: lenet5 on fashion_mnist (2000 train / 6000 val / 10000 test), 2 epochs on cpu")
+    assert lines[0].startswith(
+        "lenet_lr: lenet5 on fashion_mnist (2000 train / 6000 val / 10000 test), 2 epochs on cpu"
+    )
     assert [line.split()[1] for line in lines if line.lstrip().startswith("epoch ")] == ["1/2", "2/2"]
     assert lines[-1].startswith("best val") and f"test {result['test_acc']:.2f}%" in lines[-1]
 

@@ -1,4 +1,5 @@
 """--warm-start: the best K configurations of another study, queued in this study's parameters."""
+
 from __future__ import annotations
 
 import subprocess
@@ -29,10 +30,17 @@ lr = [{ low = 1e-3, high = 0.5, log = true, when = { optimizer = "sgd" } },
 warmup_epochs = { low = 0, high = 2 }
 """
 # the source searched lr, momentum and batch size with SGD only; value = its val_acc
-SOURCE = [({"lr": 0.05, "momentum": 0.9, "batch_size": 64}, 88.0), ({"lr": 0.2, "momentum": 0.99, "batch_size": 128}, 90.0),
-          ({"lr": 0.9, "momentum": 0.6, "batch_size": 64}, 89.0), ({"lr": 0.01, "momentum": 0.7, "batch_size": 32}, 70.0)]
-DISTS = {"lr": FloatDistribution(1e-4, 1.0, log=True), "momentum": FloatDistribution(0.5, 0.99),
-         "batch_size": CategoricalDistribution([32, 64, 128])}
+SOURCE = [
+    ({"lr": 0.05, "momentum": 0.9, "batch_size": 64}, 88.0),
+    ({"lr": 0.2, "momentum": 0.99, "batch_size": 128}, 90.0),
+    ({"lr": 0.9, "momentum": 0.6, "batch_size": 64}, 89.0),
+    ({"lr": 0.01, "momentum": 0.7, "batch_size": 32}, 70.0),
+]
+DISTS = {
+    "lr": FloatDistribution(1e-4, 1.0, log=True),
+    "momentum": FloatDistribution(0.5, 0.99),
+    "batch_size": CategoricalDistribution([32, 64, 128]),
+}
 
 
 def source_store(tmp_path: Path) -> str:
@@ -52,9 +60,11 @@ def test_plan_takes_the_best_k_in_this_studys_parameters(tmp_path):
     assert [tag for tag, _ in planned] == ["src#1", "src#2", "src#0"]  # 90, 89, 88
     # optimizer and warmup: not searched by the source, this study's base (sgd, 1); batch_size: not searched here;
     # momentum 0.99 and lr 0.9 are outside this study's ranges: left to the sampler
-    assert [p for _, p in planned] == [{"optimizer": "sgd", "lr|sgd": 0.2, "warmup_epochs": 1},
-                                       {"optimizer": "sgd", "momentum": 0.6, "warmup_epochs": 1},
-                                       {"optimizer": "sgd", "momentum": 0.9, "lr|sgd": 0.05, "warmup_epochs": 1}]
+    assert [p for _, p in planned] == [
+        {"optimizer": "sgd", "lr|sgd": 0.2, "warmup_epochs": 1},
+        {"optimizer": "sgd", "momentum": 0.6, "warmup_epochs": 1},
+        {"optimizer": "sgd", "momentum": 0.9, "lr|sgd": 0.05, "warmup_epochs": 1},
+    ]
 
 
 def test_enqueue_queues_exactly_k_once(tmp_path):
@@ -68,8 +78,13 @@ def test_enqueue_queues_exactly_k_once(tmp_path):
     assert [t.system_attrs["fixed_params"] for t in waiting] == [p for _, p in planned]
 
 
-@pytest.mark.parametrize("name, k, message", [("srx", 2, r"^--warm-start: no study 'srx' in sqlite:///.*; studies there: src$"),
-                                              ("src", 0, r"^--warm-start-trials must be >= 1, got 0$")])
+@pytest.mark.parametrize(
+    "name, k, message",
+    [
+        ("srx", 2, r"^--warm-start: no study 'srx' in sqlite:///.*; studies there: src$"),
+        ("src", 0, r"^--warm-start-trials must be >= 1, got 0$"),
+    ],
+)
 def test_bad_sources_are_one_line(tmp_path, name, k, message):
     with pytest.raises(HpoError, match=message):
         warmstart.plan(source_store(tmp_path), name, spec(), k)
@@ -78,15 +93,24 @@ def test_bad_sources_are_one_line(tmp_path, name, k, message):
 def test_a_real_run_starts_with_the_warm_trials_and_marks_them(tmp_path, monkeypatch, fashion_mnist_system):
     monkeypatch.chdir(tmp_path)
     url = source_store(tmp_path)
-    folder = write_study(tmp_path / "studies" / "this", train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
-                         search="lr = { low = 1e-3, high = 0.5, log = true }\nmomentum = { low = 0.5, high = 0.95 }")
-    (folder / "study.toml").write_text((folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300"))
+    folder = write_study(
+        tmp_path / "studies" / "this",
+        train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        search="lr = { low = 1e-3, high = 0.5, log = true }\nmomentum = { low = 0.5, high = 0.95 }",
+    )
+    (folder / "study.toml").write_text(
+        (folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
+    )
     base = [sys.executable, "-m", "hpo.run", "--study", "this", "--storage", url, "--quiet", "--keep", "none"]
     bad = subprocess.run(base + ["--trials", "3", "--warm-start", "nope"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --warm-start: no study 'nope'")
     assert "this" not in optuna.get_all_study_names(url)  # bad input never touches the store
-    proc = subprocess.run(base + ["--trials", "3", "--warm-start", "src", "--warm-start-trials", "2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        base + ["--trials", "3", "--warm-start", "src", "--warm-start-trials", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "first 2 warm-started from src#1, src#2" in proc.stderr
     trials = optuna.load_study(study_name="this", storage=url).trials
@@ -95,8 +119,12 @@ def test_a_real_run_starts_with_the_warm_trials_and_marks_them(tmp_path, monkeyp
     assert trials[0].params["lr"] == 0.2 and 0.5 <= trials[0].params["momentum"] <= 0.95  # 0.99 is outside: sampled
     assert trials[1].params["momentum"] == 0.6 and trials[1].params["lr"] != 0.9  # lr 0.9 is outside: sampled
     assert trials[0].user_attrs["config"]["train"]["lr"] == 0.2
-    report = subprocess.run([sys.executable, "-m", "hpo.report", "studies/this", "--storage", url, "--no-png"],
-                            capture_output=True, text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "hpo.report", "studies/this", "--storage", url, "--no-png"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     md = (folder / "report" / "report.md").read_text()
     assert "#0 from `src#1`" in md and "#1 (warm start)" in md

@@ -4,6 +4,7 @@ The tiny study (2,000 training images, 1 thread per worker) keeps a trial to a s
 most of each test's time is the workers starting (importing torch). PostgreSQL runs on loopback
 on every development and CI machine; each test here makes its own study and deletes it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,14 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpo.run", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.run", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
@@ -104,8 +111,13 @@ def test_k_workers_on_sqlite_add_exactly_n_while_readers_read(k, study_dir, tmp_
         trials = trials_of("tiny", url)
         counts.append(len([t for t in trials if t.state in FINISHED]))
         if report is None and any(t.state == TrialState.COMPLETE for t in trials):
-            report = subprocess.Popen([sys.executable, "-m", "hpo.report", "studies/tiny", "--no-png"], cwd=tmp_path,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            report = subprocess.Popen(
+                [sys.executable, "-m", "hpo.report", "studies/tiny", "--no-png"],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         time.sleep(0.1)
     out, err = finish(proc)
     assert proc.returncode == 0, err[-3000:]
@@ -133,11 +145,23 @@ def test_two_workers_on_postgresql_add_exactly_n(pg_study, tmp_path):
 
 
 def test_kill_9_mid_trial_is_failed_and_retried_with_the_same_parameters(study_dir, tmp_path):
-    write_study(study_dir, train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
-                search="lr = { low = 0.01, high = 0.05 }")  # no trial ends early: the victim is still training
+    write_study(
+        study_dir,
+        train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        pruner='name = "none"',
+        search="lr = { low = 0.01, high = 0.05 }",
+    )  # no trial ends early: the victim is still training
     url = f"sqlite:///{tmp_path / STORE}"
-    proc = start("--study", "tiny", "--trials", "3", "--workers", "2", cwd=tmp_path,
-                 env={"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "3"})
+    proc = start(
+        "--study",
+        "tiny",
+        "--trials",
+        "3",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        env={"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "3"},
+    )
     victim = wait_for(lambda: training("tiny", url), proc, "a trial in training")[0]
     pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
@@ -158,8 +182,12 @@ def test_kill_9_mid_trial_is_failed_and_retried_with_the_same_parameters(study_d
 
 
 def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes(study_dir, tmp_path):
-    write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"',
-                search="lr = { low = 0.01, high = 0.05 }")
+    write_study(
+        study_dir,
+        train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        pruner='name = "none"',
+        search="lr = { low = 0.01, high = 0.05 }",
+    )
     url = f"sqlite:///{tmp_path / STORE}"
     proc = start("--study", "tiny", "--trials", "4", "--workers", "2", "--set", "data.test_size=100", cwd=tmp_path)
     running = wait_for(lambda: len(training("tiny", url)) == 2 and training("tiny", url), proc, "both workers training")
@@ -177,8 +205,11 @@ def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes
     assert resume == "python -m hpo.run --study tiny --trials 4 --workers 2 --set data.test_size=100"
     lines = re.findall(r"^\[worker \d\] interrupted: trial (.*) marked FAIL", err, re.M)
     assert sorted(lines) == sorted(f"#{n}" for n in interrupted)  # each worker names its own trial, no other's
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
-                search="lr = { low = 0.01, high = 0.05 }")  # the same space: a toggled log flag would be refused
+    write_study(
+        study_dir,
+        train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        search="lr = { low = 0.01, high = 0.05 }",
+    )  # the same space: a toggled log flag would be refused
     out, err = finish(start(*resume.split()[3:], cwd=tmp_path))
     assert "tiny: 4 trials added" in out, err[-3000:]
     assert_exactly(trials_of("tiny", url), 6)
@@ -186,8 +217,12 @@ def test_sigterm_to_the_supervisor_leaves_no_trial_running_and_the_study_resumes
 
 def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir, tmp_path):
     # The grid's four points: train_size 10**9 raises in the data loader; lr = 50 diverges.
-    write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1", sampler='name = "grid"',
-                search="train_size = [1500, 1000000000]\nlr = [0.05, 50.0]")
+    write_study(
+        study_dir,
+        train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1",
+        sampler='name = "grid"',
+        search="train_size = [1500, 1000000000]\nlr = [0.05, 50.0]",
+    )
     out, err = finish(start("--study", "tiny", "--trials", "4", "--workers", "2", cwd=tmp_path))
     trials = trials_of("tiny", f"sqlite:///{tmp_path / STORE}")
     assert_exactly(trials, 4)
@@ -202,8 +237,14 @@ def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir
 
 @pytest.mark.parametrize("workers", ["0", "many"])
 def test_a_bad_worker_count_is_one_line_and_no_store(workers, study_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "hpo.run", "--study", "tiny", "--workers", workers], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--workers", workers],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: --workers must be a number >= 1 or auto, got {workers!r}"], proc.stderr
+        f"error: --workers must be a number >= 1 or auto, got {workers!r}"
+    ], proc.stderr
     assert not (tmp_path / "storage").exists()

@@ -1,6 +1,7 @@
 """The real Fashion-MNIST in torchvision's ``FashionMNIST/raw`` layout, for the peers that read it
 the way their examples do (``datasets.FashionMNIST(root, download=True)`` finds the files there
 and downloads nothing)."""
+
 from __future__ import annotations
 
 import gzip

@@ -19,6 +19,7 @@ the comparison with hpo needs it:
 
     python bench/peers/optuna_simple.py --data-dir DIR [--trials 30] [--epochs 6] [--train-size 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,10 +61,14 @@ def get_mnist(batch_size):
     n_valid = round(len(order) * VAL_FRACTION)  # as hpo splits: 6,000 held out, train_size cut from the rest
     train = order[n_valid:][: ARGS.train_size or None]
     train_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, train.tolist()), batch_size=batch_size, shuffle=True,
+        torch.utils.data.Subset(dataset, train.tolist()),
+        batch_size=batch_size,
+        shuffle=True,
     )
     valid_loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, order[:n_valid].tolist()), batch_size=batch_size, shuffle=True,
+        torch.utils.data.Subset(dataset, order[:n_valid].tolist()),
+        batch_size=batch_size,
+        shuffle=True,
     )
     return train_loader, valid_loader
 
@@ -121,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="data", help="folder holding FashionMNIST/raw (default: data)")
     p.add_argument("--trials", type=int, default=30, help="trials (default: 30)")
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default: 6)")
-    p.add_argument("--train-size", type=int, default=0, help="training images, 0: all 54,000 left after the validation split (default: 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads, 0: torch's default, as the example (default: 0)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="training images, 0: all 54,000 left after the validation split (default: 0)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads, 0: torch's default, as the example (default: 0)"
+    )
     args = p.parse_args(argv)
     ARGS.__dict__.update(vars(args))
     if args.threads:

@@ -16,6 +16,7 @@ Prints one JSON line: each trial's (wall-clock time, val acc %) per epoch. Needs
 'ray[tune]'`` (hpo's ``bench`` extra); without it, or when Ray cannot start, it prints
 ``unavailable: <why>`` on stdout and exits 3.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,9 @@ def train_fashion_mnist(config, data_dir: str, epochs: int, train_size: int):
     model = build("lenet5", 1, 28, 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
     trainset, valset = load_data(data_dir, train_size)
-    trainloader = torch.utils.data.DataLoader(trainset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=0)
+    trainloader = torch.utils.data.DataLoader(
+        trainset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=0
+    )
     valloader = torch.utils.data.DataLoader(valset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=0)
     for epoch in range(epochs):
         model.train()
@@ -79,9 +82,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="data", help="folder holding FashionMNIST/raw (default: data)")
     p.add_argument("--trials", type=int, default=30, help="trials (default: 30)")
     p.add_argument("--epochs", type=int, default=6, help="epochs per trial (default: 6)")
-    p.add_argument("--train-size", type=int, default=0, help="training images, 0: all 54,000 left after the validation split (default: 0)")
-    p.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)),
-                   help="CPUs for Ray and max_concurrent_trials (default: the usable cores)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=0,
+        help="training images, 0: all 54,000 left after the validation split (default: 0)",
+    )
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="CPUs for Ray and max_concurrent_trials (default: the usable cores)",
+    )
     args = p.parse_args(argv)
     try:
         import ray
@@ -92,16 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unavailable: Ray Tune cannot be imported ({type(e).__name__}: {e}); pip install 'ray[tune]'")
         return UNAVAILABLE
     try:
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=100 * 1024 * 1024, configure_logging=False)
+        ray.init(
+            num_cpus=args.cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=100 * 1024 * 1024,
+            configure_logging=False,
+        )
     except Exception as e:
         print(f"unavailable: Ray cannot start here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
         return UNAVAILABLE
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_fashion_mnist, data_dir=str(Path(args.data_dir).resolve()), epochs=args.epochs,
-                             train_size=args.train_size),
-        resources={"cpu": 1})
+        tune.with_parameters(
+            train_fashion_mnist,
+            data_dir=str(Path(args.data_dir).resolve()),
+            epochs=args.epochs,
+            train_size=args.train_size,
+        ),
+        resources={"cpu": 1},
+    )
     param_space = {
         "lr": tune.loguniform(1e-4, 1.0),
         "momentum": tune.uniform(0.5, 0.99),
@@ -112,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric="val_acc", mode="max", num_samples=args.trials, max_concurrent_trials=args.cpus,
+                metric="val_acc",
+                mode="max",
+                num_samples=args.trials,
+                max_concurrent_trials=args.cpus,
                 search_alg=OptunaSearch(seed=SEED),
                 scheduler=ASHAScheduler(max_t=args.epochs, grace_period=1, reduction_factor=2),
             ),
@@ -122,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         trials = []
         for r in results:
             frame = r.metrics_dataframe
-            epochs = [] if frame is None or frame.empty else [[float(t), float(a)] for t, a in zip(frame["t"], frame["val_acc"])]
+            epochs = (
+                []
+                if frame is None or frame.empty
+                else [[float(t), float(a)] for t, a in zip(frame["t"], frame["val_acc"])]
+            )
             state = "fail" if r.error else ("complete" if len(epochs) == args.epochs else "pruned")
             trials.append({"state": state, "epochs": epochs})
             threads = int(frame["threads"].iloc[-1]) if epochs else 0

@@ -7,6 +7,7 @@ space), so the study-wide ranking says nothing of a branch's own parameters. Her
 trials are grouped by the settings the conditions read, and each branch gets its own numbers, its
 own per-parameter tables and its own importances, computed on a study of that branch's trials only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,17 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.analysis.findings import (Findings, Importances, ParamEffect, complete_trials, effect_sentence, groups, importances,
-                          metric_names, searched_params)
+from hpo.analysis.findings import (
+    Findings,
+    Importances,
+    ParamEffect,
+    complete_trials,
+    effect_sentence,
+    groups,
+    importances,
+    metric_names,
+    searched_params,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,12 @@ def _stats(trials: list[FrozenTrial], direction) -> dict:
     values = [t.values[0] for t in trials]
     high, low = max(values), min(values)
     maximize = direction == optuna.study.StudyDirection.MAXIMIZE
-    return dict(trials=len(values), mean=sum(values) / len(values), best=high if maximize else low, worst=low if maximize else high)
+    return dict(
+        trials=len(values),
+        mean=sum(values) / len(values),
+        best=high if maximize else low,
+        worst=low if maximize else high,
+    )
 
 
 def display(name: str) -> str:
@@ -87,28 +102,61 @@ def compute(study: optuna.Study) -> Branches | None:
         values = {k: v for k, v in zip(by, key) if v is not None}
         label = ", ".join(f"{k} = {v}" for k, v in values.items()) or "none of the conditions set"
         if not trials:  # every trial of this branch was pruned
-            out.append(Branch(label=label, values=values, trials=0, mean=None, best=None, worst=None, best_trial=None,
-                              params=(), importance=Importances(metric, {}, "no complete trial"), pruned=pruned.count(key)))
+            out.append(
+                Branch(
+                    label=label,
+                    values=values,
+                    trials=0,
+                    mean=None,
+                    best=None,
+                    worst=None,
+                    best_trial=None,
+                    params=(),
+                    importance=Importances(metric, {}, "no complete trial"),
+                    pruned=pruned.count(key),
+                )
+            )
             continue
         own = [n for n in space if n not in shared and any(n in t.params for t in trials)]
         effects = []
         for name in own:
             kind, rows = groups(name, space[name], trials, direction)
-            effects.append(ParamEffect(name=name, kind=kind, log=bool(getattr(space[name], "log", False)), importance={},
-                                       groups=rows, summary=effect_sentence(display(name), kind, rows, metric, direction)))
+            effects.append(
+                ParamEffect(
+                    name=name,
+                    kind=kind,
+                    log=bool(getattr(space[name], "log", False)),
+                    importance={},
+                    groups=rows,
+                    summary=effect_sentence(display(name), kind, rows, metric, direction),
+                )
+            )
         names = [n for n in searched_params(trials) if all(n in t.params for t in trials) and n not in by]
         imp = importances(_branch_study(trials, study.directions), trials, names, metric, 0)
         stats = _stats(trials, direction)
         best = min((t for t in trials if t.values[0] == stats["best"]), key=lambda t: t.number)
-        out.append(Branch(label=label, values=values, best_trial=best.number, params=tuple(effects), importance=imp,
-                          pruned=pruned.count(key), **stats))
+        out.append(
+            Branch(
+                label=label,
+                values=values,
+                best_trial=best.number,
+                params=tuple(effects),
+                importance=imp,
+                pruned=pruned.count(key),
+                **stats,
+            )
+        )
     ranked = tuple(n for n in space if all(n in t.params for t in complete))
     return Branches(by=by, branches=tuple(out), shared=shared, ranked=ranked)
 
 
 def warm_started(study: optuna.Study) -> dict[int, str]:
     """Trial number -> the source trial it was warm-started from ("STUDY#N")."""
-    return {t.number: str(t.user_attrs["warm_start"]) for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start")}
+    return {
+        t.number: str(t.user_attrs["warm_start"])
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("warm_start")
+    }
 
 
 def extend(f: Findings, study: optuna.Study) -> Findings:

@@ -4,6 +4,7 @@ Per study: its best trial (val and test accuracy), trials, epochs and time spent
 what it found; the best trials' learning curves overlaid; the parameters they share, side by side.
 The numbers come from each study's own ``hpo.analysis.findings``; this module lays them next to each other.
 """
+
 from __future__ import annotations
 
 import html
@@ -36,7 +37,7 @@ def _line(f: Findings) -> str:
     if ev is not None and ev.thin:
         return f"{best}; too few trials to tell any effect from noise."
     for p in f.params:
-        for eff in ((ev.at_rung.get(p.name), ev.at_final.get(p.name)) if ev is not None else ()):
+        for eff in (ev.at_rung.get(p.name), ev.at_final.get(p.name)) if ev is not None else ():
             if eff is not None and eff.clear:
                 return f"{best}; {eff.sentence}"
     return f"{best}; no parameter showed a clear effect." if f.params else f"{best}; nothing was searched."
@@ -45,17 +46,34 @@ def _line(f: Findings) -> str:
 def entry(folder: str, study: optuna.Study, f: Findings) -> Entry:
     trials = study.get_trials(deepcopy=False)
     epochs = sum(t.user_attrs.get("epochs_run", 0) or 0 for t in trials if t.state.is_finished())
-    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
-                  if t.datetime_complete and t.datetime_start)
+    seconds = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete and t.datetime_start
+    )
     best = next(t for t in trials if t.number == f.best.number)
     return Entry(folder, f, int(epochs), seconds, dict(sorted(best.intermediate_values.items())), _line(f))
 
 
 def curves_figure(entries: list[Entry]) -> go.Figure:
-    fig = go.Figure([go.Scatter(x=list(e.curve), y=list(e.curve.values()), mode="lines+markers",
-                                name=f"{e.findings.study_name} (trial #{e.findings.best.number})") for e in entries if e.curve])
-    fig.update_layout(title="Learning curves of each study's best trial", xaxis={"title": "epoch"},
-                      yaxis={"title": "val acc (%)"}, legend={"title": "study"})
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=list(e.curve),
+                y=list(e.curve.values()),
+                mode="lines+markers",
+                name=f"{e.findings.study_name} (trial #{e.findings.best.number})",
+            )
+            for e in entries
+            if e.curve
+        ]
+    )
+    fig.update_layout(
+        title="Learning curves of each study's best trial",
+        xaxis={"title": "epoch"},
+        yaxis={"title": "val acc (%)"},
+        legend={"title": "study"},
+    )
     return fig
 
 
@@ -66,12 +84,24 @@ def tables(entries: list[Entry]) -> list[tuple[str, list[str], list[list[str]]]]
     for e in entries:
         f = e.findings
         states = ", ".join(f"{n} {s.lower()}" for s, n in f.counts.items())
-        rows.append([f.study_name, f"#{f.best.number}", fmt(f.metrics[0], f.best.values[0]), fmt("test_acc", f.best.test_acc),
-                     f"{sum(f.counts.values())} ({states})", str(e.epochs_trained), f"{e.seconds / 60:.1f} min"])
+        rows.append(
+            [
+                f.study_name,
+                f"#{f.best.number}",
+                fmt(f.metrics[0], f.best.values[0]),
+                fmt("test_acc", f.best.test_acc),
+                f"{sum(f.counts.values())} ({states})",
+                str(e.epochs_trained),
+                f"{e.seconds / 60:.1f} min",
+            ]
+        )
     out = [("Best per study", best, rows)]
     names = [e.findings.study_name for e in entries]
-    shared = [p for p in dict.fromkeys(n for e in entries for n in e.findings.param_names)
-              if sum(p in e.findings.param_names for e in entries) >= 2]
+    shared = [
+        p
+        for p in dict.fromkeys(n for e in entries for n in e.findings.param_names)
+        if sum(p in e.findings.param_names for e in entries) >= 2
+    ]
     if shared:
         side = []
         for p in shared:
@@ -92,22 +122,40 @@ def markdown(entries: list[Entry], png: bool) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows] + [""]
     lines += ["## Learning curves", ""]
-    lines += [f"![Learning curves of each study's best trial]({PNG})", ""] if png else ["The figure is in `index.html`.", ""]
+    lines += (
+        [f"![Learning curves of each study's best trial]({PNG})", ""] if png else ["The figure is in `index.html`.", ""]
+    )
     return "\n".join(lines)
 
 
 def page(entries: list[Entry], fig: go.Figure) -> str:
     """index.html: the same words and tables, the figure interactive; plotly.js loaded once, locally."""
     esc = html.escape
-    parts = [f"<h1>Comparison: {esc(' vs '.join(e.findings.study_name for e in entries))}</h1>", "<h2>What each study found</h2><ul>"]
-    parts += [f"<li><strong>{esc(e.findings.study_name)}</strong> (<code>{esc(e.folder)}</code>): {esc(e.line)}</li>" for e in entries]
+    parts = [
+        f"<h1>Comparison: {esc(' vs '.join(e.findings.study_name for e in entries))}</h1>",
+        "<h2>What each study found</h2><ul>",
+    ]
+    parts += [
+        f"<li><strong>{esc(e.findings.study_name)}</strong> (<code>{esc(e.folder)}</code>): {esc(e.line)}</li>"
+        for e in entries
+    ]
     parts.append("</ul>")
     for title, header, rows in tables(entries):
-        parts.append(f"<h2>{esc(title)}</h2><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr></thead><tbody>"
-                     + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</tbody></table>")
-    parts.append("<h2>Learning curves</h2>" + pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="fig-learning_curves"))
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Comparison</title>'
-            '<script src="plotly.min.js"></script></head>\n<body>\n' + "\n".join(parts) + "\n</body></html>\n")
+        parts.append(
+            f"<h2>{esc(title)}</h2><table><thead><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in header)
+            + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</tbody></table>"
+        )
+    parts.append(
+        "<h2>Learning curves</h2>"
+        + pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="fig-learning_curves")
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Comparison</title>'
+        '<script src="plotly.min.js"></script></head>\n<body>\n' + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def write(entries: list[Entry], out: Path, png: bool = True) -> tuple[Path, str]:

@@ -1,5 +1,6 @@
 """Is the best trial lucky? The confirmations that ``python -m hpo.run --confirm K`` queued
 (hpo.search.confirm), read back: mean ± sd per configuration, and whether the seeds tell them apart."""
+
 from __future__ import annotations
 
 import math
@@ -45,29 +46,43 @@ def summarise(trials: list[FrozenTrial], maximize: bool, fmt) -> Confirmations |
             continue
         runs = ([src] if src is not None and finite(src) else []) + done
         values = tuple(float(t.values[0]) for t in runs)
-        configs.append(Confirmed(source, dict(confirms[0].params), values,
-                                 sum(t.state.is_finished() and not finite(t) for t in confirms),
-                                 float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None))
+        configs.append(
+            Confirmed(
+                source,
+                dict(confirms[0].params),
+                values,
+                sum(t.state.is_finished() and not finite(t) for t in confirms),
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            )
+        )
     if not configs:
         return None
     configs.sort(key=lambda c: ((-1 if maximize else 1) * c.mean, c.source))
-    squares = [(len(c.values) - 1, c.sd ** 2) for c in configs if c.sd is not None]
+    squares = [(len(c.values) - 1, c.sd**2) for c in configs if c.sd is not None]
     dof = sum(d for d, _ in squares)
     spread = math.sqrt(sum(d * v for d, v in squares) / dof) if dof else None
     return Confirmations(tuple(configs), spread, _sentence(configs, spread, fmt))
 
 
 def _sentence(configs: list[Confirmed], spread: float | None, fmt) -> str:
-    each = "; ".join(f"#{c.source} {fmt(c.mean)}" + (f" ± {c.sd:.2f}" if c.sd is not None else "") + f" (n {len(c.values)})"
-                     for c in configs)
+    each = "; ".join(
+        f"#{c.source} {fmt(c.mean)}" + (f" ± {c.sd:.2f}" if c.sd is not None else "") + f" (n {len(c.values)})"
+        for c in configs
+    )
     text = f"Retrained with new seeds, trial #{configs[0].source}'s configuration wins by its mean: {each}."
     if len(configs) > 1 and spread is not None:
         gap = abs(configs[0].mean - configs[1].mean)
         # the gap between two means of n runs each varies by about spread * sqrt(2/n)
         n = min(len(configs[0].values), len(configs[1].values))
         noise = spread * math.sqrt(2 / n)
-        verdict = ("larger than seed noise explains" if gap > 2 * noise
-                   else "within what the seed-to-seed spread explains: the two are not told apart")
-        text += (f" The seed-to-seed spread is sd {spread:.2f} points; the gap to #{configs[1].source} "
-                 f"({gap:.2f} points) is {verdict}.")
+        verdict = (
+            "larger than seed noise explains"
+            if gap > 2 * noise
+            else "within what the seed-to-seed spread explains: the two are not told apart"
+        )
+        text += (
+            f" The seed-to-seed spread is sd {spread:.2f} points; the gap to #{configs[1].source} "
+            f"({gap:.2f} points) is {verdict}."
+        )
     return text

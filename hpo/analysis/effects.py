@@ -7,6 +7,7 @@ out-of-bag): in a joint search a raw group mean mixes in whatever the sampler pa
 Where they matter, the words follow the partial dependence of a random forest fitted on all the
 parameters, and say so when the raw means point elsewhere.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,9 @@ def bins(dist, xs: list) -> tuple[str, list[int], list[dict]]:
     if not present:  # a conditional parameter that none of these trials has (another branch ran)
         return "range", [-1] * len(xs), []
     distinct = sorted(set(float(x) for x in present))
-    if len(distinct) <= MAX_VALUES and (isinstance(dist, IntDistribution) or getattr(dist, "step", None) is not None
-                                        or len(present) > 2 * len(distinct)):
+    if len(distinct) <= MAX_VALUES and (
+        isinstance(dist, IntDistribution) or getattr(dist, "step", None) is not None or len(present) > 2 * len(distinct)
+    ):
         cast = int if isinstance(dist, IntDistribution) else float
         index = [distinct.index(float(x)) if x is not None else -1 for x in xs]
         return "value", index, [{"label": _label(cast(v)), "value": cast(v)} for v in distinct]
@@ -110,9 +112,14 @@ def bins(dist, xs: list) -> tuple[str, list[int], list[dict]]:
     lo, hi = min(map(float, present)), max(map(float, present))
     log = bool(getattr(dist, "log", False)) and lo > 0
     edges = np.geomspace(lo, hi, n_bins + 1) if log else np.linspace(lo, hi, n_bins + 1)
-    index = [int(np.clip(np.searchsorted(edges, float(x), side="right") - 1, 0, n_bins - 1)) if x is not None else -1 for x in xs]
-    groups = [{"label": f"{_edge(edges[i])}–{_edge(edges[i + 1])}", "low": float(edges[i]), "high": float(edges[i + 1])}
-              for i in range(n_bins)]
+    index = [
+        int(np.clip(np.searchsorted(edges, float(x), side="right") - 1, 0, n_bins - 1)) if x is not None else -1
+        for x in xs
+    ]
+    groups = [
+        {"label": f"{_edge(edges[i])}–{_edge(edges[i + 1])}", "low": float(edges[i]), "high": float(edges[i + 1])}
+        for i in range(n_bins)
+    ]
     return "range", index, groups
 
 
@@ -149,7 +156,7 @@ def permutation_p(index: np.ndarray, r: np.ndarray, rng: np.random.Generator) ->
 
 
 def _trend(values: list[float | None]) -> str:
-    """"rises"/"falls" when the bands' values move one way across the range (rank correlation 0.8 or more)."""
+    """ "rises"/"falls" when the bands' values move one way across the range (rank correlation 0.8 or more)."""
     v = [x for x in values if x is not None]
     if len(v) < 3:
         return ""
@@ -157,14 +164,24 @@ def _trend(values: list[float | None]) -> str:
     return "rises" if rho >= 0.8 else "falls" if rho <= -0.8 else ""
 
 
-def analyse(params: list[dict], values: list[float], space: dict, maximize: bool, fmt, what: str, seed: int = 0,
-            ended: list[str] | None = None) -> dict[str, Effect]:
+def analyse(
+    params: list[dict],
+    values: list[float],
+    space: dict,
+    maximize: bool,
+    fmt,
+    what: str,
+    seed: int = 0,
+    ended: list[str] | None = None,
+) -> dict[str, Effect]:
     """Effects of every parameter in ``space`` on ``values`` (one per trial, with its ``params``).
     ``fmt`` formats a value (88.1%); ``what`` names the metric in the words ("val acc"); ``ended``
     says how each trial ended (complete, pruned, diverged...), for the words about the worse regions."""
     names = list(space)
     y = np.asarray(values, dtype=float)
-    X = np.array([[encode(space[n], p.get(n)) for n in names] for p in params], dtype=float).reshape(len(params), len(names))
+    X = np.array([[encode(space[n], p.get(n)) for n in names] for p in params], dtype=float).reshape(
+        len(params), len(names)
+    )
     sign = 1.0 if maximize else -1.0
     surrogate = None
     if len(names) > 1 and len(y) >= MIN_TRIALS:
@@ -181,8 +198,16 @@ def analyse(params: list[dict], values: list[float], space: dict, maximize: bool
             vals = y[index == g]
             lo, hi = bootstrap_interval(vals, rng) if len(vals) else (None, None)
             how = Counter(e for e, k in zip(ended or [], index) if k == g)
-            bands.append(dict(meta, n=int(len(vals)), mean=float(vals.mean()) if len(vals) else None, lo=lo, hi=hi,
-                              ended=tuple(how.most_common())))
+            bands.append(
+                dict(
+                    meta,
+                    n=int(len(vals)),
+                    mean=float(vals.mean()) if len(vals) else None,
+                    lo=lo,
+                    hi=hi,
+                    ended=tuple(how.most_common()),
+                )
+            )
         if surrogate is not None:
             at = [j_ for j_, b in enumerate(bands) if b["n"]]
             grid = np.array([float(np.median(X[index == g, j])) for g in at])
@@ -193,7 +218,9 @@ def analyse(params: list[dict], values: list[float], space: dict, maximize: bool
             for g, v in zip(np.asarray(at)[order], pd[order]):
                 bands[g]["pd"] = float(v)
         bands = tuple(Band(**b) for b in bands)
-        out[name] = _effect(name, kind, bool(getattr(space[name], "log", False)), bands, index, X, y, j, sign, fmt, what, rng, seed)
+        out[name] = _effect(
+            name, kind, bool(getattr(space[name], "log", False)), bands, index, X, y, j, sign, fmt, what, rng, seed
+        )
     return out
 
 
@@ -205,7 +232,11 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
     eligible = [g for g, b in enumerate(bands) if b.n >= MIN_GROUP]
     unit = {"choice": "choices", "value": "values", "range": "ranges"}[kind]
     if len(eligible) < 2:
-        return make(None, False, f"too few trials to compare its {unit} (only {len(eligible)} of {len(bands)} has {MIN_GROUP} or more)")
+        return make(
+            None,
+            False,
+            f"too few trials to compare its {unit} (only {len(eligible)} of {len(bands)} has {MIN_GROUP} or more)",
+        )
     rows = np.isin(index, eligible)
     r = residuals(X, y, j, seed)
     remap = {g: i for i, g in enumerate(eligible)}
@@ -219,8 +250,10 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
         claim = f"no clear effect (means {fmt(min(means))}–{fmt(max(means))} across its {unit}, p = {p:.2f})"
         note = ""
         if has_pd and permutation_p(np.array([remap[g] for g in index[rows]]), y[rows] - y[rows].mean(), rng) < ALPHA:
-            note = (f"raw means and partial dependence disagree: the raw means differ across {name}, but not once the "
-                    "other parameters are accounted for: the difference comes from parameters the sampler paired with it")
+            note = (
+                f"raw means and partial dependence disagree: the raw means differ across {name}, but not once the "
+                "other parameters are accounted for: the difference comes from parameters the sampler paired with it"
+            )
             claim += f"; {note}"
         return make(p, False, claim, raw_trend=raw_trend, pd_trend=pd_trend, disagreement=note)
     score = (lambda g: sign * bands[g].pd) if has_pd else (lambda g: sign * bands[g].mean)  # noqa: E731
@@ -229,7 +262,9 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
     worst = bands[min(eligible, key=score)]
     if has_pd:  # joint search: the words follow the partial dependence, the raw numbers stand beside it
         b = bands[top]
-        if kind == "range":  # neighbours the raw intervals cannot tell apart and the surrogate puts nearer the top than the bottom
+        if (
+            kind == "range"
+        ):  # neighbours the raw intervals cannot tell apart and the surrogate puts nearer the top than the bottom
             mid = (b.pd + worst.pd) / 2
             span = _span(bands, [g for g in _near(bands, eligible, top, sign) if sign * bands[g].pd >= sign * mid], top)
             vals = y[np.isin(index, span)]
@@ -238,8 +273,10 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
         else:
             where = _where(kind, b, b, bands)
         trend = f"; {what} {pd_trend} with {name}" if pd_trend else ""
-        claim = (f"best {where} by partial dependence ({fmt(b.pd)} there vs {fmt(worst.pd)} "
-                 f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) and {fmt(worst.mean)} ({worst.n} trials)){trend}")
+        claim = (
+            f"best {where} by partial dependence ({fmt(b.pd)} there vs {fmt(worst.pd)} "
+            f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) and {fmt(worst.mean)} ({worst.n} trials)){trend}"
+        )
         if kind == "range":
             claim += _outside(bands, span, fmt)
         claim += f", p = {p:.3f}"
@@ -247,11 +284,21 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
         claim = _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) + f", p = {p:.3f}"
     disagreement = ""
     clearly_better = (lambda a, b: bands[a].lo > bands[b].hi) if sign > 0 else (lambda a, b: bands[a].hi < bands[b].lo)  # noqa: E731
-    if has_pd and ((raw_trend and pd_trend and raw_trend != pd_trend) or (by_raw != top and clearly_better(by_raw, top))):
-        raw = f"rise with {name}" if raw_trend == "rises" else f"fall with {name}" if raw_trend == "falls" else f"favour {bands[by_raw].label}"
+    if has_pd and (
+        (raw_trend and pd_trend and raw_trend != pd_trend) or (by_raw != top and clearly_better(by_raw, top))
+    ):
+        raw = (
+            f"rise with {name}"
+            if raw_trend == "rises"
+            else f"fall with {name}"
+            if raw_trend == "falls"
+            else f"favour {bands[by_raw].label}"
+        )
         pd = f"{pd_trend}" if pd_trend else f"favours {bands[top].label}"
-        disagreement = (f"raw means and partial dependence disagree: the raw means {raw}, the partial dependence "
-                        f"(a random forest on all parameters) {pd}; the raw means mix in the parameters the sampler paired with it")
+        disagreement = (
+            f"raw means and partial dependence disagree: the raw means {raw}, the partial dependence "
+            f"(a random forest on all parameters) {pd}; the raw means mix in the parameters the sampler paired with it"
+        )
         claim += f". {disagreement[0].upper()}{disagreement[1:]}"
     return make(p, True, claim, raw_trend=raw_trend, pd_trend=pd_trend, disagreement=disagreement)
 
@@ -285,8 +332,11 @@ def _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) -> 
     else:
         b = bands[top]
         ties = [bands[g].label for g in near if g != top]
-        best = (f"best at {b.label} (mean {what} {fmt(b.mean)}, 90% interval {fmt(b.lo)}–{fmt(b.hi)}, {b.n} trials"
-                + (f"; not told apart from {', '.join(ties)}" if ties else "") + ")")
+        best = (
+            f"best at {b.label} (mean {what} {fmt(b.mean)}, 90% interval {fmt(b.lo)}–{fmt(b.hi)}, {b.n} trials"
+            + (f"; not told apart from {', '.join(ties)}" if ties else "")
+            + ")"
+        )
     return f"{best}; worst {_where(kind, worst, worst, bands)}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
 
 
@@ -303,7 +353,9 @@ def _outside(bands: tuple[Band, ...], span: list[int], fmt) -> str:
         ends = ", ".join(f"{n} {e}" for e, n in b.ended) if set(how) - {"complete"} else ""
         interval = f"{fmt(b.lo)}–{fmt(b.hi)}, " if b.n >= MIN_GROUP else ""
         few = "; too few trials" if b.n < MIN_GROUP else ""
-        parts.append(f"{lead}{b.label} {fmt(b.mean)} ({interval}{b.n} trials" + (f": {ends}" if ends else "") + few + ")")
+        parts.append(
+            f"{lead}{b.label} {fmt(b.mean)} ({interval}{b.n} trials" + (f": {ends}" if ends else "") + few + ")"
+        )
     return ("; " + "; ".join(parts)) if parts else ""
 
 

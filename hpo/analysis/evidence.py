@@ -2,6 +2,7 @@
 rung, effects with intervals (at that rung and at the final epoch), early-stop regions, seed
 confirmations; and the sentences the findings are built from. Plain data; hpo.analysis.figures draws it.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -47,8 +48,16 @@ class Evidence:
     missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
 
 
-def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[FrozenTrial], space: dict, metric: str,
-            fmt, what: str, importances) -> Evidence:
+def compute(
+    study: optuna.Study,
+    trials: list[FrozenTrial],
+    complete: list[FrozenTrial],
+    space: dict,
+    metric: str,
+    fmt,
+    what: str,
+    importances,
+) -> Evidence:
     """``importances(study, trials, params, metric, index)`` is hpo.analysis.findings' evaluator runner."""
     direction = study.directions[0]
     maximize = direction == StudyDirection.MAXIMIZE
@@ -64,26 +73,63 @@ def compute(study: optuna.Study, trials: list[FrozenTrial], complete: list[Froze
     rung_importance, note, at_rung, basis = {}, "", {}, None
     if rung is not None and names:
         rebuilt = rungs.at_rung(trials, rung.epoch)
-        basis = Basis(rung.epoch, len(rebuilt), dict(rung.states), rung.epoch == final_epoch and len(rebuilt) == len(complete))
+        basis = Basis(
+            rung.epoch, len(rebuilt), dict(rung.states), rung.epoch == final_epoch and len(rebuilt) == len(complete)
+        )
         imp = importances(rungs.rung_study(rebuilt, direction), rebuilt, names, metric, 0)
         rung_importance, note = imp.by_evaluator, imp.note
         ended = ["complete" if t.user_attrs["state"] == "COMPLETE" else t.user_attrs["status"] for t in rebuilt]
-        at_rung = effects.analyse([t.params for t in rebuilt], [t.value for t in rebuilt], space, maximize, lambda v: fmt(metric, v), what,
-                                  ended=ended)
-    at_final = effects.analyse([t.params for t in complete], [t.values[0] for t in complete], space, maximize,
-                               lambda v: fmt(metric, v), what) if names else {}
+        at_rung = effects.analyse(
+            [t.params for t in rebuilt],
+            [t.value for t in rebuilt],
+            space,
+            maximize,
+            lambda v: fmt(metric, v),
+            what,
+            ended=ended,
+        )
+    at_final = (
+        effects.analyse(
+            [t.params for t in complete],
+            [t.values[0] for t in complete],
+            space,
+            maximize,
+            lambda v: fmt(metric, v),
+            what,
+        )
+        if names
+        else {}
+    )
     stops = {n: rungs.stop_regions(n, space[n], trials, space=space) for n in names}
     confirmations = summarise(trials, maximize, lambda v: fmt(metric, v)) if single else None
     n_used = max(len(complete), basis.trials if basis else 0)
     thin = ""
     if n_used < effects.MIN_TRIALS:
-        thin = (f"Thin evidence: {len(finished)} finished trials, {n_used} with comparable values; too few to tell "
-                f"any parameter's effect from noise (that takes {effects.MIN_TRIALS} or more). The tables show what they reached; "
-                "they are not findings.")
-    missing = tuple((dict(t.params), rungs.status_of(t)) for t in finished
-                    if basis is not None and rungs.stopped_early(t) and basis.epoch not in t.intermediate_values)
-    ev = Evidence(len(finished), thin, ladder, basis, final, rung_importance, note, at_rung, at_final, stops, confirmations, {},
-                  missing)
+        thin = (
+            f"Thin evidence: {len(finished)} finished trials, {n_used} with comparable values; too few to tell "
+            f"any parameter's effect from noise (that takes {effects.MIN_TRIALS} or more). The tables show what they reached; "
+            "they are not findings."
+        )
+    missing = tuple(
+        (dict(t.params), rungs.status_of(t))
+        for t in finished
+        if basis is not None and rungs.stopped_early(t) and basis.epoch not in t.intermediate_values
+    )
+    ev = Evidence(
+        len(finished),
+        thin,
+        ladder,
+        basis,
+        final,
+        rung_importance,
+        note,
+        at_rung,
+        at_final,
+        stops,
+        confirmations,
+        {},
+        missing,
+    )
     return _with_sentences(ev)
 
 
@@ -112,7 +158,9 @@ def _with_sentences(ev: Evidence) -> Evidence:
             parts.append("early stops: " + stop.sentence.rstrip("."))
         rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
         if rung is not None and ev.rung is not None and not ev.rung.final:
-            parts.append(f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}" + _missing(ev, name))
+            parts.append(
+                f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}" + _missing(ev, name)
+            )
         if fin is not None:
             parts.append(f"at the final epoch ({ev.final.trials} complete trials) {fin.claim}")
         out[name] = f"{name}: " + "; ".join(parts) + "."

@@ -4,6 +4,7 @@ report's pages: one offline index.html, report.md with PNGs, trials.csv.
 The words and tables come from ``Findings``; this module only lays them out. Both pages are
 rendered from one list of blocks, so report.md and index.html always say the same thing.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,6 +32,7 @@ CONTOUR_MATRIX_MAX = 4
 
 # ---------------------------------------------------------------- figures
 
+
 def _target(f: Findings, index: int = 0) -> dict:
     """Optuna's target/target_name for one objective; nothing for a single-objective study."""
     if not f.multi_objective:
@@ -41,12 +43,26 @@ def _target(f: Findings, index: int = 0) -> dict:
 def importance_figure(imp: Importances) -> go.Figure:
     """Both evaluators side by side, from the computed numbers (no second evaluation)."""
     names = list(next(iter(imp.by_evaluator.values())))[::-1]  # most important on top
-    fig = go.Figure([go.Bar(name=e, y=names, x=[v.get(n, 0.0) for n in names], orientation="h",
-                            text=[f"{v.get(n, 0.0):.2f}" for n in names], textposition="outside")
-                     for e, v in imp.by_evaluator.items()])
-    fig.update_layout(title=f"Parameter importance for {label(imp.metric)}: PED-ANOVA (Optuna's default) and fANOVA",
-                      barmode="group", xaxis={"title": "importance (normalised to sum 1)", "range": [0, 1.1]},
-                      yaxis={"title": "parameter"}, legend={"title": "evaluator"})
+    fig = go.Figure(
+        [
+            go.Bar(
+                name=e,
+                y=names,
+                x=[v.get(n, 0.0) for n in names],
+                orientation="h",
+                text=[f"{v.get(n, 0.0):.2f}" for n in names],
+                textposition="outside",
+            )
+            for e, v in imp.by_evaluator.items()
+        ]
+    )
+    fig.update_layout(
+        title=f"Parameter importance for {label(imp.metric)}: PED-ANOVA (Optuna's default) and fANOVA",
+        barmode="group",
+        xaxis={"title": "importance (normalised to sum 1)", "range": [0, 1.1]},
+        yaxis={"title": "parameter"},
+        legend={"title": "evaluator"},
+    )
     return fig
 
 
@@ -70,8 +86,11 @@ def learning_curves(study: optuna.Study, f: Findings) -> go.Figure:
         trace.update(name=f"trial {number} ({status})")
     last = max((max(t.intermediate_values) for t in states.values() if t.intermediate_values), default=0)
     ticks = {"tickmode": "linear", "tick0": 1, "dtick": 1} if last <= 20 else {}  # whole epochs
-    fig.update_layout(title="Learning curves: validation value per epoch (pruned trials gray, dashed; best bold)",
-                      xaxis={"title": "epoch", **ticks}, yaxis={"title": label(f.metrics[0]) if f.metrics[0] == "val_acc" else "intermediate value"})
+    fig.update_layout(
+        title="Learning curves: validation value per epoch (pruned trials gray, dashed; best bold)",
+        xaxis={"title": "epoch", **ticks},
+        yaxis={"title": label(f.metrics[0]) if f.metrics[0] == "val_acc" else "intermediate value"},
+    )
     return fig
 
 
@@ -109,12 +128,18 @@ def write_pngs(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
     """All figures in one kaleido call (one Chromium start, not one per figure): {name: file name}."""
     names = list(figs)
     files = [f"{n}.png" for n in names]
-    pio.write_images([figs[n] for n in names], [out / p for p in files],
-                     width=[png_size(n)[0] for n in names], height=[png_size(n)[1] for n in names], scale=1)
+    pio.write_images(
+        [figs[n] for n in names],
+        [out / p for p in files],
+        width=[png_size(n)[0] for n in names],
+        height=[png_size(n)[1] for n in names],
+        scale=1,
+    )
     return dict(zip(names, files))
 
 
 # ---------------------------------------------------------------- the document, as blocks
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -151,10 +176,15 @@ class Figure:
 
 
 CAPTIONS = {
-    "history": "Optimization history", "pareto_front": "Pareto front", "importance": "Parameter importance",
-    "contour": "Contour of the two most important parameters", "contour_matrix": "Contour matrix of the top parameters",
-    "slice": "Slice: each parameter against the objective", "parallel_coordinate": "Parallel coordinates",
-    "learning_curves": "Learning curves (intermediate values)", "timeline": "Timeline",
+    "history": "Optimization history",
+    "pareto_front": "Pareto front",
+    "importance": "Parameter importance",
+    "contour": "Contour of the two most important parameters",
+    "contour_matrix": "Contour matrix of the top parameters",
+    "slice": "Slice: each parameter against the objective",
+    "parallel_coordinate": "Parallel coordinates",
+    "learning_curves": "Learning curves (intermediate values)",
+    "timeline": "Timeline",
 }
 
 
@@ -169,6 +199,7 @@ def _params_text(params: dict[str, Any]) -> str:
 
 def _toml(config: dict, prefix: str = "") -> str:
     """A resolved config as the TOML a study file would hold."""
+
     def value(v):
         if isinstance(v, bool):
             return str(v).lower()
@@ -190,42 +221,84 @@ def _values(f: Findings, r: TrialRow) -> tuple[str, ...]:
 def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> Table:
     names = list(f.param_names)
     header = (("rank",) if rank else ()) + ("trial", *(label(m) for m in f.metrics), "test acc", "epochs", *names)
-    return Table(header, tuple(
-        ((str(i),) if rank else ()) + (f"#{r.number}" + (" (warm start)" if r.number in f.warm_started else ""), *_values(f, r), fmt("test_acc", r.test_acc),
-                                        str(r.epochs_run if r.epochs_run is not None else ""),
-                                        *(fmt_value(r.params[n]) if n in r.params else "" for n in names))
-        for i, r in enumerate(rows, 1)))
+    return Table(
+        header,
+        tuple(
+            ((str(i),) if rank else ())
+            + (
+                f"#{r.number}" + (" (warm start)" if r.number in f.warm_started else ""),
+                *_values(f, r),
+                fmt("test_acc", r.test_acc),
+                str(r.epochs_run if r.epochs_run is not None else ""),
+                *(fmt_value(r.params[n]) if n in r.params else "" for n in names),
+            )
+            for i, r in enumerate(rows, 1)
+        ),
+    )
 
 
 def branch_blocks(f: Findings) -> list:
     """Per-branch results of a conditional study (hpo.analysis.branches), and which trials were warm-started."""
     out: list = []
     if f.warm_started:
-        out += [Heading("Warm start"), Para("These trials ran first, with the best configurations of another study: " + ", ".join(
-            f"#{n} from `{src}`" for n, src in sorted(f.warm_started.items())) + ".")]
+        out += [
+            Heading("Warm start"),
+            Para(
+                "These trials ran first, with the best configurations of another study: "
+                + ", ".join(f"#{n} from `{src}`" for n, src in sorted(f.warm_started.items()))
+                + "."
+            ),
+        ]
     b, m = f.branches, f.metrics[0]
     if not b:
         return out
-    out += [Heading("Branches"), Para(
-        f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. The importances above "
-        f"are Optuna's, on the parameters every complete trial has ({', '.join(b.ranked) or 'none'}); each branch below "
-        f"has its own, on its trials alone (complete trials; pruned ones are counted apart)."),
-        Table(("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
-              tuple((x.label, str(x.trials), str(x.pruned), fmt(m, x.mean), fmt(m, x.best), fmt(m, x.worst),
-                     f"#{x.best_trial}" if x.best_trial is not None else "—") for x in b.branches))]
+    out += [
+        Heading("Branches"),
+        Para(
+            f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. The importances above "
+            f"are Optuna's, on the parameters every complete trial has ({', '.join(b.ranked) or 'none'}); each branch below "
+            f"has its own, on its trials alone (complete trials; pruned ones are counted apart)."
+        ),
+        Table(
+            ("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
+            tuple(
+                (
+                    x.label,
+                    str(x.trials),
+                    str(x.pruned),
+                    fmt(m, x.mean),
+                    fmt(m, x.best),
+                    fmt(m, x.worst),
+                    f"#{x.best_trial}" if x.best_trial is not None else "—",
+                )
+                for x in b.branches
+            ),
+        ),
+    ]
     for x in (x for x in b.branches if x.trials):
         out.append(Heading(f"Branch {x.label} ({x.trials} trial{'s' * (x.trials != 1)})", 3))
         for p in x.params:
             out.append(Para(p.summary))
             if sum(1 for g in p.groups if g.trials) < 2:  # one value or one bin: the sentence says it all
                 continue
-            out.append(Table(("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
-                             tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups)))
+            out.append(
+                Table(
+                    ("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
+                    tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups),
+                )
+            )
         imp = x.importance
         if imp.by_evaluator:
             names = list(next(iter(imp.by_evaluator.values())))
-            out.append(Table(("parameter (in this branch)", *imp.by_evaluator), tuple(
-                (n.split("|")[0], *(f"{v[n]:.3f}" if n in v else "—" for v in imp.by_evaluator.values())) for n in names)))
+            out.append(
+                Table(
+                    ("parameter (in this branch)", *imp.by_evaluator),
+                    tuple(
+                        (n.split("|")[0], *(f"{v[n]:.3f}" if n in v else "—" for v in imp.by_evaluator.values()))
+                        for n in names
+                    ),
+                )
+            )
         if imp.note:
             out.append(Para(f"Importance in this branch: {imp.note}."))
     return out
@@ -239,9 +312,19 @@ def document(f: Findings, figures: list[str]) -> list:
         return [Figure(name, caption(name))] if name in have else []
 
     history = [b for name in figures if name.startswith("history") for b in fig(name)]
-    return [*_overview(f), *_best_trial(f, fig), *history, *_top_trials(f), *_confirmation_blocks(f),
-            *_importance(f, fig), *_parameters(f, fig), *branch_blocks(f), *_pruning(f, fig),
-            *_failures(f, fig), *_reproducibility(f)]
+    return [
+        *_overview(f),
+        *_best_trial(f, fig),
+        *history,
+        *_top_trials(f),
+        *_confirmation_blocks(f),
+        *_importance(f, fig),
+        *_parameters(f, fig),
+        *branch_blocks(f),
+        *_pruning(f, fig),
+        *_failures(f, fig),
+        *_reproducibility(f),
+    ]
 
 
 def _overview(f: Findings) -> list:
@@ -251,26 +334,45 @@ def _overview(f: Findings) -> list:
     out += [Heading("Findings"), Bullets(f.headline), Heading("Study")]
     states = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
     objective = ", ".join(f"{m_} ({d})" for m_, d in zip(f.metrics, f.directions))
-    out.append(Table(("", ""), (
-        ("study", f"`{f.study_name}`"), ("study file", f"`{f.reproducibility.study_file}`"), ("store", f"`{f.storage}`"),
-        ("objective", objective), ("trials", f"{sum(f.counts.values())} ({states})"),
-    )))
+    out.append(
+        Table(
+            ("", ""),
+            (
+                ("study", f"`{f.study_name}`"),
+                ("study file", f"`{f.reproducibility.study_file}`"),
+                ("store", f"`{f.storage}`"),
+                ("objective", objective),
+                ("trials", f"{sum(f.counts.values())} ({states})"),
+            ),
+        )
+    )
     return out
 
 
 def _best_trial(f: Findings, fig) -> list:
     m, b = f.metrics[0], f.best
     what = "best by " + label(m) + " (one point of the Pareto front)" if f.multi_objective else "best"
-    out: list = [Heading("Best trial"), Para(
-        f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
-        f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
-        + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "") + f". Parameters: {_params_text(b.params)}.")]
+    out: list = [
+        Heading("Best trial"),
+        Para(
+            f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
+            f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
+            + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "")
+            + f". Parameters: {_params_text(b.params)}."
+        ),
+    ]
     if f.best_config:
-        out += [Para("Its full configuration, as it ran (with any `--set` overrides given to `hpo.run`):"),
-                Code(_toml(f.best_config), "toml")]
+        out += [
+            Para("Its full configuration, as it ran (with any `--set` overrides given to `hpo.run`):"),
+            Code(_toml(f.best_config), "toml"),
+        ]
     if f.multi_objective:
-        out += [Heading("Pareto front", 3), Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
-                _trial_table(f, f.pareto, rank=False), *fig("pareto_front")]
+        out += [
+            Heading("Pareto front", 3),
+            Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
+            _trial_table(f, f.pareto, rank=False),
+            *fig("pareto_front"),
+        ]
     return out
 
 
@@ -286,14 +388,24 @@ def _importance(f: Findings, fig) -> list:
         evaluators = list(imp.by_evaluator)
         if evaluators:
             names = list(next(iter(imp.by_evaluator.values())))
-            out.append(Table(("parameter", *(f"{e} ({label(imp.metric)})" for e in evaluators)),
-                             tuple((n, *(f"{imp.by_evaluator[e][n]:.3f}" if n in imp.by_evaluator[e] else "—" for e in evaluators))
-                                   for n in names)))
+            out.append(
+                Table(
+                    ("parameter", *(f"{e} ({label(imp.metric)})" for e in evaluators)),
+                    tuple(
+                        (n, *(f"{imp.by_evaluator[e][n]:.3f}" if n in imp.by_evaluator[e] else "—" for e in evaluators))
+                        for n in names
+                    ),
+                )
+            )
         if imp.note:
             out.append(Para(f"{label(imp.metric)}: {imp.note}."))
         out += fig("importance" + (f"_{imp.metric}" if f.multi_objective else ""))
-    out.append(Para("PED-ANOVA (Optuna's default) asks which parameters the top 10% of trials share; fANOVA asks "
-                    "how much of the variance of the objective each parameter explains."))
+    out.append(
+        Para(
+            "PED-ANOVA (Optuna's default) asks which parameters the top 10% of trials share; fANOVA asks "
+            "how much of the variance of the objective each parameter explains."
+        )
+    )
     return out + _rung_blocks(f) + fig("contour") + fig("contour_matrix")
 
 
@@ -309,10 +421,33 @@ def _parameters(f: Findings, fig) -> list:
         first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
         if ev is not None:
             out.append(Para(f"Final epoch, the {ev.final.trials} complete trials:"))
-        out.append(Table((first, "trials", f"mean {label(m)}", "90% interval", f"best {label(m)}", f"worst {label(m)}", "mean test acc"),
-                         tuple((g.label, str(g.trials), fmt(m, g.mean), _interval(m, g.lo, g.hi, g.trials), fmt(m, g.best),
-                                fmt(m, g.worst), fmt("test_acc", g.mean_test))
-                               if g.trials else (g.label, "0", "—", "—", "—", "—", "—") for g in p.groups)))
+        out.append(
+            Table(
+                (
+                    first,
+                    "trials",
+                    f"mean {label(m)}",
+                    "90% interval",
+                    f"best {label(m)}",
+                    f"worst {label(m)}",
+                    "mean test acc",
+                ),
+                tuple(
+                    (
+                        g.label,
+                        str(g.trials),
+                        fmt(m, g.mean),
+                        _interval(m, g.lo, g.hi, g.trials),
+                        fmt(m, g.best),
+                        fmt(m, g.worst),
+                        fmt("test_acc", g.mean_test),
+                    )
+                    if g.trials
+                    else (g.label, "0", "—", "—", "—", "—", "—")
+                    for g in p.groups
+                ),
+            )
+        )
         out += _param_evidence(f, p.name)
     return out + fig("slice") + fig("parallel_coordinate")
 
@@ -321,10 +456,16 @@ def _pruning(f: Findings, fig) -> list:
     out: list = [Heading("Learning curves and pruning")]
     pr = f.pruning
     if pr:
-        text = (f"{pr.trials} finished trials had a budget of {pr.epochs} epochs each ({pr.budget} epochs); they trained "
-                f"{pr.run}, so stopping early saved **{pr.saved} epochs ({pr.saved_pct:.0f}%)**. "
-                f"The pruner stopped {pr.pruned} trials ({pr.pruned_saved} epochs saved)")
-        text += f"; {pr.stopped} more stopped on their own (divergence, collapse, failure: {pr.stopped_saved} epochs)." if pr.stopped else "."
+        text = (
+            f"{pr.trials} finished trials had a budget of {pr.epochs} epochs each ({pr.budget} epochs); they trained "
+            f"{pr.run}, so stopping early saved **{pr.saved} epochs ({pr.saved_pct:.0f}%)**. "
+            f"The pruner stopped {pr.pruned} trials ({pr.pruned_saved} epochs saved)"
+        )
+        text += (
+            f"; {pr.stopped} more stopped on their own (divergence, collapse, failure: {pr.stopped_saved} epochs)."
+            if pr.stopped
+            else "."
+        )
         out.append(Para(text))
     else:
         out.append(Para("The store does not record the epoch budget or epochs run, so what pruning saved is unknown."))
@@ -334,9 +475,21 @@ def _pruning(f: Findings, fig) -> list:
 def _failures(f: Findings, fig) -> list:
     out: list = [Heading("Failures, divergences and collapses")]
     if f.problems:
-        out.append(Table(("trial", "state", "status", "epochs", "reason"), tuple(
-            (f"#{r.number}", STATES.get(r.state, r.state.lower()), r.status or "", str(r.epochs_run if r.epochs_run is not None else ""),
-             r.reason or "(no reason recorded)") for r in f.problems)))
+        out.append(
+            Table(
+                ("trial", "state", "status", "epochs", "reason"),
+                tuple(
+                    (
+                        f"#{r.number}",
+                        STATES.get(r.state, r.state.lower()),
+                        r.status or "",
+                        str(r.epochs_run if r.epochs_run is not None else ""),
+                        r.reason or "(no reason recorded)",
+                    )
+                    for r in f.problems
+                ),
+            )
+        )
     else:
         out.append(Para("None: no trial failed, diverged or collapsed."))
     return out + fig("timeline")
@@ -345,13 +498,20 @@ def _failures(f: Findings, fig) -> list:
 def _reproducibility(f: Findings) -> list:
     rep = f.reproducibility
     versions = ", ".join(f"{k} {v}" for k, v in rep.versions.items()) or "not recorded"
-    out: list = [Heading("Reproducibility"), Bullets((
-        f"seed: {rep.seed if rep.seed is not None else 'not recorded'}",
-        f"study file: `{rep.study_file}`",
-        f"versions (best trial): {versions}" + ("; **trials ran on different versions**" if rep.versions_vary else ""),
-        "devices: " + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
-        + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
-    ))]
+    out: list = [
+        Heading("Reproducibility"),
+        Bullets(
+            (
+                f"seed: {rep.seed if rep.seed is not None else 'not recorded'}",
+                f"study file: `{rep.study_file}`",
+                f"versions (best trial): {versions}"
+                + ("; **trials ran on different versions**" if rep.versions_vary else ""),
+                "devices: "
+                + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
+                + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
+            )
+        ),
+    ]
     if rep.command:
         out += [Para("To rerun the study, and this report:"), Code(rep.command, "sh")]
     if f.study_toml:
@@ -360,6 +520,7 @@ def _reproducibility(f: Findings) -> list:
 
 
 # ---------------------------------------------------------------- every trial counted (hpo.analysis.evidence)
+
 
 def _interval(metric: str, lo, hi, n: int) -> str:
     if lo is None or hi is None:
@@ -373,26 +534,61 @@ def _rung_blocks(f: Findings) -> list:
     if ev is None or not ev.rungs:
         return []
     m = f.metrics[0]
-    out = [Heading("Every trial, epoch by epoch", 3),
-           Para("A pruned or diverged trial's last value is not comparable with a full run's, but its value at an epoch it "
-                "reached is comparable with every other trial's value there. Trials that reached each epoch, by how they ended:"),
-           Table(("epoch", "trials", "of which", f"mean {label(m)}", f"best {label(m)}"), tuple(
-               (str(r.epoch), str(r.trials), ", ".join(f"{n} {s}" for s, n in r.states.items()), fmt(m, r.mean), fmt(m, r.best))
-               for r in ev.rungs))]
+    out = [
+        Heading("Every trial, epoch by epoch", 3),
+        Para(
+            "A pruned or diverged trial's last value is not comparable with a full run's, but its value at an epoch it "
+            "reached is comparable with every other trial's value there. Trials that reached each epoch, by how they ended:"
+        ),
+        Table(
+            ("epoch", "trials", "of which", f"mean {label(m)}", f"best {label(m)}"),
+            tuple(
+                (
+                    str(r.epoch),
+                    str(r.trials),
+                    ", ".join(f"{n} {s}" for s, n in r.states.items()),
+                    fmt(m, r.mean),
+                    fmt(m, r.best),
+                )
+                for r in ev.rungs
+            ),
+        ),
+    ]
     if ev.rung is None:
         return out
     if ev.rung.final:
-        out.append(Para(f"Every trial with a value reached the final epoch, so the importances above already use them all ({ev.rung.text()})."))
+        out.append(
+            Para(
+                f"Every trial with a value reached the final epoch, so the importances above already use them all ({ev.rung.text()})."
+            )
+        )
         return out
-    out.append(Para(f"Importances at epoch {ev.rung.epoch}, the deepest epoch that at least 75% of the trials reached "
-                    f"({ev.rung.text()}), beside those above (final epoch, {ev.final.trials} complete trials):"))
+    out.append(
+        Para(
+            f"Importances at epoch {ev.rung.epoch}, the deepest epoch that at least 75% of the trials reached "
+            f"({ev.rung.text()}), beside those above (final epoch, {ev.final.trials} complete trials):"
+        )
+    )
     if ev.rung_importance:
         names = list(next(iter(ev.rung_importance.values())))
         final = f.importances[0].by_evaluator
-        out.append(Table(("parameter", *(f"{e} at epoch {ev.rung.epoch}" for e in ev.rung_importance),
-                          *(f"{e} final" for e in final)),
-                         tuple((n, *(f"{v[n]:.3f}" if n in v else "—" for v in ev.rung_importance.values()),
-                                *(f"{v[n]:.3f}" if n in v else "—" for v in final.values())) for n in names)))
+        out.append(
+            Table(
+                (
+                    "parameter",
+                    *(f"{e} at epoch {ev.rung.epoch}" for e in ev.rung_importance),
+                    *(f"{e} final" for e in final),
+                ),
+                tuple(
+                    (
+                        n,
+                        *(f"{v[n]:.3f}" if n in v else "—" for v in ev.rung_importance.values()),
+                        *(f"{v[n]:.3f}" if n in v else "—" for v in final.values()),
+                    )
+                    for n in names
+                ),
+            )
+        )
     if ev.rung_importance_note:
         out.append(Para(f"At epoch {ev.rung.epoch}: {ev.rung_importance_note}."))
     return out
@@ -408,20 +604,54 @@ def _param_evidence(f: Findings, name: str) -> list:
     if eff is not None and ev.rung is not None and not ev.rung.final:
         pd = any(b.pd is not None for b in eff.bands)
         out.append(Para(f"At epoch {ev.rung.epoch}, every trial that reached it ({ev.rung.text()}):"))
-        out.append(Table(("value" if eff.kind != "range" else "range", "trials", f"mean {label(m)}", "90% interval",
-                          *(("partial dependence",) if pd else ())),
-                         tuple((b.label, str(b.n), fmt(m, b.mean), _interval(m, b.lo, b.hi, b.n), *((fmt(m, b.pd),) if pd else ()))
-                               for b in eff.bands)))
+        out.append(
+            Table(
+                (
+                    "value" if eff.kind != "range" else "range",
+                    "trials",
+                    f"mean {label(m)}",
+                    "90% interval",
+                    *(("partial dependence",) if pd else ()),
+                ),
+                tuple(
+                    (b.label, str(b.n), fmt(m, b.mean), _interval(m, b.lo, b.hi, b.n), *((fmt(m, b.pd),) if pd else ()))
+                    for b in eff.bands
+                ),
+            )
+        )
     fin = ev.at_final.get(name)
     if fin is not None and any(b.pd is not None for b in fin.bands):
-        out.append(Para("Partial dependence at the final epoch (a random forest on all parameters, the others as sampled): "
-                        + ", ".join(f"{b.label}: {fmt(m, b.pd)}" for b in fin.bands if b.pd is not None) + "."))
+        out.append(
+            Para(
+                "Partial dependence at the final epoch (a random forest on all parameters, the others as sampled): "
+                + ", ".join(f"{b.label}: {fmt(m, b.pd)}" for b in fin.bands if b.pd is not None)
+                + "."
+            )
+        )
     stop = ev.stops.get(name)
     if stop is not None and stop.regions and sum(r.stopped for r in stop.regions):
-        out.append(Para("Where its trials stopped early" + (f" (p = {stop.p_value:.3f})" if stop.p_value is not None else "") + ":"))
-        out.append(Table(("region", "trials", "stopped early", "by epoch", "why"), tuple(
-            (r.label, str(r.trials), str(r.stopped), str(r.by_epoch) if r.stopped else "—",
-             ", ".join(f"{n} {s}" for s, n in r.statuses.items()) or "—") for r in stop.regions)))
+        out.append(
+            Para(
+                "Where its trials stopped early"
+                + (f" (p = {stop.p_value:.3f})" if stop.p_value is not None else "")
+                + ":"
+            )
+        )
+        out.append(
+            Table(
+                ("region", "trials", "stopped early", "by epoch", "why"),
+                tuple(
+                    (
+                        r.label,
+                        str(r.trials),
+                        str(r.stopped),
+                        str(r.by_epoch) if r.stopped else "—",
+                        ", ".join(f"{n} {s}" for s, n in r.statuses.items()) or "—",
+                    )
+                    for r in stop.regions
+                ),
+            )
+        )
     return out
 
 
@@ -431,13 +661,28 @@ def _confirmation_blocks(f: Findings) -> list:
     if c is None:
         return []
     m = f.metrics[0]
-    return [Heading("Is the best trial lucky? Seed confirmations", 3), Para(c.sentence),
-            Table(("configuration of trial", "runs", f"mean {label(m)}", "sd", "each run", "did not complete"), tuple(
-                (f"#{x.source}", str(len(x.values)), fmt(m, x.mean), f"{x.sd:.2f}" if x.sd is not None else "—",
-                 ", ".join(fmt(m, v) for v in x.values), str(x.stopped)) for x in c.configs))]
+    return [
+        Heading("Is the best trial lucky? Seed confirmations", 3),
+        Para(c.sentence),
+        Table(
+            ("configuration of trial", "runs", f"mean {label(m)}", "sd", "each run", "did not complete"),
+            tuple(
+                (
+                    f"#{x.source}",
+                    str(len(x.values)),
+                    fmt(m, x.mean),
+                    f"{x.sd:.2f}" if x.sd is not None else "—",
+                    ", ".join(fmt(m, v) for v in x.values),
+                    str(x.stopped),
+                )
+                for x in c.configs
+            ),
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -495,11 +740,21 @@ def render_html(f: Findings, figs: dict[str, go.Figure]) -> str:
         elif isinstance(block, Code):
             parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
         elif isinstance(block, Figure):
-            div = pio.to_html(figs[block.name], full_html=False, include_plotlyjs=False, div_id=f"fig-{block.name}",
-                              default_width="100%", default_height=f"{png_size(block.name)[1] + 50}px")
+            div = pio.to_html(
+                figs[block.name],
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"fig-{block.name}",
+                default_width="100%",
+                default_height=f"{png_size(block.name)[1] + 50}px",
+            )
             parts.append(f"<figure>{div}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {html.escape(f.study_name)}</title>'
-            f'<style>{STYLE}</style><script src="{PLOTLY_JS}"></script></head>\n<body>\n' + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {html.escape(f.study_name)}</title>'
+        f'<style>{STYLE}</style><script src="{PLOTLY_JS}"></script></head>\n<body>\n'
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 @dataclass
@@ -520,8 +775,13 @@ def write_report(study: optuna.Study, f: Findings, out: Path, *, png: bool = Tru
             pngs = write_pngs(figs, out)
         except Exception as e:  # kaleido/Chromium missing or broken: the pages still get written
             error = reason(e, typed=True, limit=200)
-    written = Written(index=out / "index.html", markdown=out / "report.md", csv=out / "trials.csv",
-                      pngs=[out / p for p in pngs.values()], png_error=error)
+    written = Written(
+        index=out / "index.html",
+        markdown=out / "report.md",
+        csv=out / "trials.csv",
+        pngs=[out / p for p in pngs.values()],
+        png_error=error,
+    )
     written.markdown.write_text(render_markdown(f, pngs), encoding="utf-8")
     (out / PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
     written.index.write_text(render_html(f, figs), encoding="utf-8")

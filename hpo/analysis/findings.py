@@ -4,6 +4,7 @@
 Nothing here draws or formats pages, so tests check these numbers and sentences directly.
 Only COMPLETE trials enter the tables: a pruned trial's last value is not comparable with a full one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -176,7 +177,9 @@ def metric_names(study: optuna.Study) -> tuple[str, ...]:
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials the tables use: COMPLETE, with finite values."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)]
+    return [
+        t for t in trials if t.state == TrialState.COMPLETE and t.values and all(math.isfinite(v) for v in t.values)
+    ]
 
 
 def counts_by_state(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -196,11 +199,20 @@ def searched_params(trials: list[FrozenTrial]) -> dict[str, optuna.distributions
 
 def row(t: FrozenTrial) -> TrialRow:
     a = t.user_attrs
-    duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    duration = (
+        (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+    )
     return TrialRow(
-        number=t.number, state=t.state.name, values=tuple(t.values) if t.values else None, params=dict(t.params),
-        status=str(a.get("status", "")), reason=str(a.get("reason", "") or ""), val_acc=a.get("val_acc"),
-        test_acc=a.get("test_acc"), epochs_run=a.get("epochs_run"), duration_s=duration,
+        number=t.number,
+        state=t.state.name,
+        values=tuple(t.values) if t.values else None,
+        params=dict(t.params),
+        status=str(a.get("status", "")),
+        reason=str(a.get("reason", "") or ""),
+        val_acc=a.get("val_acc"),
+        test_acc=a.get("test_acc"),
+        epochs_run=a.get("epochs_run"),
+        duration_s=duration,
     )
 
 
@@ -213,14 +225,18 @@ def ranked(complete: list[FrozenTrial], direction: StudyDirection, index: int = 
     return sorted(complete, key=lambda t: (_sign(direction) * t.values[index], t.number))
 
 
-def importances(study: optuna.Study, complete: list[FrozenTrial], params: list[str], metric: str, index: int) -> Importances:
+def importances(
+    study: optuna.Study, complete: list[FrozenTrial], params: list[str], metric: str, index: int
+) -> Importances:
     """Both evaluators on one objective; a note instead of numbers where the trials cannot support them."""
     if not params:
         return Importances(metric, {}, "no searched parameters")
     if len(complete) < 2:
         return Importances(metric, {}, f"not enough trials for importance ({len(complete)} complete)")
     if all(len({repr(t.params.get(p)) for t in complete}) < 2 for p in params):
-        return Importances(metric, {}, "not enough trials for importance (no parameter varied across the complete trials)")
+        return Importances(
+            metric, {}, "not enough trials for importance (no parameter varied across the complete trials)"
+        )
     multi = len(study.directions) > 1
     direction = study.directions[index]
     out, notes = {}, []
@@ -254,8 +270,15 @@ def _stats(trials: list[FrozenTrial], direction: StudyDirection) -> dict:
         return dict(trials=0, mean=None, best=None, worst=None, mean_test=None)
     key = lambda v: _sign(direction) * v  # noqa: E731
     lo, hi = effects.bootstrap_interval(np.asarray(values, dtype=float), np.random.default_rng(0))
-    return dict(trials=len(values), mean=float(np.mean(values)), best=float(min(values, key=key)),
-                worst=float(max(values, key=key)), mean_test=float(np.mean(tests)) if tests else None, lo=lo, hi=hi)
+    return dict(
+        trials=len(values),
+        mean=float(np.mean(values)),
+        best=float(min(values, key=key)),
+        worst=float(max(values, key=key)),
+        mean_test=float(np.mean(tests)) if tests else None,
+        lo=lo,
+        hi=hi,
+    )
 
 
 def _edge(x: float, digits: int) -> str:
@@ -266,15 +289,23 @@ def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection
     """Split the trials that set ``name`` into choices, values or ~4-5 bins (log-spaced for log ranges)."""
     trials = [t for t in trials if name in t.params]
     if isinstance(dist, CategoricalDistribution):
-        rows = [Group(label=fmt_value(c), value=c, **_stats([t for t in trials if t.params[name] == c], direction))
-                for c in dist.choices]
+        rows = [
+            Group(label=fmt_value(c), value=c, **_stats([t for t in trials if t.params[name] == c], direction))
+            for c in dist.choices
+        ]
         return "choice", tuple(rows)
     xs = np.array([float(t.params[name]) for t in trials])
     distinct = sorted(set(xs.tolist()))
-    if len(distinct) <= MAX_VALUES and (isinstance(dist, IntDistribution) or dist.step is not None or len(trials) > 2 * len(distinct)):
+    if len(distinct) <= MAX_VALUES and (
+        isinstance(dist, IntDistribution) or dist.step is not None or len(trials) > 2 * len(distinct)
+    ):
         cast = int if isinstance(dist, IntDistribution) else float
-        rows = [Group(label=fmt_value(cast(v)), value=cast(v), **_stats([t for t, x in zip(trials, xs) if x == v], direction))
-                for v in distinct]
+        rows = [
+            Group(
+                label=fmt_value(cast(v)), value=cast(v), **_stats([t for t, x in zip(trials, xs) if x == v], direction)
+            )
+            for v in distinct
+        ]
         return "value", tuple(rows)
     n_bins = min(5, max(2, len(trials) // 4))
     lo, hi = float(xs.min()), float(xs.max())
@@ -284,13 +315,20 @@ def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection
     digits = 2
     while digits < 6 and len({_edge(e, digits) for e in edges}) < len(edges):
         digits += 1
-    rows = [Group(label=f"{_edge(edges[i], digits)}–{_edge(edges[i + 1], digits)}", low=float(edges[i]), high=float(edges[i + 1]),
-                  **_stats([t for t, k in zip(trials, index) if k == i], direction)) for i in range(n_bins)]
+    rows = [
+        Group(
+            label=f"{_edge(edges[i], digits)}–{_edge(edges[i + 1], digits)}",
+            low=float(edges[i]),
+            high=float(edges[i + 1]),
+            **_stats([t for t, k in zip(trials, index) if k == i], direction),
+        )
+        for i in range(n_bins)
+    ]
     return "range", tuple(rows)
 
 
 def effect_sentence(name: str, kind: str, rows: tuple[Group, ...], metric: str, direction: StudyDirection) -> str:
-    """"lr: best between 0.012 and 0.05 (mean val acc 88.1%, 4 trials); below 0.0012 it drops to 61.0%"."""
+    """ "lr: best between 0.012 and 0.05 (mean val acc 88.1%, 4 trials); below 0.0012 it drops to 61.0%"."""
     seen = [g for g in rows if g.trials]
     if len(seen) < 2:
         where = f"= {seen[0].label}" if seen and kind != "range" else "in one range"
@@ -307,10 +345,14 @@ def effect_sentence(name: str, kind: str, rows: tuple[Group, ...], metric: str, 
         else:
             where_worst = f"between {_edge(worst.low, 2)} and {_edge(worst.high, 2)}"
         move = "drops to" if direction == StudyDirection.MAXIMIZE else "rises to"
-        return (f"{name}: best {where_best} (mean {lab} {fmt(metric, best.mean)}, {best.trials} trials); "
-                f"{where_worst} it {move} {fmt(metric, worst.mean)} ({worst.trials} trials).")
-    return (f"{name}: {best.label} reaches {fmt(metric, best.mean)} mean {lab} ({best.trials} trials) "
-            f"vs {fmt(metric, worst.mean)} at {worst.label} ({worst.trials} trials).")
+        return (
+            f"{name}: best {where_best} (mean {lab} {fmt(metric, best.mean)}, {best.trials} trials); "
+            f"{where_worst} it {move} {fmt(metric, worst.mean)} ({worst.trials} trials)."
+        )
+    return (
+        f"{name}: {best.label} reaches {fmt(metric, best.mean)} mean {lab} ({best.trials} trials) "
+        f"vs {fmt(metric, worst.mean)} at {worst.label} ({worst.trials} trials)."
+    )
 
 
 def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
@@ -326,9 +368,18 @@ def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
     problem = [t for t in finished if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES]
     pruned = [t for t in finished if t.state == TrialState.PRUNED and t.number not in {p.number for p in problem}]
     short = lambda ts: sum(max(0, own[t.number] - t.user_attrs["epochs_run"]) for t in ts)  # noqa: E731
-    return Pruning(epochs=epochs, trials=len(finished), budget=budget, run=run, saved=budget - run,
-                   saved_pct=100.0 * (budget - run) / budget, pruned=len(pruned), pruned_saved=short(pruned),
-                   stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < own[t.number]), stopped_saved=short(problem))
+    return Pruning(
+        epochs=epochs,
+        trials=len(finished),
+        budget=budget,
+        run=run,
+        saved=budget - run,
+        saved_pct=100.0 * (budget - run) / budget,
+        pruned=len(pruned),
+        pruned_saved=short(pruned),
+        stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < own[t.number]),
+        stopped_saved=short(problem),
+    )
 
 
 def _own_epochs(trial: FrozenTrial, study_epochs: int) -> int:
@@ -338,20 +389,27 @@ def _own_epochs(trial: FrozenTrial, study_epochs: int) -> int:
     return epochs if isinstance(epochs, int) and epochs > 0 else study_epochs
 
 
-def reproducibility(study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial, folder: str, command: str) -> Reproducibility:
+def reproducibility(
+    study: optuna.Study, trials: list[FrozenTrial], best: FrozenTrial, folder: str, command: str
+) -> Reproducibility:
     versions = [t.user_attrs["versions"] for t in trials if isinstance(t.user_attrs.get("versions"), dict)]
     devices = Counter(str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device"))
     threads = sorted({t.user_attrs["threads"] for t in trials if isinstance(t.user_attrs.get("threads"), int)})
     study_file = study.user_attrs.get("study_file") or (str(Path(folder) / "study.toml") if folder else "unknown")
     return Reproducibility(
-        seed=study.user_attrs.get("seed"), study_file=str(study_file),
+        seed=study.user_attrs.get("seed"),
+        study_file=str(study_file),
         versions={k: str(v) for k, v in (best.user_attrs.get("versions") or (versions[0] if versions else {})).items()},
         versions_vary=len({json.dumps(v, sort_keys=True) for v in versions}) > 1,
-        devices=dict(devices.most_common()), threads=tuple(threads), command=command,
+        devices=dict(devices.most_common()),
+        threads=tuple(threads),
+        command=command,
     )
 
 
-def compute(study: optuna.Study, *, storage: str = "", folder: str = "", command: str = "", study_toml: str = "") -> Findings:
+def compute(
+    study: optuna.Study, *, storage: str = "", folder: str = "", command: str = "", study_toml: str = ""
+) -> Findings:
     """Everything the report says about ``study``. Needs at least one COMPLETE trial (the caller checks)."""
     trials = study.get_trials(deepcopy=False)
     complete = complete_trials(trials)
@@ -368,23 +426,43 @@ def compute(study: optuna.Study, *, storage: str = "", folder: str = "", command
     effects = []
     for name in order:
         kind, rows = groups(name, space[name], complete, directions[0])
-        effects.append(ParamEffect(
-            name=name, kind=kind, log=bool(getattr(space[name], "log", False)),
-            importance={e: v[name] for e, v in first.items() if name in v}, groups=rows,
-            summary=effect_sentence(name, kind, rows, metrics[0], directions[0])))
+        effects.append(
+            ParamEffect(
+                name=name,
+                kind=kind,
+                log=bool(getattr(space[name], "log", False)),
+                importance={e: v[name] for e, v in first.items() if name in v},
+                groups=rows,
+                summary=effect_sentence(name, kind, rows, metrics[0], directions[0]),
+            )
+        )
     counts = counts_by_state(trials)
-    problems = tuple(row(t) for t in trials if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES)
+    problems = tuple(
+        row(t) for t in trials if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES
+    )
     pareto = tuple(row(t) for t in sorted(study.best_trials, key=lambda t: t.number)) if len(directions) > 1 else ()
     findings = Findings(
-        study_name=study.study_name, storage=storage, folder=folder,
-        description=str(study.user_attrs.get("description", "")), metrics=metrics,
-        directions=tuple(d.name.lower() for d in directions), counts=counts, best=row(best),
-        best_config=dict(best.user_attrs.get("config") or {}), pareto=pareto,
-        top=tuple(row(t) for t in top[:TOP_N]), importances=imps, params=tuple(effects),
-        pruning=pruning(study, trials), problems=problems,
-        reproducibility=reproducibility(study, trials, best, folder, command), headline=(),
+        study_name=study.study_name,
+        storage=storage,
+        folder=folder,
+        description=str(study.user_attrs.get("description", "")),
+        metrics=metrics,
+        directions=tuple(d.name.lower() for d in directions),
+        counts=counts,
+        best=row(best),
+        best_config=dict(best.user_attrs.get("config") or {}),
+        pareto=pareto,
+        top=tuple(row(t) for t in top[:TOP_N]),
+        importances=imps,
+        params=tuple(effects),
+        pruning=pruning(study, trials),
+        problems=problems,
+        reproducibility=reproducibility(study, trials, best, folder, command),
+        headline=(),
         study_toml=str(study.user_attrs.get("study_toml") or study_toml),
-        evidence=evidence.compute(study, trials, complete, {n: space[n] for n in order}, metrics[0], fmt, label(metrics[0]), importances),
+        evidence=evidence.compute(
+            study, trials, complete, {n: space[n] for n in order}, metrics[0], fmt, label(metrics[0]), importances
+        ),
     )
     return _with_headline(findings)
 
@@ -396,8 +474,10 @@ def _with_headline(f: Findings) -> Findings:
     test = f", test {fmt('test_acc', f.best.test_acc)}" if f.best.test_acc is not None else ""
     ev = f.evidence
     lines = [ev.thin] if ev is not None and ev.thin else []
-    lines += [f"{sum(f.counts.values())} trials ({done}).",
-             f"Best {label(m)} {fmt(m, f.best.values[0])} in trial {f.best.number}{test}."]
+    lines += [
+        f"{sum(f.counts.values())} trials ({done}).",
+        f"Best {label(m)} {fmt(m, f.best.values[0])} in trial {f.best.number}{test}.",
+    ]
     if f.counts.get("RUNNING"):
         lines.append(f"The study is still running: {f.counts['RUNNING']} trials are not finished and are left out.")
     if f.multi_objective:
@@ -405,7 +485,11 @@ def _with_headline(f: Findings) -> Findings:
     ranking = f.importances[0].by_evaluator
     if len(f.params) == 1:
         lines.append(f"{f.params[0].name} is the only searched parameter.")
-    elif f.params and ranking and not (ev is not None and ev.rung is not None and not ev.rung.final and ev.rung_importance):
+    elif (
+        f.params
+        and ranking
+        and not (ev is not None and ev.rung is not None and not ev.rung.final and ev.rung_importance)
+    ):
         tops = {e: next(iter(v)) for e, v in ranking.items() if v}
         p = f.params[0]
         scores = ", ".join(f"{e} {p.importance[e]:.2f}" for e in ranking if p.importance.get(e) is not None)
@@ -420,7 +504,9 @@ def _with_headline(f: Findings) -> Findings:
     else:
         lines += [p.summary for p in f.params[:3]]
     if f.pruning and f.pruning.saved:
-        lines.append(f"Stopping early saved {f.pruning.saved} of {f.pruning.budget} epochs ({f.pruning.saved_pct:.0f}%).")
+        lines.append(
+            f"Stopping early saved {f.pruning.saved} of {f.pruning.budget} epochs ({f.pruning.saved_pct:.0f}%)."
+        )
     return dataclasses.replace(f, headline=tuple(lines))
 
 
@@ -443,13 +529,17 @@ def _evidence_lines(f: Findings, ev) -> list[str]:
 
 def trials_table(study: optuna.Study):
     """One row per trial for trials.csv: Optuna's dataframe, big user attrs left out, the rest as JSON."""
-    df = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start", "datetime_complete", "duration",
-                                       "params", "user_attrs"), multi_index=False)
+    df = study.trials_dataframe(
+        attrs=("number", "state", "value", "datetime_start", "datetime_complete", "duration", "params", "user_attrs"),
+        multi_index=False,
+    )
     big = [c for c in df.columns if c in ("user_attrs_curve", "user_attrs_config")]
     df = df.drop(columns=big)
     for column in df.columns:
         if df[column].map(lambda v: isinstance(v, (dict, list, tuple))).any():
-            df[column] = df[column].map(lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v)
+            df[column] = df[column].map(
+                lambda v: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list, tuple)) else v
+            )
     if "duration" in df.columns:
         df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
     # the learning curve, one column per epoch: what the report's epoch-by-epoch numbers are made of

@@ -5,6 +5,7 @@ epoch it reached is comparable with every other trial's value at that same epoch
 also reads the study rung by rung (a rung = an epoch; its trials = every trial that reached it,
 whatever its final state), and asks per parameter where the trials that stopped early concentrate.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ def status_of(t: FrozenTrial) -> str:
     status = str(t.user_attrs.get("status") or "")
     if status:
         return status
-    return {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(t.state, t.state.name.lower())
+    return {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(
+        t.state, t.state.name.lower()
+    )
 
 
 def stopped_early(t: FrozenTrial) -> bool:
@@ -86,8 +89,15 @@ def ladder(trials: list[FrozenTrial]) -> tuple[Rung, ...]:
         at = [t for t in trials if e in t.intermediate_values and math.isfinite(t.intermediate_values[e])]
         values = [t.intermediate_values[e] for t in at]
         states = Counter("complete" if t.state == TrialState.COMPLETE else status_of(t) for t in at)
-        out.append(Rung(e, len(at), dict(states.most_common()), float(np.mean(values)) if values else None,
-                        float(max(values)) if values else None))
+        out.append(
+            Rung(
+                e,
+                len(at),
+                dict(states.most_common()),
+                float(np.mean(values)) if values else None,
+                float(max(values)) if values else None,
+            )
+        )
     return tuple(out)
 
 
@@ -106,8 +116,12 @@ def at_rung(trials: list[FrozenTrial], epoch: int) -> list[FrozenTrial]:
         v = t.intermediate_values.get(epoch)
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or v is None or not math.isfinite(v) or not t.params:
             continue
-        rebuilt = optuna.create_trial(value=v, params=dict(t.params), distributions=dict(t.distributions),
-                                      user_attrs={"number": t.number, "state": t.state.name, "status": status_of(t)})
+        rebuilt = optuna.create_trial(
+            value=v,
+            params=dict(t.params),
+            distributions=dict(t.distributions),
+            user_attrs={"number": t.number, "state": t.state.name, "status": status_of(t)},
+        )
         out.append(rebuilt)
     return out
 
@@ -122,6 +136,7 @@ def rung_study(trials: list[FrozenTrial], direction) -> optuna.Study:
 
 
 # ---------------------------------------------------------------- where trials stop early
+
 
 def _gap(n1: np.ndarray, s1: np.ndarray, n: int, s: int) -> np.ndarray:
     """How much the early-stop rate differs between the two sides, for every cut at once, weighted by
@@ -142,15 +157,22 @@ def _split_p(r: np.ndarray, observed: float, valid: np.ndarray, rng: np.random.G
 
 def _region(label: str, ts: list[FrozenTrial]) -> Region:
     stopped = [t for t in ts if stopped_early(t)]
-    return Region(label, len(ts), len(stopped), max((stop_epoch(t) for t in stopped), default=0),
-                  dict(Counter(status_of(t) for t in stopped).most_common()))
+    return Region(
+        label,
+        len(ts),
+        len(stopped),
+        max((stop_epoch(t) for t in stopped), default=0),
+        dict(Counter(status_of(t) for t in stopped).most_common()),
+    )
 
 
 def _cut_value(a: float, b: float, log: bool) -> float:
     return math.sqrt(a * b) if log and a > 0 and b > 0 else (a + b) / 2
 
 
-def _numeric_split(name: str, ts: list[FrozenTrial], log: bool, rng, resid: dict[int, float]) -> tuple[float | None, float, list]:
+def _numeric_split(
+    name: str, ts: list[FrozenTrial], log: bool, rng, resid: dict[int, float]
+) -> tuple[float | None, float, list]:
     """The cut between sorted values where the stop residuals differ most, with its permutation p-value."""
     ts = sorted(ts, key=lambda t: float(t.params[name]))
     xs = np.array([float(t.params[name]) for t in ts])
@@ -183,7 +205,9 @@ def _phrase(r: Region) -> str:
     why = ", ".join(f"{n} {s}" for s, n in r.statuses.items())
     by = f" by epoch {r.by_epoch}" if r.stopped else ""
     few = "; too few trials" if r.trials < MIN_SIDE else ""
-    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (f" ({why}{few})" if why else f" ({few[2:]})" if few else "")
+    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (
+        f" ({why}{few})" if why else f" ({few[2:]})" if few else ""
+    )
 
 
 def stop_residuals(name: str, space: dict, ts: list[FrozenTrial], seed: int) -> dict[int, float]:
@@ -200,7 +224,11 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
     log scale where the search is log; the side with fewer stops is split once more, so a middle
     band between too small and too large shows), or each choice of a categorical one. The test
     runs on what the other parameters in ``space`` leave unexplained; the counts are the raw ones."""
-    ts = [t for t in trials if name in t.params and t.state.is_finished() and (t.state == TrialState.COMPLETE or stopped_early(t))]
+    ts = [
+        t
+        for t in trials
+        if name in t.params and t.state.is_finished() and (t.state == TrialState.COMPLETE or stopped_early(t))
+    ]
     rng = np.random.default_rng(seed)
     total = sum(stopped_early(t) for t in ts)
     if not total or len(ts) < 2 * MIN_SIDE:
@@ -212,9 +240,15 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
     cut, p, ordered = _numeric_split(name, ts, log, rng, resid)
     if cut is None or p >= ALPHA:
         region = _region(f"{name} (all)", ts)
-        return StopRegions(name, (region,), p if cut is not None else None, False,
-                           f"{name}: no region where trials stop early stands out ({region.stopped} of {region.trials} stopped early"
-                           + (f", p = {p:.2f}" if cut is not None else "") + ").")
+        return StopRegions(
+            name,
+            (region,),
+            p if cut is not None else None,
+            False,
+            f"{name}: no region where trials stop early stands out ({region.stopped} of {region.trials} stopped early"
+            + (f", p = {p:.2f}" if cut is not None else "")
+            + ").",
+        )
     low = [t for t in ordered if float(t.params[name]) < cut]
     high = [t for t in ordered if float(t.params[name]) >= cut]
     parts = [(f"{name} < {_fmt_cut(cut)}", low), (f"{name} ≥ {_fmt_cut(cut)}", high)]
@@ -235,7 +269,9 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
     return StopRegions(name, regions, p, True, text)
 
 
-def _categorical(name: str, dist: CategoricalDistribution, ts: list[FrozenTrial], rng, resid: dict[int, float]) -> StopRegions:
+def _categorical(
+    name: str, dist: CategoricalDistribution, ts: list[FrozenTrial], rng, resid: dict[int, float]
+) -> StopRegions:
     groups = [(f"{name} = {_fmt_choice(c)}", [t for t in ts if t.params[name] == c]) for c in dist.choices]
     groups = [(label, g) for label, g in groups if g]
     regions = tuple(_region(label, g) for label, g in groups)
@@ -245,12 +281,19 @@ def _categorical(name: str, dist: CategoricalDistribution, ts: list[FrozenTrial]
     index = np.concatenate([[k] * regions[i].trials for k, i in enumerate(eligible)])  # 0..k-1: no empty group
     r = np.concatenate([[resid[t.number] for t in groups[i][1]] for i in eligible]).astype(float)
     raw = np.concatenate([[float(stopped_early(t)) for t in groups[i][1]] for i in eligible])
-    p = max(_spread_p(index, r, rng), _spread_p(index, raw, rng))  # the raw rates must differ too, not only the residuals
+    p = max(
+        _spread_p(index, r, rng), _spread_p(index, raw, rng)
+    )  # the raw rates must differ too, not only the residuals
     if p >= ALPHA:
         rates = [regions[i].rate for i in eligible]
-        return StopRegions(name, regions, p, False,
-                           f"{name}: no choice where trials stop early stands out ({min(rates):.0%}–{max(rates):.0%} "
-                           f"stopped early per choice, p = {p:.2f}).")
+        return StopRegions(
+            name,
+            regions,
+            p,
+            False,
+            f"{name}: no choice where trials stop early stands out ({min(rates):.0%}–{max(rates):.0%} "
+            f"stopped early per choice, p = {p:.2f}).",
+        )
     order = sorted(regions, key=lambda r: -r.rate)
     return StopRegions(name, regions, p, True, "; ".join(_phrase(r) for r in order) + ".")
 

@@ -1,6 +1,7 @@
 """What the entry points say about a study: trials counted by state, the best-trials table, and the
 commands that resume a run and write its report. One home for each, so hpo.run, hpo.runs.workers and
 hpo.report print the same words."""
+
 from __future__ import annotations
 
 import shlex
@@ -14,8 +15,13 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.storage.store import DEFAULT_STORAGE, redact
 
 # How each state is written wherever hpo prints or reports it.
-STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-               TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
+STATE_WORDS = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
 FINISHED_WORDS = ("complete", "pruned", "failed")
 
 
@@ -32,7 +38,9 @@ def counts_text(counts: Counter, words=FINISHED_WORDS) -> str:
 def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
     """The end of a run: what it added, and the best trials (the Pareto front when multi-objective)."""
     trials = study.get_trials(deepcopy=False)
-    lines = [f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); {len(trials)} in the study"]
+    lines = [
+        f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); {len(trials)} in the study"
+    ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         return "\n".join(lines + ["no complete trial yet"])
@@ -44,9 +52,18 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
         best = sorted(complete, key=lambda t: t.value, reverse=maximize)[:5]
     names = sorted({k for t in best for k in t.params})
     table = pd.DataFrame(
-        [[f"#{t.number}", *(f"{v:.4g}" for v in t.values), _fmt(t.user_attrs.get("test_acc")),
-          str(t.user_attrs.get("epochs_run", "")), *(_fmt(t.params.get(n)) for n in names)] for t in best],
-        columns=["trial", *spec.objective.metrics, "test_acc", "epochs", *names])
+        [
+            [
+                f"#{t.number}",
+                *(f"{v:.4g}" for v in t.values),
+                _fmt(t.user_attrs.get("test_acc")),
+                str(t.user_attrs.get("epochs_run", "")),
+                *(_fmt(t.params.get(n)) for n in names),
+            ]
+            for t in best
+        ],
+        columns=["trial", *spec.objective.metrics, "test_acc", "epochs", *names],
+    )
     lines.append("Pareto front:" if multi else "best trials:")
     widths = {c: 1 + max(len(c), *table[c].str.len()) for c in table.columns[1:]}  # pandas adds one more space
     lines += ["  " + line for line in table.to_string(index=False, col_space=widths).splitlines()]
@@ -64,8 +81,15 @@ def storage_args(url: str) -> list[str]:
     return [] if url == DEFAULT_STORAGE else ["--storage", redact(url)]
 
 
-def run_command(study: str | Path, trials: int | str | None, sets=(), storage: str = DEFAULT_STORAGE, workers: str | None = None,
-                study_name: str | None = None, until: int | None = None) -> str:
+def run_command(
+    study: str | Path,
+    trials: int | str | None,
+    sets=(),
+    storage: str = DEFAULT_STORAGE,
+    workers: str | None = None,
+    study_name: str | None = None,
+    until: int | None = None,
+) -> str:
     """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store
     (``--until N`` in place of ``--trials`` when given; no ``--trials`` for None: the file's)."""
     parts = ["--study", str(study)]
@@ -79,8 +103,9 @@ def run_command(study: str | Path, trials: int | str | None, sets=(), storage: s
     return "python -m hpo.run " + shlex.join(parts)
 
 
-def report_command(folder: str | Path, storage: str = DEFAULT_STORAGE, study_name: str | None = None,
-                   out: str | None = None) -> str:
+def report_command(
+    folder: str | Path, storage: str = DEFAULT_STORAGE, study_name: str | None = None, out: str | None = None
+) -> str:
     """The ``python -m hpo.report`` command for a study folder."""
     parts = [str(folder), *storage_args(storage)]
     parts += ["--study-name", study_name] if study_name else []

@@ -1,5 +1,6 @@
 """Study progress on stderr: trial n/N, epoch, current and best value, pruned count, ETA (tqdm);
 or, quiet (workers, batch logs), one line per finished trial."""
+
 from __future__ import annotations
 
 import sys
@@ -25,13 +26,23 @@ class StudyProgress:
 
     def start(self) -> None:
         """Show the bar (0/N); separate from __init__ so that lines printed before the first trial come first."""
-        self.bar = tqdm(total=self.total, desc=f"{self.worker}trials", unit="trial", file=sys.stderr, dynamic_ncols=True,
-                        disable=self.quiet, mininterval=1.0,
-                        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}")
+        self.bar = tqdm(
+            total=self.total,
+            desc=f"{self.worker}trials",
+            unit="trial",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=self.quiet,
+            mininterval=1.0,
+            bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}<{remaining} {postfix}",
+        )
 
     def on_epoch(self, trial: optuna.Trial, stats: EpochStats) -> None:
-        self.bar.set_postfix_str(f"#{trial.number} epoch {stats.epoch}/{self.epochs} val {stats.val_acc:.2f}%"
-                                 f"{self.best}  pruned {self.counts['pruned']}", refresh=False)
+        self.bar.set_postfix_str(
+            f"#{trial.number} epoch {stats.epoch}/{self.epochs} val {stats.val_acc:.2f}%"
+            f"{self.best}  pruned {self.counts['pruned']}",
+            refresh=False,
+        )
         self.bar.refresh()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -48,7 +59,9 @@ class StudyProgress:
         elif state != optuna.trial.TrialState.COMPLETE:
             reason = trial.user_attrs.get("reason", "")
             if state == optuna.trial.TrialState.FAIL or reason.startswith(("diverged", "collapsed")):
-                self.bar.write(f"trial #{trial.number} {state.name.lower()}: {reason or 'see the log above'}", file=sys.stderr)
+                self.bar.write(
+                    f"trial #{trial.number} {state.name.lower()}: {reason or 'see the log above'}", file=sys.stderr
+                )
         self.bar.update(1)
         self.bar.set_postfix_str(f"{self.best.strip()}  pruned {self.counts['pruned']}  failed {self.counts['failed']}")
 

@@ -17,6 +17,7 @@ that stops with an error (three failed trials in a row, a bad setup) is not repl
 go on, and the command ends with the error. Ctrl-C or SIGTERM: forwarded to the workers as SIGTERM;
 each marks its running trial FAIL (status "interrupted") and exits; a second one kills them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,17 @@ from hpo.errors import EXIT_STORE_LOST, HpoError, reason
 from hpo.training.nets import build, count_parameters
 from hpo.runs.outcome import count_states, report_command, run_command, summary
 from hpo.search.study import create_or_resume, make_pruner, make_sampler
-from hpo.storage.store import (STORAGE_ENV, GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error,
-                       worker_tag)
+from hpo.storage.store import (
+    STORAGE_ENV,
+    GRACE_ENV,
+    GRACE_S,
+    env_seconds,
+    is_lost,
+    open_storage,
+    redact,
+    store_error,
+    worker_tag,
+)
 from hpo.training.loop import cpu_count, resolve_device
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
@@ -134,8 +144,9 @@ class Supervisor:
         self.args, self.spec, self.trials, self.k, self.threads, self.gpus = args, spec, trials, k, threads, gpus
         self.base = cli.worker_index(args) * k  # several supervisors (a Slurm array of them) get disjoint indices
         self.grace = env_seconds(GRACE_ENV, GRACE_S)
-        self.study = create_or_resume(spec, open_storage(args.storage, create=True), worker=self.base,
-                                      same_study=args.same_study)
+        self.study = create_or_resume(
+            spec, open_storage(args.storage, create=True), worker=self.base, same_study=args.same_study
+        )
         # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
         self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage, create=False))
         # Queued trials (retries) are not done yet: this run adds them.
@@ -158,8 +169,21 @@ class Supervisor:
         a = self.args
         # --until: every worker runs until the study holds N; the study, not a quota, says when to stop.
         amount = ["--until", str(a.until)] if a.until is not None else ["--trials", str(quota)]
-        cmd = [sys.executable, "-m", "hpo.run", "--study", a.study, *amount, "--workers", "1",
-               "--worker-index", str(self.base + slot), "--keep", a.keep, "--supervised"]  # the store: $HPO_STORAGE
+        cmd = [
+            sys.executable,
+            "-m",
+            "hpo.run",
+            "--study",
+            a.study,
+            *amount,
+            "--workers",
+            "1",
+            "--worker-index",
+            str(self.base + slot),
+            "--keep",
+            a.keep,
+            "--supervised",
+        ]  # the store: $HPO_STORAGE
         cmd += ["--study-name", a.study_name] if a.study_name else []
         cmd += ["--same-study"] if a.same_study else []
         if a.data_dir:
@@ -170,7 +194,10 @@ class Supervisor:
             cmd += ["--timeout", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
         for text in a.set:
             cmd += ["--set", text]
-        for option, value in (("--patience", a.patience), ("--min-delta", a.min_delta)):  # each worker watches the plateau
+        for option, value in (
+            ("--patience", a.patience),
+            ("--min-delta", a.min_delta),
+        ):  # each worker watches the plateau
             cmd += [option, str(value)] if value is not None else []
         if self.threads:
             cmd += ["--set", f"train.threads={self.threads}"]
@@ -183,11 +210,23 @@ class Supervisor:
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         # A session of its own: Ctrl-C reaches the supervisor only, which forwards one SIGTERM.
-        proc = subprocess.Popen(self.command(slot, quota), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            self.command(slot, quota),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         worker = Worker(slot, quota, proc, restarts)
-        where = ", ".join(x for x in (f"{self.threads} thread{'s' * (self.threads > 1)}" if self.threads else "",
-                                      self.gpus[slot % len(self.gpus)] if self.gpus else "") if x)
+        where = ", ".join(
+            x
+            for x in (
+                f"{self.threads} thread{'s' * (self.threads > 1)}" if self.threads else "",
+                self.gpus[slot % len(self.gpus)] if self.gpus else "",
+            )
+            if x
+        )
         self.say(f"[worker {slot}] pid {proc.pid}: {quota} trial{'s' * (quota > 1)}" + (f", {where}" if where else ""))
         worker.relay = threading.Thread(target=self.relay, args=(worker,), daemon=True)
         worker.relay.start()
@@ -222,8 +261,10 @@ class Supervisor:
                     self.said_stopping = True
                     self.pending.clear()
                     self.forward(signal.SIGTERM)  # again: one may have started as the signal came
-                    self.say("stopping: each worker marks its running trial FAIL (status interrupted) and exits; "
-                             "a second Ctrl-C kills them (their trials are then failed as lost and retried on resume)")
+                    self.say(
+                        "stopping: each worker marks its running trial FAIL (status interrupted) and exits; "
+                        "a second Ctrl-C kills them (their trials are then failed as lost and retried on resume)"
+                    )
                 self.reap()
                 for worker, code in self.unplanned[:]:  # dead while the store was away: plan them now
                     self.unplanned.remove((worker, code))
@@ -268,8 +309,11 @@ class Supervisor:
 
     def plan_replacement(self, worker: Worker, code: int) -> None:
         try:
-            mine = [t for t in self.reader.get_trials(deepcopy=False)
-                    if t.user_attrs.get("worker") == worker.tag and t.number not in self.before]
+            mine = [
+                t
+                for t in self.reader.get_trials(deepcopy=False)
+                if t.user_attrs.get("worker") == worker.tag and t.number not in self.before
+            ]
         except Exception as e:
             if not store_error(e):
                 raise
@@ -282,12 +326,16 @@ class Supervisor:
             return
         done = sum(t.state.is_finished() and not is_lost(t) for t in mine)
         stuck = {t.number for t in mine if t.state == TrialState.RUNNING}
-        left = worker.quota if self.args.until is not None else worker.quota - done  # --until: it stops when the study is done
+        left = (
+            worker.quota if self.args.until is not None else worker.quota - done
+        )  # --until: it stops when the study is done
         why = f"was killed ({signal.Signals(-code).name})" if code < 0 else "lost the store"
         text = f"[worker {worker.slot}] pid {worker.proc.pid} {why} after {done} of its {worker.quota} trials"
         if stuck:
-            text += (f"; trial {_numbers(stuck)} is failed as lost once its heartbeat is {self.grace} s old, "
-                     f"and retried with the same parameters")
+            text += (
+                f"; trial {_numbers(stuck)} is failed as lost once its heartbeat is {self.grace} s old, "
+                f"and retried with the same parameters"
+            )
         self.say(text + (f"; a new worker takes the {left} left" if left > 0 else ""))
         if left > 0:
             self.pending.append(Replacement(worker.slot, left, worker.restarts + 1, stuck))
@@ -306,8 +354,10 @@ class Supervisor:
                     if not store_error(e):
                         raise
                     continue  # the store is away: try again at the next poll
-                self.say(f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
-                         f"failed as lost and retried with the same parameters")
+                self.say(
+                    f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
+                    f"failed as lost and retried with the same parameters"
+                )
                 plan.stuck = set()
             if plan.stuck:
                 try:
@@ -347,8 +397,11 @@ class Supervisor:
         self.last_done = len(done)
         counts = count_states(done)
         lost = sum(is_lost(t) for t in added)
-        text = (f"[study] {len(done)}/{self.trials} trials: " + ", ".join(f"{counts[w]} {w}" for w in ("complete", "pruned", "failed"))
-                + (f", {lost} lost and retried" if lost else ""))
+        text = (
+            f"[study] {len(done)}/{self.trials} trials: "
+            + ", ".join(f"{counts[w]} {w}" for w in ("complete", "pruned", "failed"))
+            + (f", {lost} lost and retried" if lost else "")
+        )
         if len(self.spec.objective.metrics) == 1:
             with contextlib.suppress(ValueError):  # no complete trial yet
                 best = self.reader.best_trial
@@ -360,32 +413,53 @@ class Supervisor:
 
     def resume_command(self, added: list[optuna.trial.FrozenTrial]) -> str:
         """The same command for the trials still to do (interrupted and lost trials are redone)."""
-        done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
+        done = sum(
+            t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added
+        )
         a = self.args
-        return run_command(a.study, max(self.trials - done, 1), a.set, a.storage, workers=a.workers_asked, study_name=a.study_name,
-                           until=a.until)
+        return run_command(
+            a.study,
+            max(self.trials - done, 1),
+            a.set,
+            a.storage,
+            workers=a.workers_asked,
+            study_name=a.study_name,
+            until=a.until,
+        )
 
     def finish(self) -> int:
         added = self.added(self.study)
         done = [t for t in added if t.state.is_finished() and not is_lost(t)]
         left_running = sorted(t.number for t in added if t.state == TrialState.RUNNING)
-        later = (f"; trial {_numbers(left_running)} was left RUNNING by a killed worker: the next run fails it as lost "
-                 f"{self.grace} s after its last heartbeat and retries it" if left_running else "")
+        later = (
+            f"; trial {_numbers(left_running)} was left RUNNING by a killed worker: the next run fails it as lost "
+            f"{self.grace} s after its last heartbeat and retries it"
+            if left_running
+            else ""
+        )
         if self.signals:
             marked = [t.number for t in added if t.user_attrs.get("status") == "interrupted"]
-            self.say(f"interrupted: {'trial ' + _numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
-                     f"{later}; the store is consistent; resume with: {self.resume_command(added)}")
+            self.say(
+                f"interrupted: {'trial ' + _numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
+                f"{later}; the store is consistent; resume with: {self.resume_command(added)}"
+            )
             return 130
         print(summary(self.study, self.spec, [t for t in added if not is_lost(t)]))
         lost = [t for t in added if is_lost(t)]
         if lost:
-            print(f"lost with their worker and retried with the same parameters: trial {_numbers(t.number for t in lost)} "
-                  f"(kept as FAIL records)")
+            print(
+                f"lost with their worker and retried with the same parameters: trial {_numbers(t.number for t in lost)} "
+                f"(kept as FAIL records)"
+            )
         if self.stopped:
-            why = "; ".join(f"worker {w.slot}: {w.last or f'exit code {code}'}"
-                            for w, code in sorted(self.stopped, key=lambda wc: wc[0].slot))  # in slot order, not exit order
-            raise HpoError(f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
-                           f"{self.trials} trials{later}; resume with: {self.resume_command(added)}")
+            why = "; ".join(
+                f"worker {w.slot}: {w.last or f'exit code {code}'}"
+                for w, code in sorted(self.stopped, key=lambda wc: wc[0].slot)
+            )  # in slot order, not exit order
+            raise HpoError(
+                f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
+                f"{self.trials} trials{later}; resume with: {self.resume_command(added)}"
+            )
         if done and all(t.state == TrialState.FAIL for t in done):  # fewer than three each: no worker stopped
             last = done[-1].user_attrs.get("reason", "see the log above")
             raise HpoError(f"every trial failed ({len(done)}); last: {last}")
@@ -411,7 +485,10 @@ def run_workers(args, spec, trials: int, k: int) -> int:
     supervisor = Supervisor(args, spec, trials, k, threads, gpus)
     warm = warmstart.enqueue(supervisor.study, getattr(args, "warm_plan", []))  # once, here: not in each worker
     amount = f"until {trials} are finished" if args.until is not None else f"adding {trials}"
-    supervisor.say(f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, {amount} "
-                   f"with {min(k, trials)} workers" + (f" ({args.workers})" if args.workers == "auto" else "")
-                   + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else ""))
+    supervisor.say(
+        f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, {amount} "
+        f"with {min(k, trials)} workers"
+        + (f" ({args.workers})" if args.workers == "auto" else "")
+        + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else "")
+    )
     return supervisor.run()

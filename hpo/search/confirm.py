@@ -2,6 +2,7 @@
 configurations with K new seeds each, as ordinary trials queued in the study; each records the
 trial it confirms (user attr ``confirms``). hpo.analysis.confirmations reads them back for the report.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,10 @@ def confirmation_seed(study_seed: int, source: int, k: int) -> int:
 
 def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> list[FrozenTrial]:
     """The best searched trials (confirmations are not candidates), one per distinct configuration."""
-    ranked = sorted((t for t in trials if finite(t) and CONFIRMS not in t.user_attrs),
-                    key=lambda t: ((-1 if maximize else 1) * t.values[0], t.number))
+    ranked = sorted(
+        (t for t in trials if finite(t) and CONFIRMS not in t.user_attrs),
+        key=lambda t: ((-1 if maximize else 1) * t.values[0], t.number),
+    )
     out, seen = [], set()
     for t in ranked:
         key = repr(sorted(t.params.items()))
@@ -62,6 +65,8 @@ def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec
     done = {s.number: sum(t.user_attrs.get(CONFIRMS) == s.number for t in trials) for s in sources}
     for s in sources:
         for i in range(k):
-            study.enqueue_trial(dict(s.params), user_attrs={CONFIRMS: s.number,
-                                                             "seed": confirmation_seed(spec.seed, s.number, done[s.number] + i)})
+            study.enqueue_trial(
+                dict(s.params),
+                user_attrs={CONFIRMS: s.number, "seed": confirmation_seed(spec.seed, s.number, done[s.number] + i)},
+            )
     return dataclasses.replace(spec, pruner=PrunerSpec("none")), k * len(sources)

@@ -1,4 +1,5 @@
 """SIGINT and SIGTERM during a run: stop without leaving a trial RUNNING or a store write half done."""
+
 from __future__ import annotations
 
 import contextlib

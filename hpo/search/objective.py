@@ -2,6 +2,7 @@
 
 Testable without a study: ``Objective(spec, ...)(optuna.trial.FixedTrial({...}))`` trains once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,15 +43,26 @@ class StopTrial(Exception):
 
 
 def versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "optuna": optuna.__version__, "hpo": hpo.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "optuna": optuna.__version__,
+        "hpo": hpo.__version__,
+    }
 
 
 def result_attrs(result: TrainResult) -> dict:
     return {
-        "val_acc": result.final_val_acc, "best_val_acc": result.best_val_acc, "test_acc": result.test_acc,
-        "epochs_run": result.epochs_run, "wall_time_s": result.wall_time_s, "images_per_s": result.images_per_s,
-        "device": result.device, "threads": result.threads, "params": result.params,
+        "val_acc": result.final_val_acc,
+        "best_val_acc": result.best_val_acc,
+        "test_acc": result.test_acc,
+        "epochs_run": result.epochs_run,
+        "wall_time_s": result.wall_time_s,
+        "images_per_s": result.images_per_s,
+        "device": result.device,
+        "threads": result.threads,
+        "params": result.params,
     }
 
 
@@ -110,8 +122,13 @@ class Objective:
             saved = TrialCheckpoint(self.checkpoints, self.spec.name, trial, config, self.guard)
             resume = saved.load(self.device, report=not self.multi)
             with self.guard.armed():  # a signal stops the training at once
-                result, model = fit(config, data, self._epoch_hook(trial, data.info.num_classes, resume),
-                                    resume=resume, on_checkpoint=saved.save if saved.path else None)
+                result, model = fit(
+                    config,
+                    data,
+                    self._epoch_hook(trial, data.info.num_classes, resume),
+                    resume=resume,
+                    on_checkpoint=saved.save if saved.path else None,
+                )
         except StopTrial as stop:
             self._record(trial, stop.status, stop.reason)
             raise optuna.TrialPruned(stop.reason) from None
@@ -142,7 +159,9 @@ class Objective:
             trial.set_user_attr("weights_error", why)
             log.warning(f"warning: trial #{trial.number}: its weights were not kept ({why}); its result is")
 
-    def _epoch_hook(self, trial: optuna.Trial, num_classes: int, resume: dict | None = None) -> Callable[[EpochStats], None]:
+    def _epoch_hook(
+        self, trial: optuna.Trial, num_classes: int, resume: dict | None = None
+    ) -> Callable[[EpochStats], None]:
         """What each epoch does: record the curve, report to the pruner, stop a pruned or collapsed trial."""
         curve: list[dict] = list(resume["curve"]) if resume else []  # a resumed trial's curve is the whole curve
         chance = 100.0 / num_classes
@@ -160,11 +179,17 @@ class Objective:
                 if self.multi and not isinstance(trial, optuna.trial.FixedTrial) and shadow.prunable(trial.study):
                     prune = shadow.should_prune(trial, curve)  # on val_acc, through a single-objective shadow
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
-                raise StopTrial("collapsed", f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
-                                             f"({chance:.0f}% for {num_classes} classes) at epoch {stats.epoch}")
+                raise StopTrial(
+                    "collapsed",
+                    f"collapsed: validation accuracy {stats.val_acc:.1f}% is chance level "
+                    f"({chance:.0f}% for {num_classes} classes) at epoch {stats.epoch}",
+                )
             if prune:
-                raise StopTrial("pruned", f"pruned at epoch {stats.epoch}: validation accuracy "
-                                          f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)")
+                raise StopTrial(
+                    "pruned",
+                    f"pruned at epoch {stats.epoch}: validation accuracy "
+                    f"{stats.val_acc:.2f}% behind the other trials ({self.spec.pruner.name} pruner)",
+                )
 
         return on_epoch
 
@@ -174,7 +199,7 @@ class Objective:
         trial.set_user_attr("reason", reason)
 
     def _should_keep(self, trial: optuna.Trial, values: list[float]) -> bool:
-        """"best" keeps each trial that is the best so far when it finishes: the final best is
+        """ "best" keeps each trial that is the best so far when it finishes: the final best is
         always there, and the records before it cost little (a handful, not one per trial)."""
         if self.artifacts is None or self.keep == "none" or isinstance(trial, optuna.trial.FixedTrial):
             return False
@@ -190,7 +215,9 @@ class Objective:
             path = Path(tmp) / f"{self.spec.name}-trial{trial.number}.pt"
             torch.save(model.state_dict(), path)  # load with torch.load(..., weights_only=True)
             artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifacts, file_path=str(path), study_or_trial=trial,
+                artifact_store=self.artifacts,
+                file_path=str(path),
+                study_or_trial=trial,
                 mimetype="application/octet-stream",  # mimetypes guesses .pt as a SNES page table
             )
         trial.set_user_attr("weights_artifact_id", artifact_id)

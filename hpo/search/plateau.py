@@ -6,6 +6,7 @@ by default the seed-to-seed noise, measured where trials repeat the same paramet
 seeds (confirmations), else 0.1 points. The callback reads the store, so every worker sharing a
 study sees the same plateau and stops after its own next trial.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,12 +53,14 @@ class Plateau:
         if self.patience <= 0:
             return ""
         trials = study.get_trials(deepcopy=False)
-        finished = sorted((t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete),
-                          key=lambda t: (t.datetime_complete, t.number))
+        finished = sorted(
+            (t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_complete),
+            key=lambda t: (t.datetime_complete, t.number),
+        )
         if len(finished) <= self.patience:
             return ""
         direction = study.directions[0]
-        before, now = _best(finished[:-self.patience], direction), _best(finished, direction)
+        before, now = _best(finished[: -self.patience], direction), _best(finished, direction)
         if before is None:
             return ""
         noise = seed_noise(trials)
@@ -65,10 +68,17 @@ class Plateau:
         gain = abs(now.values[0] - before.values[0])
         if gain > delta:
             return ""
-        where = ("--min-delta" if self.min_delta is not None else
-                 "the seed-to-seed noise" if noise is not None else "the default; no trial was repeated to measure noise")
-        return (f"stopped on a plateau: the best value ({now.values[0]:.4g}, trial #{now.number}) has improved by "
-                f"{gain:.3g} in the last {self.patience} finished trials, not more than min_delta {delta:.3g} ({where})")
+        where = (
+            "--min-delta"
+            if self.min_delta is not None
+            else "the seed-to-seed noise"
+            if noise is not None
+            else "the default; no trial was repeated to measure noise"
+        )
+        return (
+            f"stopped on a plateau: the best value ({now.values[0]:.4g}, trial #{now.number}) has improved by "
+            f"{gain:.3g} in the last {self.patience} finished trials, not more than min_delta {delta:.3g} ({where})"
+        )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         reason = self.check(study)

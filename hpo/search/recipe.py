@@ -6,6 +6,7 @@ A study is found by its name (the folder's), but two folders of one name (studie
 other's and overwrite its recipe. And Optuna refuses, trial by trial, a parameter whose kind,
 log flag or choices changed: that is found here, before the first trial, in one line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,13 @@ import re
 from pathlib import Path
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
-                                  check_distribution_compatibility)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
 
 from hpo.config import ParamSpec, StudySpec
 from hpo.errors import HpoError
@@ -87,13 +93,16 @@ def check_resume(spec: StudySpec, study_id: int, storage, *, same_study: bool = 
     if stored_file and not same_study and not _same_file(stored_file, spec) and attrs.get("study_toml") != spec.source:
         raise HpoError(
             f"study {spec.name!r} in the store came from {stored_file}, not {study_path(spec)}: two studies of one "
-            f"name; pass --study-name NEW to start another study, or --same-study if this file continues that study")
+            f"name; pass --study-name NEW to start another study, or --same-study if this file continues that study"
+        )
     trials = storage.get_all_trials(study_id, deepcopy=False)
     old = stored_space(trials)
     refused, noted = space_changes(old, {p.name: distribution(p) for p in spec.search})
     if refused:
-        raise HpoError(f"study {spec.name!r} cannot go on with this search space: {'; '.join(refused)} "
-                       f"(Optuna cannot mix the two in one study); pass --study-name NEW to start a new study with it")
+        raise HpoError(
+            f"study {spec.name!r} cannot go on with this search space: {'; '.join(refused)} "
+            f"(Optuna cannot mix the two in one study); pass --study-name NEW to start a new study with it"
+        )
     if noted and old:  # nothing sampled yet: nothing changed
         log.info(f"note: the search space changed from trial #{len(trials)} on: {'; '.join(noted)}")
 
@@ -107,10 +116,20 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
     attrs = study.user_attrs
     versions = list(attrs.get(RECIPES_ATTR) or [])
     if not versions and attrs.get("study_toml") and trials_so_far:  # a study stored before versions were kept
-        versions.append({"from_trial": 0, "study_file": attrs.get("study_file"), "study_toml": attrs["study_toml"],
-                         "overrides": list(attrs.get("overrides") or [])})
-    mine = {"from_trial": trials_so_far, "study_file": study_path(spec), "study_toml": spec.source,
-            "overrides": list(spec.overrides)}
+        versions.append(
+            {
+                "from_trial": 0,
+                "study_file": attrs.get("study_file"),
+                "study_toml": attrs["study_toml"],
+                "overrides": list(attrs.get("overrides") or []),
+            }
+        )
+    mine = {
+        "from_trial": trials_so_far,
+        "study_file": study_path(spec),
+        "study_toml": spec.source,
+        "overrides": list(spec.overrides),
+    }
     last = versions[-1] if versions else None
     if last is None or any(last.get(k) != mine[k] for k in ("study_file", "study_toml", "overrides")):
         versions.append(mine)

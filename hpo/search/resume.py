@@ -5,6 +5,7 @@ hpo.storage.store's heartbeat callback queues a trial lost with its worker; eith
 checkpoint by the ``checkpoint_of`` attr it inherits (the number of the trial first run with these
 parameters), reports the epochs already trained, and the loop goes on from the next one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,10 @@ class TrialCheckpoint:
         elif self.retry and self.config.train.checkpoint_every:
             log.warning(f"trial #{trial.number}: no checkpoint at {self.path}; it starts again from epoch 1")
         if state is not None and _comparable(state.get("config", {"train": {}})) != _comparable(self.config.to_dict()):
-            log.warning(f"trial #{trial.number}: the checkpoint {self.path} was written for other settings; "
-                        f"it starts again from epoch 1")
+            log.warning(
+                f"trial #{trial.number}: the checkpoint {self.path} was written for other settings; "
+                f"it starts again from epoch 1"
+            )
             state = None
         if state is None:
             if self.retry:  # a retry that starts at epoch 1 (and not the value inherited from the run it retries)
@@ -88,8 +91,11 @@ def requeue(trial) -> None:
         return
     try:
         attrs = {k: v for k, v in trial.user_attrs.items() if k not in NOT_INHERITED}
-        trial.study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=attrs))
+        trial.study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=attrs
+            )
+        )
     except Exception as e:
         if not store_error(e):
             raise

@@ -8,6 +8,7 @@ final val_acc), and the real pruner is asked about the running trial there. The 
 stays multi-objective. Rung records a pruner writes (successive halving's ``completed_rung_N``) go
 back to the real trial's system attrs, so the next shadow sees them.
 """
+
 from __future__ import annotations
 
 import optuna
@@ -34,8 +35,14 @@ def _finished(t: FrozenTrial) -> FrozenTrial:
         value = values[max(values)]
     elif state != TrialState.PRUNED:
         state, values = TrialState.FAIL, {}
-    return optuna.create_trial(state=state, value=value, params={PARAM[0]: 0.0}, distributions={PARAM[0]: PARAM[1]},
-                               system_attrs=dict(t.system_attrs), intermediate_values=values)
+    return optuna.create_trial(
+        state=state,
+        value=value,
+        params={PARAM[0]: 0.0},
+        distributions={PARAM[0]: PARAM[1]},
+        system_attrs=dict(t.system_attrs),
+        intermediate_values=values,
+    )
 
 
 def _add_running(shadow: optuna.Study, t: FrozenTrial, values: dict[int, float]) -> int:

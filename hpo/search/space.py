@@ -1,4 +1,5 @@
 """The search space: ``trial.suggest_*`` for each searched setting -> a concrete TrainConfig."""
+
 from __future__ import annotations
 
 import dataclasses

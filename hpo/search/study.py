@@ -1,4 +1,5 @@
 """The Optuna side of a study: sampler and pruner by name, create or resume (the store is hpo.storage.store's)."""
+
 from __future__ import annotations
 
 import inspect
@@ -40,7 +41,9 @@ def _check_options(what: str, name: str, cls, options: dict) -> None:
     known = [p for p in inspect.signature(cls).parameters if p not in reserved]
     for key in options:
         if key not in known:
-            raise HpoError(f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}")
+            raise HpoError(
+                f"unknown option {what}.{key} for {what} {name!r}; it accepts: {', '.join(known) or 'no options'}"
+            )
     _check_option_types(what, name, inspect.signature(cls).parameters, options)
 
 
@@ -58,7 +61,11 @@ def _check_option_types(what: str, name: str, params, options: dict) -> None:
         else:
             continue
         if not ok:
-            kind = "a finite number" if isinstance(default, float) and not isinstance(default, bool) else type(default).__name__
+            kind = (
+                "a finite number"
+                if isinstance(default, float) and not isinstance(default, bool)
+                else type(default).__name__
+            )
             raise HpoError(f"{what}.{key} for {what} {name!r} must be {kind} (default {default!r}), got {value!r}")
 
 
@@ -66,19 +73,21 @@ def grid_space(spec: StudySpec) -> dict[str, list]:
     space = {}
     for p in spec.search:
         if p.when:
-            raise HpoError(f"sampler.name = \"grid\" cannot search conditional parameters (search.{p.name} has `when`); "
-                           f"use tpe or random")
+            raise HpoError(
+                f'sampler.name = "grid" cannot search conditional parameters (search.{p.name} has `when`); '
+                f"use tpe or random"
+            )
         if p.choices:
             space[p.name] = list(p.choices)
         elif p.is_int and not p.log:
             space[p.name] = list(range(p.low, p.high + 1, p.step or 1))
         else:
             raise HpoError(
-                f"sampler.name = \"grid\" needs a finite search space, but search.{p.name} is a continuous range; "
+                f'sampler.name = "grid" needs a finite search space, but search.{p.name} is a continuous range; '
                 f"list the values instead, e.g. {p.name} = {{ choices = [{p.low}, {p.high}] }}"
             )
     if not space:
-        raise HpoError("sampler.name = \"grid\" needs at least one parameter under [search]")
+        raise HpoError('sampler.name = "grid" needs at least one parameter under [search]')
     return space
 
 
@@ -123,8 +132,11 @@ def study_attrs(spec: StudySpec) -> dict:
         "dataset": b.data.dataset,
         "model": b.model.name,
         # conditional parameters (hpo.analysis.branches groups the report by them): Optuna name -> its branch
-        "branches": {p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
-                     for p in spec.search if p.when},
+        "branches": {
+            p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
+            for p in spec.search
+            if p.when
+        },
     }
 
 
@@ -152,8 +164,12 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_st
     pruner = make_pruner(spec)
     sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
     study = optuna.create_study(
-        study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner,
-        directions=directions, load_if_exists=True,
+        study_name=spec.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=directions,
+        load_if_exists=True,
     )
     if spec.name not in existing or worker == 0:
         versions = recipes(study, spec, trials_so_far)

@@ -8,6 +8,7 @@ trials already make N (finished or running) is given up before it trains, as a F
 status ``surplus``. A queued retry is popped before any new trial (Optuna does so), so retries are
 finished first; a running trial that is stopped again leaves its retry queued for the next run.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,9 @@ def finished(trials) -> int:
 
 def claimed(trials, below: int | None = None) -> int:
     """Trials finished or running (of those numbered below ``below``): the ones on their way to N."""
-    return sum(t.state in FINISHED or t.state == TrialState.RUNNING
-               for t in trials if below is None or t.number < below)
+    return sum(
+        t.state in FINISHED or t.state == TrialState.RUNNING for t in trials if below is None or t.number < below
+    )
 
 
 class Surplus(Exception):
@@ -53,8 +55,10 @@ class Until:
             if left > 0 or finished(study.get_trials(deepcopy=False)) >= self.n:
                 return max(left, 0)
             if not said:
-                say(f"the other {self.n - finished(study.get_trials(deepcopy=False))} of the {self.n} trials are running "
-                    f"elsewhere: waiting for them to finish (a stopped or lost one is taken over here)")
+                say(
+                    f"the other {self.n - finished(study.get_trials(deepcopy=False))} of the {self.n} trials are running "
+                    f"elsewhere: waiting for them to finish (a stopped or lost one is taken over here)"
+                )
                 said = True
             check()
             time.sleep(poll_s)

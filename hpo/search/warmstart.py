@@ -7,6 +7,7 @@ study's base setting where it did not; a value outside this study's range or cho
 the sampler. Each queued trial carries ``warm_start = "STUDY#N"``; a source trial already queued
 into this study is not queued again, so a resumed run counts nothing twice.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,11 +60,16 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     storage = open_storage(storage_url, create=False)
     names = sorted(optuna.get_all_study_names(storage))
     if name not in names:
-        raise HpoError(f"--warm-start: no study {name!r} in {redact(storage_url)}{closest(name, names)}; "
-                       f"studies there: {', '.join(names) or 'none'}")
+        raise HpoError(
+            f"--warm-start: no study {name!r} in {redact(storage_url)}{closest(name, names)}; "
+            f"studies there: {', '.join(names) or 'none'}"
+        )
     source = optuna.load_study(study_name=name, storage=storage)
-    done = [t for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and math.isfinite(t.values[0])]
+    done = [
+        t
+        for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values and math.isfinite(t.values[0])
+    ]
     if not done:
         raise HpoError(f"--warm-start: study {name!r} has no complete trial to start from")
     sign = -1.0 if source.directions[0] == StudyDirection.MAXIMIZE else 1.0

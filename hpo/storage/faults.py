@@ -11,6 +11,7 @@ gives no SQLSTATE when a connection cannot be opened, so there ``server_answers`
 itself (PQping): no answer, or "rejecting connections" (starting up, shutting down), is transient; a
 server that accepts connections but refused ours (a wrong database, role or password) is setup.
 """
+
 from __future__ import annotations
 
 import sqlite3

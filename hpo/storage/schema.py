@@ -1,6 +1,7 @@
 """Is a database an Optuna store? Asked before Optuna opens it: Optuna's RDBStorage creates its
 tables in whatever database it is handed (and SQLite creates a missing file), so a reader that
 opened a wrong URL would write, and a writer would mix its tables into another program's database."""
+
 from __future__ import annotations
 
 import contextlib
@@ -52,7 +53,9 @@ def tables(url: str, verb: str = "read", engine_kwargs: dict | None = None) -> s
         if path.is_file() and path.stat().st_size == 0:
             return set()
         try:
-            with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as conn:
+            with contextlib.closing(
+                sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            ) as conn:
                 return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as e:
             raise HpoError(f"cannot read the store {path}: {reason(e)} (is it a SQLite database?)") from None
@@ -93,8 +96,10 @@ def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
         return True
     if not OPTUNA_TABLES <= found:
         shown = ", ".join(sorted(found)[:5]) + (", ..." if len(found) > 5 else "")
-        raise HpoError(f"{where} is not an Optuna store: it holds other tables ({shown}); "
-                       f"pass --storage with a new file or database")
+        raise HpoError(
+            f"{where} is not an Optuna store: it holds other tables ({shown}); "
+            f"pass --storage with a new file or database"
+        )
     return False
 
 

@@ -1,5 +1,6 @@
 """The study store: open an Optuna RDB storage (SQLite or PostgreSQL) safely, with heartbeats,
 and survive a database that goes away for a while. Samplers, pruners and studies are hpo.search.study's."""
+
 from __future__ import annotations
 
 import contextlib
@@ -90,8 +91,10 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     path = sqlite_path(url)
     heartbeat, grace = env_seconds(HEARTBEAT_ENV, HEARTBEAT_S), env_seconds(GRACE_ENV, GRACE_S)
     if grace <= heartbeat:  # a live trial would look lost between two beats: workers would fail each other's
-        raise HpoError(f"${GRACE_ENV} ({grace} s) must be longer than ${HEARTBEAT_ENV} ({heartbeat} s), "
-                       f"or live trials are failed as lost; e.g. ${GRACE_ENV} = {3 * heartbeat}")
+        raise HpoError(
+            f"${GRACE_ENV} ({grace} s) must be longer than ${HEARTBEAT_ENV} ({heartbeat} s), "
+            f"or live trials are failed as lost; e.g. ${GRACE_ENV} = {3 * heartbeat}"
+        )
     # Is it an Optuna store? Asked before Optuna, which makes a store of whatever it opens; for
     # PostgreSQL below, through the store's own engine options (it waits for an absent server).
     pg = url.startswith("postgresql")
@@ -133,7 +136,9 @@ def _prepare_sqlite(path: Path, create: bool) -> dict:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise HpoError(f"cannot create the store folder {path.parent}: {e.strerror}; pass --storage elsewhere") from None
+            raise HpoError(
+                f"cannot create the store folder {path.parent}: {e.strerror}; pass --storage elsewhere"
+            ) from None
     if create:  # WAL lets readers (dashboard, report) work while workers write; it persists in
         # the file, so it is set once, before any connection of Optuna's opens it
         try:
@@ -188,7 +193,9 @@ def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: in
                 deadline = time.monotonic() + wait
                 log.warning(f"store {redact(url)} cut off while opening ({reason(e)}); retrying for up to {wait} s")
             if time.monotonic() >= deadline:
-                raise faults.StoreLost(f"lost the store {redact(url)}: out of reach for {wait} s ({reason(e)})") from None
+                raise faults.StoreLost(
+                    f"lost the store {redact(url)}: out of reach for {wait} s ({reason(e)})"
+                ) from None
             time.sleep(0.5)
 
 
@@ -236,8 +243,9 @@ class WaitForServer(CreateEnginePlugin):
                 deadline = time.monotonic() + self.seconds
                 log.warning(f"store {self.name} unreachable ({reason(error)}); retrying for up to {self.seconds} s")
             if time.monotonic() + delay > deadline:
-                raise faults.StoreLost(f"lost the store {self.name}: out of reach for {self.seconds} s "
-                                       f"({reason(error)})") from None
+                raise faults.StoreLost(
+                    f"lost the store {self.name}: out of reach for {self.seconds} s ({reason(error)})"
+                ) from None
             time.sleep(delay)
             delay = min(2 * delay, 2.0)
 
@@ -296,7 +304,9 @@ class Store(RDBStorage):
                     deadline = time.monotonic() + self.wait_s
                     log.warning(f"store {self.name} cut off ({reason(e)}); retrying for up to {self.wait_s} s")
                 if time.monotonic() + delay > deadline:
-                    lost = faults.StoreLost(f"lost the store {self.name}: out of reach for {self.wait_s} s ({reason(e)})")
+                    lost = faults.StoreLost(
+                        f"lost the store {self.name}: out of reach for {self.wait_s} s ({reason(e)})"
+                    )
                     if sticky:
                         self.lost = lost
                     raise lost from None
@@ -313,7 +323,9 @@ class Store(RDBStorage):
         except Exception as e:
             if not store_error(e):
                 raise
-            log.warning(f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s")
+            log.warning(
+                f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s"
+            )
 
     # ------------------------------------------------ writes that must not run twice
 
@@ -324,9 +336,19 @@ class Store(RDBStorage):
         (enqueue_trial, add_trial). A RUNNING trial is born claimed (``_claim``). (Optuna's cached
         storage calls this one.)"""
         if template_trial is None:  # ask(): a RUNNING trial, as Optuna makes it
-            template = FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-                                   datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
-                                   intermediate_values={}, trial_id=-1)
+            template = FrozenTrial(
+                number=-1,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=datetime.now(),
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
             stored = models.TrialModel(datetime_start=template.datetime_start)  # as Optuna stores it (UTC)
             key = models.TrialModel._datetime_start_utc == stored._datetime_start_utc
         else:
@@ -339,7 +361,8 @@ class Store(RDBStorage):
             key = models.TrialModel.trial_id.in_(
                 sqlalchemy.select(models.TrialSystemAttributeModel.trial_id)
                 .where(models.TrialSystemAttributeModel.key == attr)
-                .where(models.TrialSystemAttributeModel.value_json == json.dumps(value)))
+                .where(models.TrialSystemAttributeModel.value_json == json.dumps(value))
+            )
 
         def insert() -> tuple[int, int]:
             with _create_scoped_session(self.scoped_session) as session:
@@ -351,8 +374,11 @@ class Store(RDBStorage):
 
         def applied():
             with _create_scoped_session(self.scoped_session) as session:
-                found = session.query(models.TrialModel.trial_id, models.TrialModel.number).filter(
-                    models.TrialModel.study_id == study_id, key).first()
+                found = (
+                    session.query(models.TrialModel.trial_id, models.TrialModel.number)
+                    .filter(models.TrialModel.study_id == study_id, key)
+                    .first()
+                )
                 return tuple(found) if found else NOT_APPLIED
 
         trial_id, number = self.patiently(insert, applied)
@@ -374,8 +400,9 @@ class Store(RDBStorage):
         else:
             beat.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
         tag = json.dumps(worker_tag())
-        attr = (session.query(models.TrialUserAttributeModel)
-                .filter_by(trial_id=trial_id, key=WORKER_ATTR).one_or_none())  # a retry inherits its lost run's
+        attr = (
+            session.query(models.TrialUserAttributeModel).filter_by(trial_id=trial_id, key=WORKER_ATTR).one_or_none()
+        )  # a retry inherits its lost run's
         if attr is None:
             session.add(models.TrialUserAttributeModel(trial_id=trial_id, key=WORKER_ATTR, value_json=tag))
         else:
@@ -385,8 +412,10 @@ class Store(RDBStorage):
         if state == TrialState.RUNNING:  # popping a queued trial: our own start time says if we got it
             stamp = datetime.now()
             return self.patiently(lambda: self._pop(trial_id, stamp), lambda: self._popped(trial_id, stamp))
-        return self.patiently(lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
-                              lambda: self._finished(trial_id, state))
+        return self.patiently(
+            lambda: RDBStorage.set_trial_state_values(self, trial_id, state, values),
+            lambda: self._finished(trial_id, state),
+        )
 
     def _pop(self, trial_id: int, stamp: datetime) -> bool:
         # Optuna's WAITING -> RUNNING step, with the start time chosen here.
@@ -417,13 +446,36 @@ class Store(RDBStorage):
         return False
 
 
-for _name in ("get_all_studies", "get_all_trials", "_get_trials", "get_best_trial", "_get_best_trial_id",
-              "get_n_trials", "get_study_directions", "create_new_study",
-              "get_study_id_from_name", "get_study_name_from_id", "get_study_system_attrs", "get_study_user_attrs",
-              "get_trial", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
-              "get_trial_params", "get_trial_system_attrs", "get_trial_user_attrs", "_get_stale_trial_ids",
-              "set_study_system_attr", "set_study_user_attr", "set_trial_intermediate_value", "set_trial_system_attr",
-              "set_trial_user_attr", "set_trial_param", "_set_trial_param", "delete_study"):
+for _name in (
+    "get_all_studies",
+    "get_all_trials",
+    "_get_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_n_trials",
+    "get_study_directions",
+    "create_new_study",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_system_attrs",
+    "get_study_user_attrs",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "get_trial_params",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "_get_stale_trial_ids",
+    "set_study_system_attr",
+    "set_study_user_attr",
+    "set_trial_intermediate_value",
+    "set_trial_system_attr",
+    "set_trial_user_attr",
+    "set_trial_param",
+    "_set_trial_param",
+    "delete_study",
+):
     if hasattr(Store, _name):
         setattr(Store, _name, _patient(getattr(Store, _name)))
 
@@ -450,6 +502,8 @@ def artifact_store(folder: Path = ARTIFACT_DIR) -> optuna.artifacts.FileSystemAr
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise HpoError(f"cannot create the artifact folder {folder} for the weights: {e.strerror}; "
-                       f"run where it can be created, or pass --keep none") from None
+        raise HpoError(
+            f"cannot create the artifact folder {folder} for the weights: {e.strerror}; "
+            f"run where it can be created, or pass --keep none"
+        ) from None
     return optuna.artifacts.FileSystemArtifactStore(folder)

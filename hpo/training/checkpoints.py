@@ -7,6 +7,7 @@ kill mid-save leaves the previous checkpoint whole. The folder must be one that 
 study can reach (``--checkpoint-dir``, ``$HPO_CHECKPOINT_DIR``, else ``models/checkpoints``).
 Knows nothing of Optuna (hpo.search.resume does the trial side).
 """
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 The raw files are read once per process; each ``load`` only cuts a seeded split. ``batches`` works
 on whole batches with tensor ops (no DataLoader, no PIL, no per-image Python), as airbench does.
 """
+
 from __future__ import annotations
 
 import functools
@@ -95,9 +96,11 @@ def _check_split(spec: DataSpec, n_val: int, n_train: int, classes: int) -> None
     """A validation set smaller than the class count scores in steps too coarse to select by (one
     image: 0% or 100%); a training set that small cannot learn every class."""
     if min(n_val, n_train - n_val) < classes:
-        raise HpoError(f"data.val_fraction = {spec.val_fraction} of {n_train} {spec.dataset} training images leaves "
-                       f"{n_val} for validation and {n_train - n_val} for training; each needs at least {classes} "
-                       f"(one per class)")
+        raise HpoError(
+            f"data.val_fraction = {spec.val_fraction} of {n_train} {spec.dataset} training images leaves "
+            f"{n_val} for validation and {n_train - n_val} for training; each needs at least {classes} "
+            f"(one per class)"
+        )
 
 
 def random_crop_flip(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
@@ -167,4 +170,3 @@ def batches(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, y
-

@@ -4,6 +4,7 @@ reading them from disk into CPU uint8 tensors: Fashion-MNIST (IDX files) and CIF
 Each reader returns ``((train_images, train_labels), (test_images, test_labels))`` with images
 uint8 [N, C, H, W] and labels int64 [N]; ``hpo.training.data`` caches the result and cuts the splits.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,7 +24,12 @@ Arrays = tuple[torch.Tensor, torch.Tensor]  # (images uint8 [N, C, H, W], labels
 
 # Debian's dataset-fashion-mnist package installs the four .gz files here.
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -43,7 +49,9 @@ def read_idx(path: Path, ndim: int, fix: str) -> torch.Tensor:
         raise HpoError(f"{path} is not an IDX file of {ndim}-d unsigned bytes (bad header); {fix}")
     shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(raw) != head + int(np.prod(shape)):
-        raise HpoError(f"{path} is truncated or corrupt: its header promises {shape}, it holds {len(raw) - head} bytes; {fix}")
+        raise HpoError(
+            f"{path} is truncated or corrupt: its header promises {shape}, it holds {len(raw) - head} bytes; {fix}"
+        )
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=head).view(shape)
 
 
@@ -51,7 +59,9 @@ def _idx_pair(folder: Path, files: dict[str, Path], part: str, fix: str) -> Arra
     images = read_idx(files[f"{part}-images-idx3-ubyte"], 3, fix)
     labels = read_idx(files[f"{part}-labels-idx1-ubyte"], 1, fix).long()
     if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.numel() == 0 or int(labels.max()) > 9:
-        raise HpoError(f"Fashion-MNIST files in {folder} do not match ({part}: {tuple(images.shape)} images, {len(labels)} labels); {fix}")
+        raise HpoError(
+            f"Fashion-MNIST files in {folder} do not match ({part}: {tuple(images.shape)} images, {len(labels)} labels); {fix}"
+        )
     return images.unsqueeze(1), labels
 
 
@@ -64,7 +74,9 @@ def _complete(folder: Path) -> dict[str, Path] | None:
     return found if all(found.values()) else None
 
 
-def read_fashion_mnist(root: Path, *, system: Path = SYSTEM_FASHION_MNIST, source: type[FashionMNIST] = FashionMNIST) -> tuple[Arrays, Arrays]:
+def read_fashion_mnist(
+    root: Path, *, system: Path = SYSTEM_FASHION_MNIST, source: type[FashionMNIST] = FashionMNIST
+) -> tuple[Arrays, Arrays]:
     """The data folder first (torchvision's layout, or a plain fashion-mnist/ folder), then the
     system copy, then torchvision's download (``source`` is the class to download with)."""
     root = Path(root)
@@ -108,7 +120,9 @@ def _cifar_batches(folder: Path, names: list) -> Arrays:
         data = entry.get("data", entry.get(b"data"))
         targets = entry.get("labels", entry.get(b"labels"))
         if data is None or targets is None or np.asarray(data).size != 3072 * len(targets):
-            raise HpoError(f"{folder / name} is not a CIFAR-10 batch (needs data: N x 3072 uint8, labels: N); delete {folder} and run again")
+            raise HpoError(
+                f"{folder / name} is not a CIFAR-10 batch (needs data: N x 3072 uint8, labels: N); delete {folder} and run again"
+            )
         # Each row is the R plane, then G, then B, each 32x32 row-major: exactly C, H, W.
         images.append(torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.as_tensor(list(targets), dtype=torch.int64))
@@ -139,6 +153,7 @@ def read_cifar10(root: Path, *, source: type[CIFAR10] = CIFAR10) -> tuple[Arrays
 
 
 # ---------------------------------------------------------------- the registry
+
 
 @dataclass(frozen=True)
 class DatasetInfo:

@@ -1,6 +1,7 @@
 """The seeded training loop. It knows nothing of Optuna: a plain config in, a result out, and an
 ``on_epoch`` callback (the pruning hook) in between. ``python -m hpo.train`` runs it once.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -78,7 +79,7 @@ def resolve_device(name: str) -> torch.device:
         raise HpoError(f"train.device = {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise HpoError(f"train.device = {name!r} but no CUDA device is visible; use \"auto\" or \"cpu\"")
+            raise HpoError(f'train.device = {name!r} but no CUDA device is visible; use "auto" or "cpu"')
         if (device.index or 0) >= torch.cuda.device_count():
             raise HpoError(f"train.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
@@ -158,8 +159,11 @@ def evaluate(model, split, info, batch_size: int, autocast, channels_last: bool)
 
 
 def fit(
-    config: TrainConfig, data: Data, on_epoch: Callable[[EpochStats], None] | None = None,
-    resume: dict | None = None, on_checkpoint: Callable[[dict], None] | None = None,
+    config: TrainConfig,
+    data: Data,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> tuple[TrainResult, torch.nn.Module]:
     """Train ``config`` on ``data``; returns the result and the trained model. ``on_epoch`` sees
     every epoch's stats and may raise to stop the run (the objective raises optuna.TrialPruned
@@ -202,7 +206,14 @@ def fit(
         correct = torch.zeros((), device=device, dtype=torch.long)
         n = 0
         for step, (x, y) in enumerate(
-            batches(data.train, t.batch_size, info, generator=shuffle, augment=config.data.augment, channels_last=channels_last)
+            batches(
+                data.train,
+                t.batch_size,
+                info,
+                generator=shuffle,
+                augment=config.data.augment,
+                channels_last=channels_last,
+            )
         ):
             with autocast():
                 logits = model(x)
@@ -229,12 +240,31 @@ def fit(
         if not math.isfinite(val_loss):  # the epoch's last steps broke the weights after its loss was taken
             status, reason = "diverged", f"diverged: validation loss {val_loss} after epoch {epoch}"
             break
-        stats = EpochStats(epoch, loss_sum.item() / n, 100.0 * correct.item() / n, val_loss, val_acc, lr,
-                           time.perf_counter() - epoch_start)
+        stats = EpochStats(
+            epoch,
+            loss_sum.item() / n,
+            100.0 * correct.item() / n,
+            val_loss,
+            val_acc,
+            lr,
+            time.perf_counter() - epoch_start,
+        )
         curve.append(stats)
         if on_checkpoint is not None and t.checkpoint_every and epoch % t.checkpoint_every == 0:
-            on_checkpoint(training_state(epoch, model, optimizer, scheduler, shuffle, device, curve, train_seconds,
-                                         seen, time.perf_counter() - start))
+            on_checkpoint(
+                training_state(
+                    epoch,
+                    model,
+                    optimizer,
+                    scheduler,
+                    shuffle,
+                    device,
+                    curve,
+                    train_seconds,
+                    seen,
+                    time.perf_counter() - start,
+                )
+            )
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -266,9 +296,17 @@ def training_state(epoch, model, optimizer, scheduler, shuffle, device, curve, t
     rng = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng, "curve": [asdict(s) for s in curve],
-            "train_seconds": train_seconds, "seen": seen, "wall_time_s": wall}
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng,
+        "curve": [asdict(s) for s in curve],
+        "train_seconds": train_seconds,
+        "seen": seen,
+        "wall_time_s": wall,
+    }
 
 
 def restore(state: dict, model, optimizer, scheduler, shuffle, device) -> tuple[list[EpochStats], float, int]:

@@ -1,5 +1,6 @@
 """Network definitions by name (the names are declared in hpo.config). Input channels, image size
 and classes come from the dataset."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -30,13 +31,19 @@ class LeNet5(nn.Module):
         super().__init__()
         pad = max(0, (32 - size) // 2)
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 6, 5, padding=pad), activation(act), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), activation(act), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 6, 5, padding=pad),
+            activation(act),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5),
+            activation(act),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * 5 * 5, 120), activation(act),
-            nn.Linear(120, 84), activation(act),
+            nn.Linear(16 * 5 * 5, 120),
+            activation(act),
+            nn.Linear(120, 84),
+            activation(act),
             nn.Linear(84, num_classes),
         )
 
@@ -57,7 +64,8 @@ class SimpleCNN(nn.Module):
         side = size // 8
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(64 * side * side, 500), activation(act),
+            nn.Linear(64 * side * side, 500),
+            activation(act),
             nn.Dropout(0.3),
             nn.Linear(500, num_classes),
         )
