@@ -27,13 +27,17 @@ import torch
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
-from hpo.training.data import Data, Split  # noqa: E402
-from hpo.training.datasets import DATASETS  # noqa: E402
-from hpo.training.datasets import FASHION_MNIST_FILES, SYSTEM_FASHION_MNIST  # noqa: E402
-from hpo.training.loop import fit  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from meter import measure  # noqa: E402
+
+from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
+from hpo.training.data import Data, Split  # noqa: E402
+from hpo.training.datasets import (  # noqa: E402
+    DATASETS,  # noqa: E402
+    FASHION_MNIST_FILES,
+    SYSTEM_FASHION_MNIST,
+)
+from hpo.training.loop import fit  # noqa: E402
 
 SEED = 0
 

@@ -39,16 +39,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+from machine import Neighbours, cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from torch.utils.data import DataLoader
 from torchvision import transforms
-
 
 from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.training.data import Data, Split  # noqa: E402
 from hpo.training.datasets import DATASETS  # noqa: E402
-from hpo.training.nets import NETS, build  # noqa: E402
 from hpo.training.loop import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
-from machine import Neighbours, cpu_model, load_average  # noqa: E402  (bench/machine.py)
+from hpo.training.nets import NETS, build  # noqa: E402
 
 INFO = DATASETS["cifar10"]
 SEED = 0

@@ -43,10 +43,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH / "peers"))
 
-from hpo.training.loop import cpu_count  # noqa: E402
 from fmnist import raw_layout  # noqa: E402  (bench/peers/fmnist.py)
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import Measured, measure  # noqa: E402  (bench/meter.py)
+
+from hpo.training.loop import cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/peers.py: LeNet-5 on Fashion-MNIST, SGD lr, momentum and batch size"

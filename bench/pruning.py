@@ -21,8 +21,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from hpo import config, run  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
+
+from hpo import config, run  # noqa: E402
 
 
 def machine() -> str:

@@ -35,9 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from hpo.training.loop import cpu_count  # noqa: E402
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import measure  # noqa: E402  (bench/meter.py)
+
+from hpo.training.loop import cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from hpo.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError
 from hpo.storage.faults import StoreLost

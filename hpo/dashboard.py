@@ -18,9 +18,9 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIServer, make_server
 
-from hpo.storage import schema
 from hpo.cli import run_main, say
 from hpo.errors import HpoError, reason
+from hpo.storage import schema
 from hpo.storage.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"

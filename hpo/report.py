@@ -15,12 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo import cli
-from hpo.analysis import branches
-from hpo.analysis import compare
-from hpo.config import STUDY_FILE, find_study
-from hpo.errors import HpoError, closest
+from hpo.analysis import branches, compare
 from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
+from hpo.config import STUDY_FILE, find_study
+from hpo.errors import HpoError, closest
 from hpo.runs.outcome import count_states, report_command, run_command
 from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 

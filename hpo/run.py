@@ -18,19 +18,19 @@ import optuna
 
 from hpo import cli
 from hpo import config as config_mod
-from hpo.search import confirm
-from hpo.storage import faults
-from hpo.search import warmstart
-from hpo.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
+from hpo.runs.outcome import report_command, run_command, summary
+from hpo.runs.progress import StudyProgress
+from hpo.runs.workers import run_workers, worker_count
+from hpo.search import confirm, warmstart
 from hpo.search.interrupts import Interrupts
 from hpo.search.objective import KEEP, Objective
-from hpo.runs.outcome import report_command, run_command, summary
 from hpo.search.plateau import Plateau
-from hpo.runs.progress import StudyProgress
 from hpo.search.recipe import named
 from hpo.search.resume import ForgetFinished
 from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sampler
+from hpo.search.until import Until
+from hpo.storage import faults
 from hpo.storage.store import (
     DEFAULT_STORAGE,
     GRACE_ENV,
@@ -45,8 +45,7 @@ from hpo.storage.store import (
     store_error,
     worker_tag,
 )
-from hpo.search.until import Until
-from hpo.runs.workers import run_workers, worker_count
+from hpo.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV, Checkpoints, checkpoint_dir
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop
 # `--workers auto` (one single-thread worker per core for small nets) was the fastest setting on an

@@ -85,8 +85,8 @@ TRAIN_SUBSET = {"train_size": 2000, "test_size": 1000}
 @pytest.fixture(scope="session")
 def fashion_subset(empty_data_dir):
     """(DataSpec, Data): 2,000 train / 6,000 val / 1,000 test real Fashion-MNIST images on the CPU."""
-    from hpo.training import data as data_mod
     from hpo.config import DataSpec
+    from hpo.training import data as data_mod
 
     spec = DataSpec(**TRAIN_SUBSET)
     return spec, data_mod.load(spec, 0, "cpu", root=empty_data_dir)

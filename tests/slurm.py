@@ -61,7 +61,7 @@ class Slurm:
         self.procs: list[subprocess.Popen] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
 
-    def start(self) -> "Slurm":
+    def start(self) -> Slurm:
         root, munge = self.root, self.root / "munge"
         for d in ("munge", "state", "spool"):
             (root / d).mkdir()

@@ -16,8 +16,8 @@ from builders import TINY_STUDY, write_study
 from hpo import config, run
 from hpo.errors import HpoError
 from hpo.search.recipe import distribution
-from hpo.storage.store import open_storage
 from hpo.search.study import create_or_resume
+from hpo.storage.store import open_storage
 
 STORE = Path("storage/hpo.db")
 

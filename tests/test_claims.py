@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from processes import Watched
 
 from hpo import config, run
-from hpo.search import study as study_mod
 from hpo.errors import HpoError
+from hpo.search import study as study_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = "sqlite:///storage/hpo.db"
@@ -62,7 +62,7 @@ def test_the_password_never_reaches_the_output(workers, study_dir, capsys):
     finally:
         optuna.delete_study(study_name=name, storage=PG)
     assert "s3cret-pw" not in out + err
-    assert f"in postgresql+psycopg://postgres:***@127.0.0.1:5432/test" in err  # the start line
+    assert "in postgresql+psycopg://postgres:***@127.0.0.1:5432/test" in err  # the start line
     assert "--storage 'postgresql+psycopg://postgres:***@127.0.0.1:5432/test'" in out  # the report command
 
 

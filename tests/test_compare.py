@@ -8,7 +8,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from builders import TINY_STUDY, write_study
 
 STORE = "storage/hpo.db"

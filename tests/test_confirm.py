@@ -13,9 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from builders import write_study
-from hpo.search import confirm
 from hpo.analysis import findings
+from hpo.search import confirm
 from hpo.search.space import trial_seed
 
 STORE = "storage/hpo.db"

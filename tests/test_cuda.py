@@ -12,9 +12,9 @@ import torch
 from builders import write_study
 
 from hpo import config
-from hpo.training import data as data_mod
-from hpo.runs import workers
 from hpo.config import ModelSpec, TrainConfig, TrainSpec
+from hpo.runs import workers
+from hpo.training import data as data_mod
 from hpo.training.loop import fit
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -13,11 +13,10 @@ from torchvision.datasets import FashionMNIST
 from torchvision.transforms.v2 import functional as TF
 
 from hpo import config
-from hpo.training import data
-from hpo.training import datasets
 from hpo.config import DataSpec
-from hpo.training.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
 from hpo.errors import HpoError
+from hpo.training import data, datasets
+from hpo.training.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
 
 FASHION, CIFAR = datasets.DATASETS["fashion_mnist"], datasets.DATASETS["cifar10"]
 

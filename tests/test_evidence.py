@@ -10,8 +10,8 @@ import re
 
 import optuna
 import pytest
-
 import truth
+
 from hpo.analysis import findings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import optuna
-import pytest
 from builders import write_study
 from processes import hpo
 

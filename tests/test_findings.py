@@ -7,10 +7,10 @@ import math
 import numpy as np
 import optuna
 import pytest
+from builders import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPORT_FAIL_REASON, build_report_study
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from builders import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPORT_FAIL_REASON, build_report_study
 from hpo.analysis import findings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

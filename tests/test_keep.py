@@ -9,13 +9,12 @@ import shutil
 import subprocess
 import sys
 
-import optuna
 from optuna.trial import TrialState
 
 from hpo import config
 from hpo.search.objective import Objective
-from hpo.storage.store import artifact_store, open_storage
 from hpo.search.study import create_or_resume
+from hpo.storage.store import artifact_store, open_storage
 
 QUICK = ["data.train_size=300", "train.epochs=1"]
 

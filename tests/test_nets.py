@@ -9,9 +9,9 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from hpo import config
+from hpo.errors import HpoError
 from hpo.training import nets
 from hpo.training.datasets import DATASETS
-from hpo.errors import HpoError
 
 # The shapes the nets must take come from the dataset registry: (channels, size, classes).
 SHAPES = {name: (info.channels, info.size, info.num_classes) for name, info in DATASETS.items()}

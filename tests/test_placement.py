@@ -14,8 +14,8 @@ from builders import write_study
 from processes import Watched
 
 from hpo import cli, config, run
-from hpo.runs import workers
 from hpo.errors import HpoError
+from hpo.runs import workers
 from hpo.training.loop import cpu_count
 
 INDEX_VARS = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")

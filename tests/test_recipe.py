@@ -17,8 +17,8 @@ from builders import TINY_STUDY, write_study
 from hpo import config
 from hpo.errors import HpoError
 from hpo.search.recipe import RECIPES_ATTR, distribution, named, version_of
-from hpo.storage.store import open_storage
 from hpo.search.study import create_or_resume
+from hpo.storage.store import open_storage
 
 
 def sha(path: Path) -> str:

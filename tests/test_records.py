@@ -20,8 +20,8 @@ from builders import TINY_STUDY, write_study
 from optuna.trial import TrialState
 from processes import hpo
 
-from hpo.training.nets import build, count_parameters
 from hpo.search.objective import versions
+from hpo.training.nets import build, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUSES = {"ok", "pruned", "diverged", "collapsed", "failed", "interrupted"}

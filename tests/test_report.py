@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from builders import REPORT_FAIL_REASON
+
 from hpo import report
 from hpo.analysis import figures
 from hpo.errors import HpoError

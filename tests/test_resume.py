@@ -4,7 +4,6 @@ the loop in process, then python -m hpo.run as users run it, stopped by real sig
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import signal
@@ -262,8 +261,8 @@ def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_
     goes stale it is failed, its retry queued, and the run goes on with it."""
     import threading
 
-    from hpo.storage.store import open_storage
     from hpo.search.until import Until
+    from hpo.storage.store import open_storage
 
     monkeypatch.setenv("HPO_HEARTBEAT_S", "1")
     monkeypatch.setenv("HPO_GRACE_S", "2")

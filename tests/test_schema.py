@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.storage import schema
 from hpo.errors import HpoError
+from hpo.storage import schema
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

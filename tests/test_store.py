@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.storage import store
 from hpo.errors import HpoError
+from hpo.storage import store
 
 
 def test_missing_sqlite_store_is_not_created(tmp_path):

@@ -25,8 +25,7 @@ from builders import write_study
 from optuna.trial import TrialState
 from pgproxy import Proxy, Trigger
 
-from hpo.storage import faults
-from hpo.storage import store
+from hpo.storage import faults, store
 from hpo.storage.store import is_lost
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

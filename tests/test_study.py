@@ -7,8 +7,8 @@ import pytest
 from builders import TINY_STUDY, write_study
 
 from hpo import config, run
-from hpo.search import study as study_mod
 from hpo.errors import HpoError
+from hpo.search import study as study_mod
 from hpo.search.objective import Objective, dominated
 
 STORE = "sqlite:///storage/hpo.db"

@@ -15,13 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo.training import loop
 from hpo.config import TrainConfig
+from hpo.errors import HpoError
+from hpo.training import loop
 from hpo.training.data import Data, Split, batches
 from hpo.training.datasets import DATASETS
-from hpo.errors import HpoError
-from hpo.training.nets import ACTIVATIONS, NETS
 from hpo.training.loop import OPTIMIZERS, SCHEDULES, EpochStats, fit, lr_lambda, resolve_device, setup_runtime
+from hpo.training.nets import ACTIVATIONS, NETS
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = [f.name for f in dataclasses.fields(EpochStats) if f.name != "seconds"]  # wall time varies
@@ -106,7 +106,7 @@ def test_batch_order_follows_the_seed(train_config, fashion_subset, monkeypatch)
         yield x, y
 
     monkeypatch.setattr(
-        train,
+        loop,
         "batches",
         lambda split, *args, **kwargs: (
             first_batch_only(split, *args, **kwargs) if split is data.train else batches(split, *args, **kwargs)
@@ -430,7 +430,7 @@ def test_fit_on_cuda(train_config, fashion_subset, empty_data_dir, amp, channels
 
 def test_fit_refuses_data_on_another_device(train_config, fashion_subset, monkeypatch):
     _, data = fashion_subset
-    monkeypatch.setattr(train, "resolve_device", lambda name: torch.device("meta"))
+    monkeypatch.setattr(loop, "resolve_device", lambda name: torch.device("meta"))
     with pytest.raises(ValueError, match="data is on cpu, training on meta"):
         fit(train_config(), data)
 

@@ -13,8 +13,8 @@ from builders import write_study
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from hpo import config
-from hpo.search import warmstart
 from hpo.errors import HpoError
+from hpo.search import warmstart
 
 THIS = """
 seed = 0

@@ -10,9 +10,9 @@ parameters, and say so when the raw means point elsewhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any

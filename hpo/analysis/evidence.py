@@ -12,9 +12,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
-from hpo.analysis import effects
-from hpo.analysis import rungs
 
 
 @dataclass(frozen=True)

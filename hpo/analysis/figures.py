@@ -19,9 +19,9 @@ import plotly.io as pio
 import plotly.offline
 from optuna.trial import TrialState
 
-from hpo.errors import reason
 from hpo.analysis.effects import MIN_GROUP
 from hpo.analysis.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
+from hpo.errors import reason
 
 PLOTLY_JS = "plotly.min.js"
 PNG_SIZE = (900, 500)

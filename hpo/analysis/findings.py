@@ -12,9 +12,10 @@ import json
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import optuna
@@ -22,8 +23,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.analysis import effects
-from hpo.analysis import evidence
+from hpo.analysis import effects, evidence
 from hpo.errors import reason
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the

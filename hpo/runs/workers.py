@@ -35,17 +35,14 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from hpo import cli
-from hpo.training import data as data_mod
-from hpo.search import warmstart
-from hpo.training.datasets import DATASETS
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
-from hpo.training.nets import build, count_parameters
 from hpo.runs.outcome import count_states, report_command, run_command, summary
+from hpo.search import warmstart
 from hpo.search.study import create_or_resume, make_pruner, make_sampler
 from hpo.storage.store import (
-    STORAGE_ENV,
     GRACE_ENV,
     GRACE_S,
+    STORAGE_ENV,
     env_seconds,
     is_lost,
     open_storage,
@@ -53,7 +50,10 @@ from hpo.storage.store import (
     store_error,
     worker_tag,
 )
+from hpo.training import data as data_mod
+from hpo.training.datasets import DATASETS
 from hpo.training.loop import cpu_count, resolve_device
+from hpo.training.nets import build, count_parameters
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
 PROGRESS_S = 5.0  # at most one study-wide progress line this often

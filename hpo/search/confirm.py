@@ -11,10 +11,10 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.config import PrunerSpec, StudySpec
-from hpo.storage import schema
 from hpo.errors import HpoError
 from hpo.records import CONFIRMS, finite
 from hpo.search.space import trial_seed
+from hpo.storage import schema
 
 TOP = 3  # configurations confirmed
 SEED_STRIDE = 1_000_000  # confirmation seeds sit this far from trial seeds (numbers below it never meet them)

@@ -9,23 +9,23 @@ import dataclasses
 import logging
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import torch
 import torchvision
 
 import hpo
-from hpo.training import data as data_mod
-from hpo.search import shadow
-from hpo.training.checkpoints import Checkpoints
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
+from hpo.search import shadow
 from hpo.search.interrupts import Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
 from hpo.search.space import trial_config
 from hpo.storage.store import WORKER_ATTR, worker_tag
+from hpo.training import data as data_mod
+from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
 
 log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)

@@ -13,10 +13,10 @@ import logging
 import optuna
 from optuna.trial import TrialState
 
-from hpo.training.checkpoints import Checkpoints
 from hpo.config import TrainConfig
 from hpo.errors import reason
 from hpo.storage.store import store_error
+from hpo.training.checkpoints import Checkpoints
 
 CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
 RESUMED_FROM, RESUMES = "resumed_from_epoch", "resumes"

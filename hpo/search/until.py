@@ -12,7 +12,7 @@ finished first; a running trial that is stopped again leaves its retry queued fo
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState

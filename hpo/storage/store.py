@@ -27,9 +27,8 @@ from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import CreateEnginePlugin
 
-from hpo.storage import schema
-from hpo.storage import faults
 from hpo.errors import HpoError, reason
+from hpo.storage import faults, schema
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
 ARTIFACT_DIR = Path("models")  # Optuna's artifact store: trained weights
@@ -158,7 +157,7 @@ def _postgresql_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
 
 
-def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: int) -> "Store":
+def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: int) -> Store:
     """Optuna's storage, opened (engine, tables, schema version) within the wait: a cut in the
     middle of opening is opened again; what waiting would not change is one line (HpoError)."""
     attempt, deadline = 0, None

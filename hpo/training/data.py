@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from hpo.config import DataSpec
-from hpo.training.datasets import DATASETS, READERS, DatasetInfo
 from hpo.errors import HpoError
+from hpo.training.datasets import DATASETS, READERS, DatasetInfo
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
 
@@ -45,7 +45,7 @@ class Data:
     test: Split
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _raw(name: str, root: Path):
     """CPU uint8 tensors of the official train and test sets, read once per (dataset, folder).
     Callers index into them (which copies) and never write to them."""

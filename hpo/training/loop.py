@@ -9,16 +9,16 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from hpo.config import TrainConfig
-from hpo.training.data import Data, batches
 from hpo.errors import HpoError
+from hpo.training.data import Data, batches
 from hpo.training.nets import build, count_parameters
 
 OPTIMIZERS = {
