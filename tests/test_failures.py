@@ -9,7 +9,7 @@ import optuna
 from builders import write_study
 from processes import hpo
 
-from hpo.run import MAX_FAILS_IN_A_ROW, FailureGuard
+from hpo.runs.single import MAX_FAILS_IN_A_ROW, FailureGuard
 
 # Every trial asks for more training images than Fashion-MNIST has: each fails as its data loads.
 ALWAYS_FAILS = "train_size = { choices = [1000000000] }\nlr = { low = 0.01, high = 0.1 }"

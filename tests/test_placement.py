@@ -16,6 +16,7 @@ from processes import Watched
 from hpo import cli, config, run
 from hpo.errors import HpoError
 from hpo.runs import workers
+from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, parse
 from hpo.training.loop import cpu_count
 
 INDEX_VARS = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
@@ -100,24 +101,29 @@ def test_workers_of_machine_m_get_index_m_times_k_plus_i_and_a_share_of_the_core
         watched.proc.send_signal(signal.SIGTERM)
         watched.finish(120)
     assert [m.group(2) for m in started] == [f"2 trials, {share} thread{'s' * (share > 1)}"] * 2
-    for i, (words, env) in enumerate(zip(argv, environ)):
-        assert words[words.index("--worker-index") + 1] == str(3 * 2 + i)
-        assert f"train.threads={share}" in words and env["OMP_NUM_THREADS"] == str(share)
+    for i, (words, env) in enumerate(zip(argv, environ, strict=True)):
+        assert words[-3:] == ["hpo.run", WORKER_FLAG, ""]  # the plan, not a re-spelled command line
+        plan = Plan.from_json(env[PLAN_ENV])
+        assert plan.worker_index == 3 * 2 + i
+        assert plan.spec.base.train.threads == share and env["OMP_NUM_THREADS"] == str(share)
     assert watched.proc.returncode == 130, watched.err[-2000:]
 
 
+def _supervisor(plan, k: int, threads: int | None, gpus: list[str]) -> workers.Supervisor:
+    """A supervisor as its prepare() leaves it (no data loaded): its thread share and GPUs."""
+    sup = workers.Supervisor(plan, k)
+    sup.threads, sup.gpus, sup.deadline = threads, gpus, None
+    return sup
+
+
 def test_a_thread_count_the_study_sets_is_kept(study_dir, tmp_path):
-    spec = config.load(study_dir)  # the tiny study sets threads = 1
-    args = run.parser().parse_args(
-        ["--study", str(study_dir), "--workers", "2", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
-    )
-    sup = workers.Supervisor(args, spec, 4, 2, None, [])
-    assert not any(w.startswith("train.threads=") for w in sup.command(0, 2))
+    plan = parse(["--study", str(study_dir), "--workers", "2", "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+    worker = _supervisor(plan, 2, None, []).worker_plan(0, 2)  # the tiny study sets threads = 1
+    assert worker.worker.threads is None and worker.spec.base.train.threads == 1
 
 
 def test_gpus_are_dealt_round_robin(study_dir, tmp_path, no_index_env):
-    spec = config.load(study_dir)
-    args = run.parser().parse_args(
+    plan = parse(
         [
             "--study",
             str(study_dir),
@@ -129,15 +135,10 @@ def test_gpus_are_dealt_round_robin(study_dir, tmp_path, no_index_env):
             f"sqlite:///{tmp_path / 'x.db'}",
         ]
     )
-    sup = workers.Supervisor(args, spec, 8, 4, 1, ["cuda:0", "cuda:1"])
-    commands = [sup.command(slot, 2) for slot in range(4)]
-    assert [c[c.index("--worker-index") + 1] for c in commands] == ["4", "5", "6", "7"]
-    assert [[w for w in c if w.startswith("train.device=")] for c in commands] == [
-        ["train.device=cuda:0"],
-        ["train.device=cuda:1"],
-        ["train.device=cuda:0"],
-        ["train.device=cuda:1"],
-    ]
+    sup = _supervisor(plan, 4, 1, ["cuda:0", "cuda:1"])
+    plans = [sup.worker_plan(slot, 2) for slot in range(4)]
+    assert [p.worker_index for p in plans] == [4, 5, 6, 7]
+    assert [p.worker.device for p in plans] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """A store password never reaches a worker's command line (where `ps` shows it to every user):
-the supervisor hands the URL over in the environment ($HPO_STORAGE). A real two-worker run on
+the supervisor hands the URL over in the environment, in the worker's plan ($HPO_PLAN). A real two-worker run on
 the PostgreSQL test server (trust auth ignores the password), each worker's /proc/PID/cmdline
 read while it runs."""
 
@@ -14,6 +14,8 @@ import time
 import uuid
 
 import optuna
+
+from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan
 
 SECRET = "hunter2-wt11"
 URL = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
@@ -60,9 +62,10 @@ def test_workers_get_the_store_url_through_the_environment_never_argv(study_dir,
                 argv = f.read().decode().split("\0")
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read().decode()
-            assert "hpo.run" in argv and "--supervised" in argv, (argv, proc.poll(), "".join(lines))
+            assert "hpo.run" in argv and WORKER_FLAG in argv, (argv, proc.poll(), "".join(lines))
             assert not any(SECRET in a for a in argv) and "--storage" not in argv, argv
-            assert f"HPO_STORAGE={URL}" in environ  # readable by this user only (/proc/PID/environ is 0400)
+            plan = next(kv.split("=", 1)[1] for kv in environ.split("\0") if kv.startswith(f"{PLAN_ENV}="))
+            assert Plan.from_json(plan).storage == URL  # readable by this user only (/proc/PID/environ is 0400)
             assert oct(os.stat(f"/proc/{pid}/environ").st_mode & 0o777) == "0o400"
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

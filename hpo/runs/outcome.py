@@ -39,7 +39,8 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
     """The end of a run: what it added, and the best trials (the Pareto front when multi-objective)."""
     trials = study.get_trials(deepcopy=False)
     lines = [
-        f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); {len(trials)} in the study"
+        f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); "
+        f"{len(trials)} in the study"
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:

@@ -1,11 +1,12 @@
 """Several workers on one machine sharing one study: ``python -m hpo.run --study S --trials N --workers K``.
 
-A small supervisor. It checks the input and creates or resumes the study once (directions and
-study attributes are in the store before the workers race), then runs each worker as a real
-``python -m hpo.run`` subprocess that adds its quota of the N trials (N // K, one more for the
-first N % K), with its own sampler seed (``--worker-index``), its share of the CPU threads and,
-with GPUs, its own device (round-robin). Each ask() creates or pops exactly one trial, so the
-quotas add up to exactly N.
+A small supervisor, an executor of hpo.runs.lifecycle: the lifecycle checks the input and creates
+or resumes the study once (directions and study attributes are in the store before the workers
+race); the supervisor then runs each worker as a real ``python -m hpo.run`` subprocess that gets
+the run's own plan (hpo.runs.plan) in its environment, with its quota of the N trials (N // K, one
+more for the first N % K), its own sampler seed index, its share of the CPU threads and, with
+GPUs, its own device (round-robin). Each ask() creates or pops exactly one trial, so the quotas
+add up to exactly N.
 
 Faults. A worker killed by a signal that did not come from here (kill -9, the OOM killer), or one
 that lost the store, is replaced. Its trial in hand stops beating; once the heartbeat is older
@@ -36,23 +37,13 @@ from tqdm import tqdm
 
 from hpo import cli
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
-from hpo.runs.outcome import count_states, report_command, run_command, summary
-from hpo.search import warmstart
-from hpo.search.study import create_or_resume, make_pruner, make_sampler
-from hpo.storage.store import (
-    GRACE_ENV,
-    GRACE_S,
-    STORAGE_ENV,
-    env_seconds,
-    is_lost,
-    open_storage,
-    redact,
-    store_error,
-    worker_tag,
-)
+from hpo.runs.lifecycle import left_running_text, numbers
+from hpo.runs.outcome import count_states
+from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
+from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
 from hpo.training import data as data_mod
 from hpo.training.datasets import DATASETS
-from hpo.training.loop import cpu_count, resolve_device
+from hpo.training.loop import cpu_count
 from hpo.training.nets import build, count_parameters
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
@@ -140,17 +131,14 @@ class Replacement:
 
 
 class Supervisor:
-    def __init__(self, args, spec, trials: int, k: int, threads: int | None, gpus: list[str]):
-        self.args, self.spec, self.trials, self.k, self.threads, self.gpus = args, spec, trials, k, threads, gpus
-        self.base = cli.worker_index(args) * k  # several supervisors (a Slurm array of them) get disjoint indices
+    """Runs a plan's trials in K worker processes (an hpo.runs.lifecycle executor)."""
+
+    stop_when_lost = False  # its own reads wait for the store and say so; a worker that lost it is replaced
+
+    def __init__(self, plan: Plan, k: int):
+        self.plan, self.workers = plan, k
+        self.base = plan.index * k  # several supervisors (a Slurm array of them) get disjoint indices
         self.grace = env_seconds(GRACE_ENV, GRACE_S)
-        self.study = create_or_resume(
-            spec, open_storage(args.storage, create=True), worker=self.base, same_study=args.same_study
-        )
-        # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
-        self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(args.storage, create=False))
-        # Queued trials (retries) are not done yet: this run adds them.
-        self.before = {t.number for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
         self.running: list[Worker] = []
         self.pending: list[Replacement] = []
         self.stopped: list[tuple[Worker, int]] = []  # workers that ended with an error, not replaced
@@ -160,58 +148,39 @@ class Supervisor:
         self.changed = threading.Event()
         self.last_done = 0
         self.print_lock = threading.Lock()
-        self.deadline = time.monotonic() + args.timeout if args.timeout else None
-        self.start_time = time.monotonic()
+
+    def prepare(self, spec, say) -> None:
+        """The data files are there and the subset sizes fit (each worker loads its own copy)."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.gpus, cores = devices(spec), cpu_count()
+        data_mod.load(spec.base.data, spec.seed, "cpu", root=self.plan.data_dir)
+        self.threads = max(1, cores // self.workers) if spec.base.train.threads == 0 else None  # a set count is kept
+
+    def left(self, study: optuna.Study, adding: int) -> int:
+        return adding  # --until: every worker waits for what others run, and stops at N
 
     # ------------------------------------------------------------ workers
 
-    def command(self, slot: int, quota: int) -> list[str]:
-        a = self.args
-        # --until: every worker runs until the study holds N; the study, not a quota, says when to stop.
-        amount = ["--until", str(a.until)] if a.until is not None else ["--trials", str(quota)]
-        cmd = [
-            sys.executable,
-            "-m",
-            "hpo.run",
-            "--study",
-            a.study,
-            *amount,
-            "--workers",
-            "1",
-            "--worker-index",
-            str(self.base + slot),
-            "--keep",
-            a.keep,
-            "--supervised",
-        ]  # the store: $HPO_STORAGE
-        cmd += ["--study-name", a.study_name] if a.study_name else []
-        cmd += ["--same-study"] if a.same_study else []
-        if a.data_dir:
-            cmd += ["--data-dir", a.data_dir]
-        if a.checkpoint_dir:
-            cmd += ["--checkpoint-dir", a.checkpoint_dir]
+    def worker_plan(self, slot: int, quota: int) -> Plan:
+        """The run's own plan, for one worker: its quota (--until: the study, not a quota, says when to
+        stop), its sampler seed index, its threads and GPU, and what is left of --timeout."""
+        plan = self.plan
+        share = Share(slot, self.threads, self.gpus[slot % len(self.gpus)] if self.gpus else None)
+        options = {"workers": "1", "worker_index": self.base + slot}
+        if plan.until is None:
+            options["trials"] = quota
         if self.deadline is not None:
-            cmd += ["--timeout", f"{max(self.deadline - time.monotonic(), 1.0):.0f}"]
-        for text in a.set:
-            cmd += ["--set", text]
-        for option, value in (
-            ("--patience", a.patience),
-            ("--min-delta", a.min_delta),
-        ):  # each worker watches the plateau
-            cmd += [option, str(value)] if value is not None else []
-        if self.threads:
-            cmd += ["--set", f"train.threads={self.threads}"]
-        if self.gpus:
-            cmd += ["--set", f"train.device={self.gpus[slot % len(self.gpus)]}"]
-        return cmd
+            options["timeout"] = max(self.deadline - time.monotonic(), 1.0)
+        return plan.for_worker(share, **options)
 
     def start(self, slot: int, quota: int, restarts: int = 0) -> Worker:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", STORAGE_ENV: self.args.storage}  # a password never in argv (ps)
+        # The plan, with the store's URL and any password in it, in the environment (never in argv: ps).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PLAN_ENV: self.worker_plan(slot, quota).to_json()}
         if self.threads:
             env["OMP_NUM_THREADS"] = str(self.threads)
         # A session of its own: Ctrl-C reaches the supervisor only, which forwards one SIGTERM.
         proc = subprocess.Popen(
-            self.command(slot, quota),
+            [sys.executable, "-m", "hpo.run", WORKER_FLAG],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -248,10 +217,16 @@ class Supervisor:
 
     # ------------------------------------------------------------ the loop
 
-    def run(self) -> int:
+    def run(self, study: optuna.Study, spec, adding: int, before: set[int]) -> None:
+        """Supervise the workers until they are done; a signal is forwarded, then raised as KeyboardInterrupt."""
+        self.study, self.spec, self.trials, self.before = study, spec, adding, before
+        # Progress reads go through a reader: on SQLite a plain snapshot that never holds the write lock.
+        self.reader = optuna.load_study(study_name=spec.name, storage=open_storage(self.plan.storage, create=False))
+        self.deadline = time.monotonic() + self.plan.timeout if self.plan.timeout else None
+        self.start_time = time.monotonic()
         previous = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for slot, quota in enumerate(quotas(self.trials, self.k)):
+            for slot, quota in enumerate(quotas(self.trials, self.workers)):
                 if not self.signals:
                     self.start(slot, quota)
             last_progress = 0.0
@@ -277,7 +252,8 @@ class Supervisor:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        return self.finish()
+        if self.signals:
+            raise KeyboardInterrupt
 
     def on_signal(self, signum, frame) -> None:
         # Only a count and kill() here: the loop does the rest (a print from a handler can
@@ -327,13 +303,13 @@ class Supervisor:
         done = sum(t.state.is_finished() and not is_lost(t) for t in mine)
         stuck = {t.number for t in mine if t.state == TrialState.RUNNING}
         left = (
-            worker.quota if self.args.until is not None else worker.quota - done
+            worker.quota if self.plan.until is not None else worker.quota - done
         )  # --until: it stops when the study is done
         why = f"was killed ({signal.Signals(-code).name})" if code < 0 else "lost the store"
         text = f"[worker {worker.slot}] pid {worker.proc.pid} {why} after {done} of its {worker.quota} trials"
         if stuck:
             text += (
-                f"; trial {_numbers(stuck)} is failed as lost once its heartbeat is {self.grace} s old, "
+                f"; trial {numbers(stuck)} is failed as lost once its heartbeat is {self.grace} s old, "
                 f"and retried with the same parameters"
             )
         self.say(text + (f"; a new worker takes the {left} left" if left > 0 else ""))
@@ -355,7 +331,7 @@ class Supervisor:
                         raise
                     continue  # the store is away: try again at the next poll
                 self.say(
-                    f"trial {_numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
+                    f"trial {numbers(plan.stuck)} never wrote a heartbeat (its worker died as it started): "
                     f"failed as lost and retried with the same parameters"
                 )
                 plan.stuck = set()
@@ -373,10 +349,10 @@ class Supervisor:
             self.pending.remove(plan)
             self.start(plan.slot, plan.quota, plan.restarts)
 
-    def fail_lost(self, numbers: set[int]) -> None:
+    def fail_lost(self, stuck: set[int]) -> None:
         storage = self.study._storage
         for t in self.reader.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number in numbers and storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            if t.number in stuck and storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 storage.get_heartbeat_stale_trial_callback()(self.study, storage.get_trial(t._trial_id))
 
     # ------------------------------------------------------------ reporting
@@ -411,84 +387,26 @@ class Supervisor:
             text += f"; ETA {tqdm.format_interval(elapsed / len(done) * (self.trials - len(done)))}"
         self.say(text)
 
-    def resume_command(self, added: list[optuna.trial.FrozenTrial]) -> str:
-        """The same command for the trials still to do (interrupted and lost trials are redone)."""
-        done = sum(
-            t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added
-        )
-        a = self.args
-        return run_command(
-            a.study,
-            max(self.trials - done, 1),
-            a.set,
-            a.storage,
-            workers=a.workers_asked,
-            study_name=a.study_name,
-            until=a.until,
-        )
+    # ------------------------------------------------------------ how it ended (hpo.runs.lifecycle asks)
 
-    def finish(self) -> int:
-        added = self.added(self.study)
+    def mine(self, trial: optuna.trial.FrozenTrial) -> bool:
+        return True  # every trial it added ran in one of its workers
+
+    def left_running(self, added: list[optuna.trial.FrozenTrial]) -> list[int]:
+        return sorted(t.number for t in added if t.state == TrialState.RUNNING)
+
+    def done_line(self) -> str:
+        return ""  # each worker said its own
+
+    def error(self, added: list[optuna.trial.FrozenTrial], resume: str) -> str:
+        if not self.stopped:
+            return ""
         done = [t for t in added if t.state.is_finished() and not is_lost(t)]
-        left_running = sorted(t.number for t in added if t.state == TrialState.RUNNING)
-        later = (
-            f"; trial {_numbers(left_running)} was left RUNNING by a killed worker: the next run fails it as lost "
-            f"{self.grace} s after its last heartbeat and retries it"
-            if left_running
-            else ""
+        why = "; ".join(
+            f"worker {w.slot}: {w.last or f'exit code {code}'}"
+            for w, code in sorted(self.stopped, key=lambda wc: wc[0].slot)
+        )  # in slot order, not exit order
+        return (
+            f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
+            f"{self.trials} trials{left_running_text(self.left_running(added))}; resume with: {resume}"
         )
-        if self.signals:
-            marked = [t.number for t in added if t.user_attrs.get("status") == "interrupted"]
-            self.say(
-                f"interrupted: {'trial ' + _numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
-                f"{later}; the store is consistent; resume with: {self.resume_command(added)}"
-            )
-            return 130
-        print(summary(self.study, self.spec, [t for t in added if not is_lost(t)]))
-        lost = [t for t in added if is_lost(t)]
-        if lost:
-            print(
-                f"lost with their worker and retried with the same parameters: trial {_numbers(t.number for t in lost)} "
-                f"(kept as FAIL records)"
-            )
-        if self.stopped:
-            why = "; ".join(
-                f"worker {w.slot}: {w.last or f'exit code {code}'}"
-                for w, code in sorted(self.stopped, key=lambda wc: wc[0].slot)
-            )  # in slot order, not exit order
-            raise HpoError(
-                f"{len(self.stopped)} worker(s) stopped early ({why}); the study got {len(done)} of the "
-                f"{self.trials} trials{later}; resume with: {self.resume_command(added)}"
-            )
-        if done and all(t.state == TrialState.FAIL for t in done):  # fewer than three each: no worker stopped
-            last = done[-1].user_attrs.get("reason", "see the log above")
-            raise HpoError(f"every trial failed ({len(done)}); last: {last}")
-        print("report: " + report_command(self.spec.folder, self.args.storage, study_name=self.args.study_name))
-        return 0
-
-
-def _numbers(numbers) -> str:
-    return ", ".join(f"#{n}" for n in sorted(numbers))
-
-
-def run_workers(args, spec, trials: int, k: int) -> int:
-    """``hpo.run`` with ``k`` > 1 workers: check everything, then supervise them."""
-    gpus, cores = devices(spec), cpu_count()
-    # Everything that can be wrong with the input fails here, before the store is touched.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    make_sampler(spec, 0), make_pruner(spec)
-    resolve_device(spec.base.train.device)
-    cli.worker_index(args)
-    env_seconds(GRACE_ENV, GRACE_S)
-    data_mod.load(spec.base.data, spec.seed, "cpu", root=args.data_dir)  # files there, subset sizes fit
-    threads = max(1, cores // k) if spec.base.train.threads == 0 else None  # a set thread count is kept
-    supervisor = Supervisor(args, spec, trials, k, threads, gpus)
-    warm = warmstart.enqueue(supervisor.study, getattr(args, "warm_plan", []))  # once, here: not in each worker
-    amount = f"until {trials} are finished" if args.until is not None else f"adding {trials}"
-    supervisor.say(
-        f"study {spec.name!r} in {redact(args.storage)}: {len(supervisor.before)} trials so far, {amount} "
-        f"with {min(k, trials)} workers"
-        + (f" ({args.workers})" if args.workers == "auto" else "")
-        + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else "")
-    )
-    return supervisor.run()
