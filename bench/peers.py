@@ -47,7 +47,7 @@ from fmnist import raw_layout  # noqa: E402  (bench/peers/fmnist.py)
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import Measured, measure  # noqa: E402  (bench/meter.py)
 
-from hpo.training.loop import cpu_count  # noqa: E402
+from hpo.config import cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/peers.py: LeNet-5 on Fashion-MNIST, SGD lr, momentum and batch size"

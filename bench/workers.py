@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import measure  # noqa: E402  (bench/meter.py)
 
-from hpo.training.loop import cpu_count  # noqa: E402
+from hpo.config import cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"

@@ -527,8 +527,8 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (t.gamma > 0, f"train.gamma must be > 0, got {t.gamma}"),
         (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
         (
-            t.threads <= _cores(),
-            f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), got {t.threads}",
+            t.threads <= cpu_count(),
+            f"train.threads must be at most the {cpu_count()} cores this machine gives us (0: all), got {t.threads}",
         ),
         (t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}"),
         (
@@ -549,8 +549,8 @@ def validate(config: TrainConfig, where: str = "") -> None:
             raise HpoError(message + at)
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity: a Slurm or container limit), as hpo.train counts them."""
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity: a Slurm or container limit)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
