@@ -19,8 +19,9 @@ from hpo.analysis import branches, compare
 from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
 from hpo.config import STUDY_FILE, find_study
-from hpo.errors import HpoError, closest
+from hpo.errors import HpoError
 from hpo.runs.outcome import count_states, report_command, run_command
+from hpo.search.study import load_existing
 from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
 
@@ -65,13 +66,7 @@ def writable_folder(out: Path) -> None:
 
 
 def load_study(url: str, name: str) -> optuna.Study:
-    storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
-    names = sorted(optuna.get_all_study_names(storage))
-    if name not in names:
-        raise HpoError(
-            f"no study {name!r} in {redact(url)}{closest(name, names)}; studies there: {', '.join(names) or 'none'}"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_existing(open_storage(url, create=False), name)  # a missing SQLite file is an error, never created
 
 
 def looks_lost(study: optuna.Study) -> list[int]:

@@ -18,8 +18,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ParamSpec, StudySpec, active
-from hpo.errors import HpoError, closest
-from hpo.storage.store import open_storage, redact
+from hpo.errors import HpoError
+from hpo.search.study import load_existing
+from hpo.storage.store import open_storage
 
 ATTR = "warm_start"
 
@@ -57,14 +58,7 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     name = source_name(text)
     if k < 1:
         raise HpoError(f"--warm-start-trials must be >= 1, got {k}")
-    storage = open_storage(storage_url, create=False)
-    names = sorted(optuna.get_all_study_names(storage))
-    if name not in names:
-        raise HpoError(
-            f"--warm-start: no study {name!r} in {redact(storage_url)}{closest(name, names)}; "
-            f"studies there: {', '.join(names) or 'none'}"
-        )
-    source = optuna.load_study(study_name=name, storage=storage)
+    source = load_existing(open_storage(storage_url, create=False), name, flag="--warm-start: ")
     done = [
         t
         for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
