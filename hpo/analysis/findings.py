@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, evidence
 from hpo.errors import reason
+from hpo.records import ranked
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
@@ -221,10 +222,6 @@ def _sign(direction: StudyDirection) -> float:
     return -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
 
 
-def ranked(complete: list[FrozenTrial], direction: StudyDirection, index: int = 0) -> list[FrozenTrial]:
-    return sorted(complete, key=lambda t: (_sign(direction) * t.values[index], t.number))
-
-
 def importances(
     study: optuna.Study, complete: list[FrozenTrial], params: list[str], metric: str, index: int
 ) -> Importances:
@@ -416,7 +413,7 @@ def compute(
     if not complete:
         raise ValueError("compute needs at least one complete trial")
     metrics, directions = metric_names(study), study.directions
-    top = ranked(complete, directions[0])
+    top = ranked(complete, directions[0] == StudyDirection.MAXIMIZE)
     best = top[0]
     space = searched_params(complete)
     imps = tuple(importances(study, complete, list(space), m, i) for i, m in enumerate(metrics))

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.config import PrunerSpec, StudySpec
 from hpo.errors import HpoError
-from hpo.records import CONFIRMS, finite
+from hpo.records import CONFIRMS, finite, ranked
 from hpo.search.space import trial_seed
 from hpo.search.study import load_existing
 from hpo.storage import schema
@@ -28,12 +28,8 @@ def confirmation_seed(study_seed: int, source: int, k: int) -> int:
 
 def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> list[FrozenTrial]:
     """The best searched trials (confirmations are not candidates), one per distinct configuration."""
-    ranked = sorted(
-        (t for t in trials if finite(t) and CONFIRMS not in t.user_attrs),
-        key=lambda t: ((-1 if maximize else 1) * t.values[0], t.number),
-    )
     out, seen = [], set()
-    for t in ranked:
+    for t in ranked((t for t in trials if finite(t) and CONFIRMS not in t.user_attrs), maximize):
         key = repr(sorted(t.params.items()))
         if key not in seen:
             seen.add(key)

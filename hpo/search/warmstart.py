@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ParamSpec, StudySpec, active
 from hpo.errors import HpoError
+from hpo.records import ranked
 from hpo.search.study import load_existing
 from hpo.storage.store import open_storage
 
@@ -66,8 +67,7 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     ]
     if not done:
         raise HpoError(f"--warm-start: study {name!r} has no complete trial to start from")
-    sign = -1.0 if source.directions[0] == StudyDirection.MAXIMIZE else 1.0
-    best = sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
+    best = ranked(done, source.directions[0] == StudyDirection.MAXIMIZE)[:k]
     return [(f"{name}#{t.number}", params_for(t, spec)) for t in best]
 
 
