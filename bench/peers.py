@@ -47,7 +47,7 @@ from fmnist import raw_layout  # noqa: E402  (bench/peers/fmnist.py)
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import Measured, measure  # noqa: E402  (bench/meter.py)
 
-from hpo.config import cpu_count  # noqa: E402
+from hpo.config import STUDY_FILE, cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/peers.py: LeNet-5 on Fashion-MNIST, SGD lr, momentum and batch size"
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         data = raw_layout(folder / "data")
         (folder / "studies" / "peers").mkdir(parents=True)
-        (folder / "studies" / "peers" / "study.toml").write_text(
+        (folder / "studies" / "peers" / STUDY_FILE).write_text(
             STUDY.format(train_size=args.train_size, epochs=args.epochs)
         )
         for r in range(1, args.rounds + 1):

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import measure  # noqa: E402  (bench/meter.py)
 
-from hpo.config import cpu_count  # noqa: E402
+from hpo.config import STUDY_FILE, cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"
@@ -132,7 +132,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "studies" / "bench").mkdir(parents=True)
-        (folder / "studies" / "bench" / "study.toml").write_text(
+        (folder / "studies" / "bench" / STUDY_FILE).write_text(
             STUDY.format(train_size=args.train_size, epochs=args.epochs, val_fraction=args.val_fraction)
         )
         best: dict[str, tuple[float, float, str, str]] = {}

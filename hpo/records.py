@@ -10,6 +10,7 @@ import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 CONFIRMS = "confirms"  # user attr: the number of the trial whose configuration this trial retrains
+WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 
 
 def finite(t: FrozenTrial) -> bool:

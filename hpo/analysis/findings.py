@@ -24,6 +24,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, evidence
+from hpo.config import STUDY_FILE
 from hpo.errors import reason
 from hpo.records import ranked
 
@@ -392,7 +393,7 @@ def reproducibility(
     versions = [t.user_attrs["versions"] for t in trials if isinstance(t.user_attrs.get("versions"), dict)]
     devices = Counter(str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device"))
     threads = sorted({t.user_attrs["threads"] for t in trials if isinstance(t.user_attrs.get("threads"), int)})
-    study_file = study.user_attrs.get("study_file") or (str(Path(folder) / "study.toml") if folder else "unknown")
+    study_file = study.user_attrs.get("study_file") or (str(Path(folder) / STUDY_FILE) if folder else "unknown")
     return Reproducibility(
         seed=study.user_attrs.get("seed"),
         study_file=str(study_file),

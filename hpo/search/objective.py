@@ -19,11 +19,12 @@ import torchvision
 import hpo
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
+from hpo.records import WORKER_ATTR
 from hpo.search import shadow
 from hpo.search.interrupts import Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
 from hpo.search.space import trial_config
-from hpo.storage.store import WORKER_ATTR, worker_tag
+from hpo.storage.store import worker_tag
 from hpo.training import data as data_mod
 from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device

@@ -23,7 +23,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from hpo.config import ParamSpec, StudySpec
+from hpo.config import STUDY_FILE, ParamSpec, StudySpec
 from hpo.errors import HpoError
 
 RECIPES_ATTR = "recipes"  # study user attr: [{from_trial, study_file, study_toml, overrides}, ...], oldest first
@@ -38,7 +38,7 @@ def named(spec: StudySpec, name: str) -> StudySpec:
 
 
 def study_path(spec: StudySpec) -> str:
-    return str((spec.folder / "study.toml").resolve())
+    return str((spec.folder / STUDY_FILE).resolve())
 
 
 def distribution(p: ParamSpec) -> BaseDistribution:

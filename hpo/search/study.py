@@ -9,7 +9,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 
-from hpo.config import StudySpec
+from hpo.config import STUDY_FILE, StudySpec
 from hpo.errors import HpoError, closest, reason
 from hpo.search.recipe import RECIPES_ATTR, check_resume, recipes, study_path
 from hpo.storage.store import redact
@@ -122,7 +122,7 @@ def study_attrs(spec: StudySpec) -> dict:
     b = spec.base
     return {
         "description": spec.description,
-        "study_file": str(spec.folder / "study.toml"),
+        "study_file": str(spec.folder / STUDY_FILE),
         "study_toml": spec.source,
         "study_path": study_path(spec),  # who the study is: hpo.search.recipe refuses another file of the same name
         "overrides": list(spec.overrides),

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import CreateEnginePlugin
 
 from hpo.errors import HpoError, reason
+from hpo.records import WORKER_ATTR
 from hpo.storage import faults, schema
 from hpo.storage.schema import redact
 
@@ -40,7 +41,6 @@ MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same p
 HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HPO_STORE_WAIT_S"
 STORAGE_ENV = "HPO_STORAGE"  # hpo.run's --storage when not given: how workers get a URL with a password (never in argv)
 
-WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 INSERT_KEY = "hpo:insert"  # system attr: finds a queued trial whose INSERT committed unheard
 
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
