@@ -134,12 +134,3 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
     if last is None or any(last.get(k) != mine[k] for k in ("study_file", "study_toml", "overrides")):
         versions.append(mine)
     return versions
-
-
-def version_of(versions: list[dict], number: int) -> dict | None:
-    """The recipe trial ``number`` ran under."""
-    found = None
-    for v in versions:
-        if v.get("from_trial", 0) <= number:
-            found = v
-    return found
