@@ -217,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     total = args.epochs * args.images
     print(
-        f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), {platform.system()} {platform.release()}"
+        f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), "
+        f"{platform.system()} {platform.release()}"
     )
     print(
-        f"software  python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"software  python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, "
         f"torch threads {args.threads}, mkldnn {torch.backends.mkldnn.is_available()}"
     )
     print(

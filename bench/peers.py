@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {k: v for k, v in RUNS.items() if args.only is None or k in args.only}
 
     print(
-        f"machine   {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
+        f"machine   {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), "
+        f"{platform.system()} {platform.release()}"
     )
     print(f"software  python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
     print(
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print(f"\nresult (fastest round of each); load average after {load_average()}")
     print(
-        f"| run | wall | trials/h | epochs | best val % | time to {args.target:g}% | peak RSS | CPU s | other processes |"
+        f"| run | wall | trials/h | epochs | best val % | time to {args.target:g}% | peak RSS | CPU s "
+        "| other processes |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, rounds in results.items():
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         t = f"{f.to_target:.0f} s" if f.to_target is not None else "never"
         n = f"{f.neighbours:.2f} cores" if f.neighbours is not None else "n/a"
         print(
-            f"| {label} | {f.wall_s:.0f} s | {f.per_hour:.0f} | {f.epochs} | {f.best:.2f} | {t} | {f.rss_mib:.0f} MiB | "
+            f"| {label} | {f.wall_s:.0f} s | {f.per_hour:.0f} | {f.epochs} | {f.best:.2f} | {t} "
+            f"| {f.rss_mib:.0f} MiB | "
             f"{f.cpu_s:.0f} | {n} |"
         )
     return 0

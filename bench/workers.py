@@ -152,7 +152,8 @@ def main() -> int:
     print()
     for label, (seconds, cpu, split, busy) in best.items():
         print(
-            f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
+            f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  "
+            f"(best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
             f"other processes used {busy} cores in that round)"
         )
     print(f"--workers auto / --workers 1: {best['--workers 1'][0] / best['--workers auto'][0]:.2f}x")
