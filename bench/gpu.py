@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu.py: no CUDA device visible; nothing to measure")
         return 0
     print(
-        f"machine   {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, {cpu_model()}, {os.cpu_count()} cores"
+        f"machine   {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, "
+        f"{cpu_model()}, {os.cpu_count()} cores"
     )
     print(
         f"software  python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "

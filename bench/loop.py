@@ -43,10 +43,10 @@ from machine import Neighbours, cpu_model, load_average  # noqa: E402  (bench/ma
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
+from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec, cpu_count  # noqa: E402
 from hpo.training.data import Data, Split  # noqa: E402
 from hpo.training.datasets import DATASETS  # noqa: E402
-from hpo.training.loop import OPTIMIZERS, cpu_count, fit, keep_freed_memory  # noqa: E402
+from hpo.training.loop import OPTIMIZERS, fit, keep_freed_memory  # noqa: E402
 from hpo.training.nets import NETS, build  # noqa: E402
 
 INFO = DATASETS["cifar10"]
@@ -217,10 +217,12 @@ def main(argv: list[str] | None = None) -> int:
 
     total = args.epochs * args.images
     print(
-        f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), {platform.system()} {platform.release()}"
+        f"machine   {cpu_model()}, {os.cpu_count()} cores ({cpu_count()} usable), "
+        f"{platform.system()} {platform.release()}"
     )
     print(
-        f"software  python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"software  python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, "
         f"torch threads {args.threads}, mkldnn {torch.backends.mkldnn.is_available()}"
     )
     print(

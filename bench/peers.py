@@ -47,7 +47,7 @@ from fmnist import raw_layout  # noqa: E402  (bench/peers/fmnist.py)
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import Measured, measure  # noqa: E402  (bench/meter.py)
 
-from hpo.training.loop import cpu_count  # noqa: E402
+from hpo.config import STUDY_FILE, cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/peers.py: LeNet-5 on Fashion-MNIST, SGD lr, momentum and batch size"
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {k: v for k, v in RUNS.items() if args.only is None or k in args.only}
 
     print(
-        f"machine   {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), {platform.system()} {platform.release()}"
+        f"machine   {cpu_model()}, {cpu_count()} cores usable ({os.cpu_count()} online), "
+        f"{platform.system()} {platform.release()}"
     )
     print(f"software  python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}")
     print(
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         data = raw_layout(folder / "data")
         (folder / "studies" / "peers").mkdir(parents=True)
-        (folder / "studies" / "peers" / "study.toml").write_text(
+        (folder / "studies" / "peers" / STUDY_FILE).write_text(
             STUDY.format(train_size=args.train_size, epochs=args.epochs)
         )
         for r in range(1, args.rounds + 1):
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print(f"\nresult (fastest round of each); load average after {load_average()}")
     print(
-        f"| run | wall | trials/h | epochs | best val % | time to {args.target:g}% | peak RSS | CPU s | other processes |"
+        f"| run | wall | trials/h | epochs | best val % | time to {args.target:g}% | peak RSS | CPU s "
+        "| other processes |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, rounds in results.items():
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         t = f"{f.to_target:.0f} s" if f.to_target is not None else "never"
         n = f"{f.neighbours:.2f} cores" if f.neighbours is not None else "n/a"
         print(
-            f"| {label} | {f.wall_s:.0f} s | {f.per_hour:.0f} | {f.epochs} | {f.best:.2f} | {t} | {f.rss_mib:.0f} MiB | "
+            f"| {label} | {f.wall_s:.0f} s | {f.per_hour:.0f} | {f.epochs} | {f.best:.2f} | {t} "
+            f"| {f.rss_mib:.0f} MiB | "
             f"{f.cpu_s:.0f} | {n} |"
         )
     return 0

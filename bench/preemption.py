@@ -141,8 +141,9 @@ def main() -> None:
                 if got is not None:
                     rows[label].append(got)
                     print(
-                        f"round {r} stop at {delay:5.2f} s of {wall:.2f} s, {label:6}: stopped after {got['completed']} "
-                        f"complete epochs, resumed from epoch {got['resumed']}, {got['redone']} complete epochs trained again",
+                        f"round {r} stop at {delay:5.2f} s of {wall:.2f} s, {label:6}: "
+                        f"stopped after {got['completed']} complete epochs, resumed from epoch {got['resumed']}, "
+                        f"{got['redone']} complete epochs trained again",
                         flush=True,
                     )
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores, load average {load_average()}")

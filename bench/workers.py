@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from meter import measure  # noqa: E402  (bench/meter.py)
 
-from hpo.training.loop import cpu_count  # noqa: E402
+from hpo.config import STUDY_FILE, cpu_count  # noqa: E402
 
 STUDY = """
 description = "bench/workers.py: LeNet-5, fixed work per trial"
@@ -132,7 +132,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "studies" / "bench").mkdir(parents=True)
-        (folder / "studies" / "bench" / "study.toml").write_text(
+        (folder / "studies" / "bench" / STUDY_FILE).write_text(
             STUDY.format(train_size=args.train_size, epochs=args.epochs, val_fraction=args.val_fraction)
         )
         best: dict[str, tuple[float, float, str, str]] = {}
@@ -152,7 +152,8 @@ def main() -> int:
     print()
     for label, (seconds, cpu, split, busy) in best.items():
         print(
-            f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  (best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
+            f"{label:22}  {args.trials / seconds * 3600:7.0f} trials/hour  "
+            f"(best {seconds:.1f} s, {cpu:.1f} CPU s; {split}; "
             f"other processes used {busy} cores in that round)"
         )
     print(f"--workers auto / --workers 1: {best['--workers 1'][0] / best['--workers auto'][0]:.2f}x")

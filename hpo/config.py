@@ -298,7 +298,8 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
     for key in raw:
         if key not in TOP_LEVEL:
             raise HpoError(
-                f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; known: {', '.join(sorted(TOP_LEVEL))}"
+                f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; "
+                f"known: {', '.join(sorted(TOP_LEVEL))}"
             )
     seed = _coerce(raw.get("seed", 0), int, "seed")
     base = TrainConfig(**{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}, seed=seed)
@@ -348,7 +349,8 @@ def _check_metrics(metrics) -> None:
 
 # ---------------------------------------------------------------- conditional search spaces
 # A parameter is searched only in the branch its `when` names; one name may hold a list of ranges,
-# one per branch:  lr = [{ low = .., high = .., when = { optimizer = "sgd" } }, { .., when = { optimizer = ["adam", "adamw"] } }]
+# one per branch:
+#   lr = [{ low = .., high = .., when = { optimizer = "sgd" } }, { .., when = { optimizer = ["adam", "adamw"] } }]
 # (or [[search.lr]] tables). Checked here once: conditions on searched choices, no cycle, no overlap.
 
 
@@ -449,7 +451,7 @@ def search_space(search: dict) -> tuple[ParamSpec, ...]:
     loop = _cycle({k: {c for p in ps for c, _ in p.when} for k, ps in by_key.items()})
     if loop:
         raise HpoError(f"search: conditions form a cycle: {' -> '.join(k.split('.')[1] for k in loop)}")
-    for k, ps in by_key.items():
+    for ps in by_key.values():
         for i, a in enumerate(ps):
             for b in ps[i + 1 :]:
                 if _overlap(a, b, choices):
@@ -507,7 +509,7 @@ def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
 
 def validate(config: TrainConfig, where: str = "") -> None:
     """Names against their declarations, values against their ranges. One line per problem."""
-    d, m, t = config.data, config.model, config.train
+    d, t = config.data, config.train
     at = f" (in {where})" if where else ""
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -527,8 +529,8 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (t.gamma > 0, f"train.gamma must be > 0, got {t.gamma}"),
         (t.threads >= 0, f"train.threads must be >= 0 (0: all cores), got {t.threads}"),
         (
-            t.threads <= _cores(),
-            f"train.threads must be at most the {_cores()} cores this machine gives us (0: all), got {t.threads}",
+            t.threads <= cpu_count(),
+            f"train.threads must be at most the {cpu_count()} cores this machine gives us (0: all), got {t.threads}",
         ),
         (t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0 (0: no checkpoints), got {t.checkpoint_every}"),
         (
@@ -549,8 +551,8 @@ def validate(config: TrainConfig, where: str = "") -> None:
             raise HpoError(message + at)
 
 
-def _cores() -> int:
-    """The cores this process may run on (its affinity: a Slurm or container limit), as hpo.train counts them."""
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity: a Slurm or container limit)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -4,12 +4,32 @@ and how to read them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 CONFIRMS = "confirms"  # user attr: the number of the trial whose configuration this trial retrains
+WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 
 
 def finite(t: FrozenTrial) -> bool:
     """A complete trial whose every value is a number (a diverged value is not)."""
     return t.state == TrialState.COMPLETE and t.values is not None and all(math.isfinite(v) for v in t.values)
+
+
+def ranked(trials: Iterable[FrozenTrial], maximize: bool, index: int = 0) -> list[FrozenTrial]:
+    """Best first by objective ``index``. Equal values keep the order given (a study's trials come
+    by number), so the best of tied trials is the first of them."""
+    sign = -1.0 if maximize else 1.0
+    return sorted(trials, key=lambda t: sign * t.values[index])
+
+
+def pooled_sd(groups: Iterable[Sequence[float]]) -> float | None:
+    """The pooled standard deviation of groups of values (each the same configuration's runs with
+    other seeds): the seed-to-seed noise. None when no group holds two values."""
+    repeated = [g for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in repeated)
+    if not dof:
+        return None
+    return float(math.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in repeated) / dof))

@@ -19,8 +19,9 @@ from hpo.analysis import branches, compare
 from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
 from hpo.config import STUDY_FILE, find_study
-from hpo.errors import HpoError, closest
+from hpo.errors import HpoError
 from hpo.runs.outcome import count_states, report_command, run_command
+from hpo.search.study import load_existing
 from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
 
@@ -65,13 +66,7 @@ def writable_folder(out: Path) -> None:
 
 
 def load_study(url: str, name: str) -> optuna.Study:
-    storage = open_storage(url, create=False)  # a missing SQLite file is an error, never created
-    names = sorted(optuna.get_all_study_names(storage))
-    if name not in names:
-        raise HpoError(
-            f"no study {name!r} in {redact(url)}{closest(name, names)}; studies there: {', '.join(names) or 'none'}"
-        )
-    return optuna.load_study(study_name=name, storage=storage)
+    return load_existing(open_storage(url, create=False), name)  # a missing SQLite file is an error, never created
 
 
 def looks_lost(study: optuna.Study) -> list[int]:
@@ -124,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     lost = looks_lost(study)
     if lost:
         cli.say(
-            f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: RUNNING with no heartbeat "
-            f"for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); the next hpo.run fails and retries "
+            f"note: trial {', '.join(f'#{n}' for n in lost)} look{'s' * (len(lost) == 1)} lost: "
+            f"RUNNING with no heartbeat for over {env_seconds(GRACE_ENV, GRACE_S)} s (its worker died); "
+            f"the next hpo.run fails and retries "
             f"{'it' if len(lost) == 1 else 'them'} with the same parameters"
         )
     if counts["running"] > len(lost):
         cli.say(
-            f"note: {counts['running'] - len(lost)} trials are still running; the report covers the {len(complete_trials(trials))} complete ones"
+            f"note: {counts['running'] - len(lost)} trials are still running; "
+            f"the report covers the {len(complete_trials(trials))} complete ones"
         )
     if written.png_error:
         cli.say(f"warning: no PNGs ({written.png_error}); index.html and report.md are written without them")
@@ -148,11 +145,11 @@ def compare_main(args) -> int:
     if len(set(names)) < len(names):
         raise HpoError(f"the same study is given twice: {', '.join(args.folder)}")
     studies = [load_study(args.storage, n) for n in names]
-    for name, study in zip(names, studies):
+    for name, study in zip(names, studies, strict=True):
         if not complete_trials(study.get_trials(deepcopy=False)):
             raise HpoError(f"study {name} has no complete trials yet: nothing to compare")
     entries = []
-    for folder, study in zip(folders, studies):
+    for folder, study in zip(folders, studies, strict=True):
         source = (folder / STUDY_FILE).read_text(encoding="utf-8")
         f = compute(study, storage=redact(args.storage), folder=str(folder), study_toml=source)
         entries.append(compare.entry(str(folder), study, f))

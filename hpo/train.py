@@ -1,4 +1,5 @@
-"""Train a study's fixed settings once, no search: ``python -m hpo.train --study lenet_lr [--set train.epochs=3] [--json]``."""
+"""Train a study's fixed settings once, no search:
+``python -m hpo.train --study lenet_lr [--set train.epochs=3] [--json]``."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from builders import TINY_STUDY, write_study
 
 from hpo import config
 from hpo.errors import HpoError
-from hpo.search.recipe import RECIPES_ATTR, distribution, named, version_of
+from hpo.search.recipe import RECIPES_ATTR, distribution, named, recipes
 from hpo.search.study import create_or_resume
 from hpo.storage.store import open_storage
 
@@ -109,7 +109,8 @@ def test_a_space_optuna_can_sample_from_goes_on_with_a_note_and_keeps_each_versi
     versions = study.user_attrs[RECIPES_ATTR]
     assert [v["from_trial"] for v in versions] == [0, 2]
     assert "high = 0.5" in versions[0]["study_toml"] and "high = 0.2" in versions[1]["study_toml"]
-    assert version_of(versions, 1) is versions[0] and version_of(versions, 2) is versions[1]
+    in_force = recipes(study, config.load(spec.folder), 2)[-1]  # the version a run goes on under: the last
+    assert versions[0]["from_trial"] <= 1 < in_force["from_trial"] == 2 and in_force == versions[1]
     assert len(resume(url, spec.folder).user_attrs[RECIPES_ATTR]) == 2  # the same recipe again: no new version
 
 

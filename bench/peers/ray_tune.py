@@ -61,7 +61,7 @@ def train_fashion_mnist(config, data_dir: str, epochs: int, train_size: int):
         trainset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=0
     )
     valloader = torch.utils.data.DataLoader(valset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=0)
-    for epoch in range(epochs):
+    for _epoch in range(epochs):
         model.train()
         for inputs, labels in trainloader:
             optimizer.zero_grad()
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             epochs = (
                 []
                 if frame is None or frame.empty
-                else [[float(t), float(a)] for t, a in zip(frame["t"], frame["val_acc"])]
+                else [[float(t), float(a)] for t, a in zip(frame["t"], frame["val_acc"], strict=True)]
             )
             state = "fail" if r.error else ("complete" if len(epochs) == args.epochs else "pruned")
             trials.append({"state": state, "epochs": epochs})

@@ -99,7 +99,7 @@ def compute(study: optuna.Study) -> Branches | None:
         keyed.setdefault(key, [])
     out = []
     for key, trials in sorted(keyed.items(), key=lambda kv: [str(v) for v in kv[0]]):
-        values = {k: v for k, v in zip(by, key) if v is not None}
+        values = {k: v for k, v in zip(by, key, strict=True) if v is not None}
         label = ", ".join(f"{k} = {v}" for k, v in values.items()) or "none of the conditions set"
         if not trials:  # every trial of this branch was pruned
             out.append(

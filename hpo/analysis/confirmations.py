@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from hpo.records import CONFIRMS, finite
+from hpo.records import CONFIRMS, finite, pooled_sd
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,7 @@ def summarise(trials: list[FrozenTrial], maximize: bool, fmt) -> Confirmations |
     if not configs:
         return None
     configs.sort(key=lambda c: ((-1 if maximize else 1) * c.mean, c.source))
-    squares = [(len(c.values) - 1, c.sd**2) for c in configs if c.sd is not None]
-    dof = sum(d for d, _ in squares)
-    spread = math.sqrt(sum(d * v for d, v in squares) / dof) if dof else None
+    spread = pooled_sd([c.values for c in configs])
     return Confirmations(tuple(configs), spread, _sentence(configs, spread, fmt))
 
 

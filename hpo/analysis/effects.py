@@ -197,7 +197,7 @@ def analyse(
         for g, meta in enumerate(groups):
             vals = y[index == g]
             lo, hi = bootstrap_interval(vals, rng) if len(vals) else (None, None)
-            how = Counter(e for e, k in zip(ended or [], index) if k == g)
+            how = Counter(e for e, k in zip(ended or [], index, strict=False) if k == g)
             bands.append(
                 dict(
                     meta,
@@ -215,7 +215,7 @@ def analyse(
                 warnings.simplefilter("ignore")
                 pd = partial_dependence(surrogate, X, [j], custom_values={j: grid}, method="brute")["average"][0]
             order = np.argsort(grid, kind="stable")
-            for g, v in zip(np.asarray(at)[order], pd[order]):
+            for g, v in zip(np.asarray(at)[order], pd[order], strict=False):
                 bands[g]["pd"] = float(v)
         bands = tuple(Band(**b) for b in bands)
         out[name] = _effect(
@@ -275,7 +275,8 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
         trend = f"; {what} {pd_trend} with {name}" if pd_trend else ""
         claim = (
             f"best {where} by partial dependence ({fmt(b.pd)} there vs {fmt(worst.pd)} "
-            f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) and {fmt(worst.mean)} ({worst.n} trials)){trend}"
+            f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) "
+            f"and {fmt(worst.mean)} ({worst.n} trials)){trend}"
         )
         if kind == "range":
             claim += _outside(bands, span, fmt)
@@ -337,7 +338,10 @@ def _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) -> 
             + (f"; not told apart from {', '.join(ties)}" if ties else "")
             + ")"
         )
-    return f"{best}; worst {_where(kind, worst, worst, bands)}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
+    return (
+        f"{best}; worst {_where(kind, worst, worst, bands)}: "
+        f"{fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
+    )
 
 
 def _outside(bands: tuple[Band, ...], span: list[int], fmt) -> str:

@@ -106,8 +106,8 @@ def compute(
     if n_used < effects.MIN_TRIALS:
         thin = (
             f"Thin evidence: {len(finished)} finished trials, {n_used} with comparable values; too few to tell "
-            f"any parameter's effect from noise (that takes {effects.MIN_TRIALS} or more). The tables show what they reached; "
-            "they are not findings."
+            f"any parameter's effect from noise (that takes {effects.MIN_TRIALS} or more). "
+            "The tables show what they reached; they are not findings."
         )
     missing = tuple(
         (dict(t.params), rungs.status_of(t))

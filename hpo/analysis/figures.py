@@ -135,7 +135,7 @@ def write_pngs(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
         height=[png_size(n)[1] for n in names],
         scale=1,
     )
-    return dict(zip(names, files))
+    return dict(zip(names, files, strict=True))
 
 
 # ---------------------------------------------------------------- the document, as blocks
@@ -215,7 +215,7 @@ def _toml(config: dict, prefix: str = "") -> str:
 
 
 def _values(f: Findings, r: TrialRow) -> tuple[str, ...]:
-    return tuple(fmt(m, v) for m, v in zip(f.metrics, r.values or ()))
+    return tuple(fmt(m, v) for m, v in zip(f.metrics, r.values or (), strict=False))
 
 
 def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> Table:
@@ -255,9 +255,10 @@ def branch_blocks(f: Findings) -> list:
     out += [
         Heading("Branches"),
         Para(
-            f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. The importances above "
-            f"are Optuna's, on the parameters every complete trial has ({', '.join(b.ranked) or 'none'}); each branch below "
-            f"has its own, on its trials alone (complete trials; pruned ones are counted apart)."
+            f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. "
+            f"The importances above are Optuna's, on the parameters every complete trial has "
+            f"({', '.join(b.ranked) or 'none'}); each branch below has its own, on its trials alone "
+            f"(complete trials; pruned ones are counted apart)."
         ),
         Table(
             ("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
@@ -333,7 +334,7 @@ def _overview(f: Findings) -> list:
         out.append(Para(f.description))
     out += [Heading("Findings"), Bullets(f.headline), Heading("Study")]
     states = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
-    objective = ", ".join(f"{m_} ({d})" for m_, d in zip(f.metrics, f.directions))
+    objective = ", ".join(f"{m_} ({d})" for m_, d in zip(f.metrics, f.directions, strict=True))
     out.append(
         Table(
             ("", ""),
@@ -355,7 +356,8 @@ def _best_trial(f: Findings, fig) -> list:
     out: list = [
         Heading("Best trial"),
         Para(
-            f"Trial **#{b.number}** is {what}: {', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b)))}, "
+            f"Trial **#{b.number}** is {what}: "
+            f"{', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b), strict=False))}, "
             f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
             + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "")
             + f". Parameters: {_params_text(b.params)}."
@@ -537,8 +539,9 @@ def _rung_blocks(f: Findings) -> list:
     out = [
         Heading("Every trial, epoch by epoch", 3),
         Para(
-            "A pruned or diverged trial's last value is not comparable with a full run's, but its value at an epoch it "
-            "reached is comparable with every other trial's value there. Trials that reached each epoch, by how they ended:"
+            "A pruned or diverged trial's last value is not comparable with a full run's, "
+            "but its value at an epoch it reached is comparable with every other trial's value there. "
+            "Trials that reached each epoch, by how they ended:"
         ),
         Table(
             ("epoch", "trials", "of which", f"mean {label(m)}", f"best {label(m)}"),
@@ -559,7 +562,8 @@ def _rung_blocks(f: Findings) -> list:
     if ev.rung.final:
         out.append(
             Para(
-                f"Every trial with a value reached the final epoch, so the importances above already use them all ({ev.rung.text()})."
+                f"Every trial with a value reached the final epoch, "
+                f"so the importances above already use them all ({ev.rung.text()})."
             )
         )
         return out

@@ -24,7 +24,9 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, evidence
+from hpo.config import STUDY_FILE
 from hpo.errors import reason
+from hpo.records import ranked
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
@@ -132,7 +134,8 @@ class Findings:
     reproducibility: Reproducibility
     headline: tuple[str, ...]
     study_toml: str = ""
-    branches: Any = None  # hpo.analysis.branches.Branches for a study with conditional parameters (set by hpo.analysis.branches.extend)
+    # hpo.analysis.branches.Branches for a study with conditional parameters (set by hpo.analysis.branches.extend)
+    branches: Any = None
     warm_started: dict = dataclasses.field(default_factory=dict)  # trial number -> "STUDY#N" it was warm-started from
     evidence: Any = None  # hpo.analysis.evidence.Evidence: every trial counted, effects with intervals
 
@@ -221,10 +224,6 @@ def _sign(direction: StudyDirection) -> float:
     return -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
 
 
-def ranked(complete: list[FrozenTrial], direction: StudyDirection, index: int = 0) -> list[FrozenTrial]:
-    return sorted(complete, key=lambda t: (_sign(direction) * t.values[index], t.number))
-
-
 def importances(
     study: optuna.Study, complete: list[FrozenTrial], params: list[str], metric: str, index: int
 ) -> Importances:
@@ -238,15 +237,15 @@ def importances(
             metric, {}, "not enough trials for importance (no parameter varied across the complete trials)"
         )
     multi = len(study.directions) > 1
-    direction = study.directions[index]
+    sign = _sign(study.directions[index])
     out, notes = {}, []
     for name, make in EVALUATORS.items():
         if not multi:
             target = None
         elif name == "PED-ANOVA":  # PED-ANOVA ranks by "lower is better" when given a target
-            target = lambda t, i=index, s=_sign(direction): s * t.values[i]  # noqa: E731
+            target = lambda t: sign * t.values[index]  # noqa: E731
         else:
-            target = lambda t, i=index: t.values[i]  # noqa: E731
+            target = lambda t: t.values[index]  # noqa: E731
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -302,7 +301,9 @@ def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection
         cast = int if isinstance(dist, IntDistribution) else float
         rows = [
             Group(
-                label=fmt_value(cast(v)), value=cast(v), **_stats([t for t, x in zip(trials, xs) if x == v], direction)
+                label=fmt_value(cast(v)),
+                value=cast(v),
+                **_stats([t for t, x in zip(trials, xs, strict=True) if x == v], direction),
             )
             for v in distinct
         ]
@@ -320,7 +321,7 @@ def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection
             label=f"{_edge(edges[i], digits)}–{_edge(edges[i + 1], digits)}",
             low=float(edges[i]),
             high=float(edges[i + 1]),
-            **_stats([t for t, k in zip(trials, index) if k == i], direction),
+            **_stats([t for t, k in zip(trials, index, strict=True) if k == i], direction),
         )
         for i in range(n_bins)
     ]
@@ -395,7 +396,7 @@ def reproducibility(
     versions = [t.user_attrs["versions"] for t in trials if isinstance(t.user_attrs.get("versions"), dict)]
     devices = Counter(str(t.user_attrs["device"]) for t in trials if t.user_attrs.get("device"))
     threads = sorted({t.user_attrs["threads"] for t in trials if isinstance(t.user_attrs.get("threads"), int)})
-    study_file = study.user_attrs.get("study_file") or (str(Path(folder) / "study.toml") if folder else "unknown")
+    study_file = study.user_attrs.get("study_file") or (str(Path(folder) / STUDY_FILE) if folder else "unknown")
     return Reproducibility(
         seed=study.user_attrs.get("seed"),
         study_file=str(study_file),
@@ -416,7 +417,7 @@ def compute(
     if not complete:
         raise ValueError("compute needs at least one complete trial")
     metrics, directions = metric_names(study), study.directions
-    top = ranked(complete, directions[0])
+    top = ranked(complete, directions[0] == StudyDirection.MAXIMIZE)
     best = top[0]
     space = searched_params(complete)
     imps = tuple(importances(study, complete, list(space), m, i) for i, m in enumerate(metrics))
@@ -517,7 +518,10 @@ def _evidence_lines(f: Findings, ev) -> list[str]:
         tops = {e: next(iter(v)) for e, v in ev.rung_importance.items() if v}
         name = next(iter(tops.values()))
         scores = ", ".join(f"{e} {v[name]:.2f}" for e, v in ev.rung_importance.items() if name in v)
-        text = f"At epoch {ev.rung.epoch}, where {ev.rung.trials} trials of all states can be compared, {name} matters most ({scores})"
+        text = (
+            f"At epoch {ev.rung.epoch}, where {ev.rung.trials} trials of all states can be compared, "
+            f"{name} matters most ({scores})"
+        )
         if len(set(tops.values())) > 1:
             text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
         lines.append(text + ".")

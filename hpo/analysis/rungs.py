@@ -70,7 +70,8 @@ def status_of(t: FrozenTrial) -> str:
 
 
 def stopped_early(t: FrozenTrial) -> bool:
-    """Finished before its budget for a reason of its own: interrupted and lost trials say nothing of their parameters."""
+    """Finished before its budget for a reason of its own: interrupted and lost trials say nothing of
+    their parameters."""
     return t.state in (TrialState.PRUNED, TrialState.FAIL) and status_of(t) in STOP_STATUSES
 
 
@@ -216,7 +217,7 @@ def stop_residuals(name: str, space: dict, ts: list[FrozenTrial], seed: int) -> 
     names = [name] + [n for n in space if n != name]
     X = np.array([[effects.encode(space[n], t.params.get(n)) for n in names] for t in ts], dtype=float)
     y = np.array([float(stopped_early(t)) for t in ts])
-    return dict(zip((t.number for t in ts), effects.residuals(X, y, 0, seed)))
+    return dict(zip((t.number for t in ts), effects.residuals(X, y, 0, seed), strict=False))
 
 
 def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, space: dict | None = None) -> StopRegions:

@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.records import ranked
 from hpo.storage.store import DEFAULT_STORAGE, redact
 
 # How each state is written wherever hpo prints or reports it.
@@ -49,8 +50,7 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
     if multi:
         best = study.best_trials
     else:
-        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        best = sorted(complete, key=lambda t: t.value, reverse=maximize)[:5]
+        best = ranked(complete, study.direction == optuna.study.StudyDirection.MAXIMIZE)[:5]
     names = sorted({k for t in best for k in t.params})
     table = pd.DataFrame(
         [

@@ -12,8 +12,9 @@ from optuna.trial import FrozenTrial
 
 from hpo.config import PrunerSpec, StudySpec
 from hpo.errors import HpoError
-from hpo.records import CONFIRMS, finite
+from hpo.records import CONFIRMS, finite, ranked
 from hpo.search.space import trial_seed
+from hpo.search.study import load_existing
 from hpo.storage import schema
 
 TOP = 3  # configurations confirmed
@@ -27,12 +28,8 @@ def confirmation_seed(study_seed: int, source: int, k: int) -> int:
 
 def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> list[FrozenTrial]:
     """The best searched trials (confirmations are not candidates), one per distinct configuration."""
-    ranked = sorted(
-        (t for t in trials if finite(t) and CONFIRMS not in t.user_attrs),
-        key=lambda t: ((-1 if maximize else 1) * t.values[0], t.number),
-    )
     out, seen = [], set()
-    for t in ranked:
+    for t in ranked((t for t in trials if finite(t) and CONFIRMS not in t.user_attrs), maximize):
         key = repr(sorted(t.params.items()))
         if key not in seen:
             seen.add(key)
@@ -42,10 +39,14 @@ def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> li
     return out
 
 
+def _not_searched(spec: StudySpec) -> str:
+    return f"--confirm: no study {spec.name!r} in the store yet; run the search first"
+
+
 def require_store(url: str, spec: StudySpec) -> None:
     """Confirmations retrain what a search found: with no store yet, say so before one is created."""
     if schema.check(url, create=True):
-        raise HpoError(f"--confirm: no study {spec.name!r} in the store yet; run the search first")
+        raise HpoError(_not_searched(spec))
 
 
 def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec, int]:
@@ -55,9 +56,7 @@ def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec
         raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {k}")
     if len(spec.objective.metrics) > 1:
         raise HpoError("--confirm needs a single-objective study (a Pareto front has no one best configuration)")
-    if spec.name not in optuna.get_all_study_names(storage):
-        raise HpoError(f"--confirm: no study {spec.name!r} in the store yet; run the search first")
-    study = optuna.load_study(study_name=spec.name, storage=storage)
+    study = load_existing(storage, spec.name, missing=_not_searched(spec))
     trials = study.get_trials(deepcopy=False)
     sources = top_sources(trials, study.direction == optuna.study.StudyDirection.MAXIMIZE, top)
     if not sources:

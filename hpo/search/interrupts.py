@@ -72,3 +72,6 @@ class NoInterrupts:
 
     def held(self):
         return contextlib.nullcontext()
+
+
+NO_INTERRUPTS = NoInterrupts()  # stateless: one serves every objective that has no hpo.run around it

@@ -19,11 +19,12 @@ import torchvision
 import hpo
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
+from hpo.records import WORKER_ATTR
 from hpo.search import shadow
-from hpo.search.interrupts import Interrupts, NoInterrupts
+from hpo.search.interrupts import NO_INTERRUPTS, Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
 from hpo.search.space import trial_config
-from hpo.storage.store import WORKER_ATTR, worker_tag
+from hpo.storage.store import worker_tag
 from hpo.training import data as data_mod
 from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
@@ -74,10 +75,13 @@ def objective_values(spec: StudySpec, result: TrainResult) -> list[float]:
 def dominated(values: list[float], others: list[list[float]], directions: list[str]) -> bool:
     """True when some other point is at least as good everywhere and better somewhere."""
     sign = [1 if d == "maximize" else -1 for d in directions]
-    mine = [s * v for s, v in zip(sign, values)]
+    # one value per objective everywhere: Optuna completes a trial only with one per direction
+    mine = [s * v for s, v in zip(sign, values, strict=True)]
     for other in others:
-        theirs = [s * v for s, v in zip(sign, other)]
-        if all(t >= m for t, m in zip(theirs, mine)) and any(t > m for t, m in zip(theirs, mine)):
+        theirs = [s * v for s, v in zip(sign, other, strict=True)]
+        if all(t >= m for t, m in zip(theirs, mine, strict=True)) and any(
+            t > m for t, m in zip(theirs, mine, strict=True)
+        ):
             return True
     return False
 
@@ -90,7 +94,7 @@ class Objective:
         keep: str = "best",
         artifacts: optuna.artifacts.FileSystemArtifactStore | None = None,
         on_epoch: Callable[[optuna.Trial, EpochStats], None] | None = None,
-        guard: Interrupts | NoInterrupts = NoInterrupts(),
+        guard: Interrupts | NoInterrupts = NO_INTERRUPTS,
         checkpoints: Checkpoints | None = None,
     ):
         self.spec, self.data_dir, self.keep, self.artifacts = spec, data_dir, keep, artifacts

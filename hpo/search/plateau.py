@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from hpo.records import pooled_sd, ranked
 
 DEFAULT_MIN_DELTA = 0.1  # points of accuracy, where the study has no repeated trials to measure noise
 
@@ -27,19 +28,12 @@ def seed_noise(trials: list[FrozenTrial]) -> float | None:
     for t in trials:
         if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0]):
             groups.setdefault(json.dumps(t.params, sort_keys=True, default=str), []).append(t.values[0])
-    repeated = [v for v in groups.values() if len(v) > 1]
-    if not repeated:
-        return None
-    dof = sum(len(v) - 1 for v in repeated)
-    return float(math.sqrt(sum(np.var(v, ddof=1) * (len(v) - 1) for v in repeated) / dof))
+    return pooled_sd(groups.values())
 
 
 def _best(trials: list[FrozenTrial], direction: StudyDirection) -> FrozenTrial | None:
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and math.isfinite(t.values[0])]
-    if not done:
-        return None
-    pick = max if direction == StudyDirection.MAXIMIZE else min
-    return pick(done, key=lambda t: t.values[0])
+    return ranked(done, direction == StudyDirection.MAXIMIZE)[0] if done else None
 
 
 class Plateau:

@@ -23,7 +23,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from hpo.config import ParamSpec, StudySpec
+from hpo.config import STUDY_FILE, ParamSpec, StudySpec
 from hpo.errors import HpoError
 
 RECIPES_ATTR = "recipes"  # study user attr: [{from_trial, study_file, study_toml, overrides}, ...], oldest first
@@ -38,7 +38,7 @@ def named(spec: StudySpec, name: str) -> StudySpec:
 
 
 def study_path(spec: StudySpec) -> str:
-    return str((spec.folder / "study.toml").resolve())
+    return str((spec.folder / STUDY_FILE).resolve())
 
 
 def distribution(p: ParamSpec) -> BaseDistribution:
@@ -134,12 +134,3 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
     if last is None or any(last.get(k) != mine[k] for k in ("study_file", "study_toml", "overrides")):
         versions.append(mine)
     return versions
-
-
-def version_of(versions: list[dict], number: int) -> dict | None:
-    """The recipe trial ``number`` ran under."""
-    found = None
-    for v in versions:
-        if v.get("from_trial", 0) <= number:
-            found = v
-    return found

@@ -9,8 +9,8 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage
 
-from hpo.config import StudySpec
-from hpo.errors import HpoError, reason
+from hpo.config import STUDY_FILE, StudySpec
+from hpo.errors import HpoError, closest, reason
 from hpo.search.recipe import RECIPES_ATTR, check_resume, recipes, study_path
 from hpo.storage.store import redact
 
@@ -122,7 +122,7 @@ def study_attrs(spec: StudySpec) -> dict:
     b = spec.base
     return {
         "description": spec.description,
-        "study_file": str(spec.folder / "study.toml"),
+        "study_file": str(spec.folder / STUDY_FILE),
         "study_toml": spec.source,
         "study_path": study_path(spec),  # who the study is: hpo.search.recipe refuses another file of the same name
         "overrides": list(spec.overrides),
@@ -148,6 +148,20 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0, same
         return _create_or_resume(spec, storage, worker, same_study)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
         raise HpoError(f"cannot open the store {redact(storage.url)} for writing: {reason(e)}") from None
+
+
+def load_existing(storage: RDBStorage, name: str, flag: str = "", missing: str = "") -> optuna.Study:
+    """The study ``name`` in an opened store, never created. A missing one is one line: ``missing``
+    where the caller words it itself, else the store, the closest name and the names there, after
+    ``flag`` (the option that asked, e.g. "--warm-start: ")."""
+    names = sorted(optuna.get_all_study_names(storage))
+    if name not in names:
+        raise HpoError(
+            missing
+            or f"{flag}no study {name!r} in {redact(storage.url)}{closest(name, names)}; "
+            f"studies there: {', '.join(names) or 'none'}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_study: bool = False) -> optuna.Study:

@@ -56,8 +56,8 @@ class Until:
                 return max(left, 0)
             if not said:
                 say(
-                    f"the other {self.n - finished(study.get_trials(deepcopy=False))} of the {self.n} trials are running "
-                    f"elsewhere: waiting for them to finish (a stopped or lost one is taken over here)"
+                    f"the other {self.n - finished(study.get_trials(deepcopy=False))} of the {self.n} trials "
+                    f"are running elsewhere: waiting for them to finish (a stopped or lost one is taken over here)"
                 )
                 said = True
             check()
@@ -73,7 +73,10 @@ class Until:
 
         def run(trial: optuna.Trial):
             if claimed(trial.study.get_trials(deepcopy=False), below=trial.number) >= self.n:
-                text = f"surplus: the study had {self.n} trials finished or running when this one started (--until {self.n})"
+                text = (
+                    f"surplus: the study had {self.n} trials finished or running when this one started "
+                    f"(--until {self.n})"
+                )
                 trial.set_user_attr("status", "surplus")
                 trial.set_user_attr("reason", text)
                 raise Surplus(text)

@@ -18,8 +18,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ParamSpec, StudySpec, active
-from hpo.errors import HpoError, closest
-from hpo.storage.store import open_storage, redact
+from hpo.errors import HpoError
+from hpo.records import ranked
+from hpo.search.study import load_existing
+from hpo.storage.store import open_storage
 
 ATTR = "warm_start"
 
@@ -57,14 +59,7 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     name = source_name(text)
     if k < 1:
         raise HpoError(f"--warm-start-trials must be >= 1, got {k}")
-    storage = open_storage(storage_url, create=False)
-    names = sorted(optuna.get_all_study_names(storage))
-    if name not in names:
-        raise HpoError(
-            f"--warm-start: no study {name!r} in {redact(storage_url)}{closest(name, names)}; "
-            f"studies there: {', '.join(names) or 'none'}"
-        )
-    source = optuna.load_study(study_name=name, storage=storage)
+    source = load_existing(open_storage(storage_url, create=False), name, flag="--warm-start: ")
     done = [
         t
         for t in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -72,8 +67,7 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     ]
     if not done:
         raise HpoError(f"--warm-start: study {name!r} has no complete trial to start from")
-    sign = -1.0 if source.directions[0] == StudyDirection.MAXIMIZE else 1.0
-    best = sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
+    best = ranked(done, source.directions[0] == StudyDirection.MAXIMIZE)[:k]
     return [(f"{name}#{t.number}", params_for(t, spec)) for t in best]
 
 

@@ -133,12 +133,3 @@ def store_lost(error: BaseException) -> StoreLost | None:
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def transient(error: BaseException) -> bool:
-    return kind(error) == TRANSIENT
-
-
-def lost(error: BaseException) -> bool:
-    """Transient, or already waited out: the store is away, not wrong."""
-    return kind(error) in (TRANSIENT, LOST)

@@ -26,7 +26,7 @@ def parse(url: str):
     except ArgumentError:
         return None
     except ValueError as e:  # a non-numeric port: make_url's int()
-        raise HpoError(f"malformed storage URL {_masked(url)}: the port must be a number ({reason(e)})") from None
+        raise HpoError(f"malformed storage URL {redact(url)}: the port must be a number ({reason(e)})") from None
     return parsed if parsed.get_backend_name() in RDB_BACKENDS else None
 
 
@@ -76,9 +76,9 @@ def _server_tables(url: str, verb: str, engine_kwargs: dict) -> set[str]:
         finally:
             engine.dispose()
     except ImportError as e:
-        raise HpoError(f"no database driver for {_masked(url)}: {reason(e)}") from None
+        raise HpoError(f"no database driver for {redact(url)}: {reason(e)}") from None
     except sqlalchemy.exc.SQLAlchemyError as e:
-        raise HpoError(f"cannot {verb} the store {_masked(url)}: {reason(e)}") from None
+        raise HpoError(f"cannot {verb} the store {redact(url)}: {reason(e)}") from None
 
 
 def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
@@ -88,7 +88,7 @@ def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
     found = tables(url, "open" if create else "read", engine_kwargs)
     if parse(url) is None:
         return False  # not an RDB URL: the caller's own checks apply
-    where = _masked(url)
+    where = redact(url)
     if not found:
         if not create:
             at = sqlite_file(parse(url)) if found is None else f"{where} (an empty database)"
@@ -103,8 +103,8 @@ def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:
     return False
 
 
-def _masked(url: str) -> str:
-    """The URL without its password (hpo.storage.store.redact, which imports this module)."""
+def redact(url: str) -> str:
+    """A URL fit to print: no password (hpo.storage.store, which imports this module, hands it on)."""
     from sqlalchemy.engine import make_url
 
     try:

@@ -28,7 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import CreateEnginePlugin
 
 from hpo.errors import HpoError, reason
+from hpo.records import WORKER_ATTR
 from hpo.storage import faults, schema
+from hpo.storage.schema import redact
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"  # one file for every study: one dashboard shows all
 ARTIFACT_DIR = Path("models")  # Optuna's artifact store: trained weights
@@ -39,7 +41,6 @@ MAX_RETRY = 2  # a trial failed by a lost worker is queued again with the same p
 HEARTBEAT_ENV, GRACE_ENV, STORE_WAIT_ENV = "HPO_HEARTBEAT_S", "HPO_GRACE_S", "HPO_STORE_WAIT_S"
 STORAGE_ENV = "HPO_STORAGE"  # hpo.run's --storage when not given: how workers get a URL with a password (never in argv)
 
-WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 INSERT_KEY = "hpo:insert"  # system attr: finds a queued trial whose INSERT committed unheard
 
 # Heartbeats and the retry callback are marked experimental; they are what makes kill -9 safe.
@@ -55,15 +56,8 @@ def worker_tag(pid: int | None = None) -> str:
 def sqlite_path(url: str) -> Path | None:
     """The database file a plain SQLite URL names; None for other stores and for URLs with
     options (``?mode=ro&uri=true``), whose file SQLite itself resolves."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    schema.parse(url)  # a malformed port: one line, not make_url's ValueError
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    if parsed.get_backend_name() != "sqlite" or parsed.query:
+    parsed = schema.parse(url)  # a malformed port: one line, not make_url's ValueError
+    if parsed is None or parsed.get_backend_name() != "sqlite" or parsed.query:
         return None
     if parsed.host:  # sqlite://storage/hpo.db: the folder went into the host part
         raise HpoError(f"malformed SQLite URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db")
@@ -323,7 +317,8 @@ class Store(RDBStorage):
             if not store_error(e):
                 raise
             log.warning(
-                f"heartbeat of trial id {trial_id} not written ({reason(e)}); trying again in {self.heartbeat_interval} s"
+                f"heartbeat of trial id {trial_id} not written ({reason(e)}); "
+                f"trying again in {self.heartbeat_interval} s"
             )
 
     # ------------------------------------------------ writes that must not run twice
@@ -485,16 +480,6 @@ def is_lost(trial: optuna.trial.FrozenTrial) -> bool:
     failed trial without one never reached that point. Its retry (same parameters and seed) is
     queued as a new trial; the lost one stays in the store as an extra FAIL record."""
     return trial.state == optuna.trial.TrialState.FAIL and "status" not in trial.user_attrs
-
-
-def redact(url: str) -> str:
-    """A URL fit to print: no password."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url
 
 
 def artifact_store(folder: Path = ARTIFACT_DIR) -> optuna.artifacts.FileSystemArtifactStore:

@@ -60,7 +60,8 @@ def _idx_pair(folder: Path, files: dict[str, Path], part: str, fix: str) -> Arra
     labels = read_idx(files[f"{part}-labels-idx1-ubyte"], 1, fix).long()
     if len(images) != len(labels) or images.shape[1:] != (28, 28) or labels.numel() == 0 or int(labels.max()) > 9:
         raise HpoError(
-            f"Fashion-MNIST files in {folder} do not match ({part}: {tuple(images.shape)} images, {len(labels)} labels); {fix}"
+            f"Fashion-MNIST files in {folder} do not match "
+            f"({part}: {tuple(images.shape)} images, {len(labels)} labels); {fix}"
         )
     return images.unsqueeze(1), labels
 
@@ -95,7 +96,8 @@ def read_fashion_mnist(
     except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision wraps mirror failures in RuntimeError
         names = ", ".join(f"{stem}.gz" for stem in FASHION_MNIST_FILES)
         raise HpoError(
-            f"Fashion-MNIST not found in {ours[0]}, {ours[1]} or {system}, and downloading failed ({reason(e, whole=True)}): "
+            f"Fashion-MNIST not found in {ours[0]}, {ours[1]} or {system}, "
+            f"and downloading failed ({reason(e, whole=True)}): "
             f"put {names} into {ours[1]} (or point HPO_DATA_DIR at a folder holding fashion-mnist/), "
             f"or install Debian's dataset-fashion-mnist package"
         ) from None
@@ -121,7 +123,8 @@ def _cifar_batches(folder: Path, names: list) -> Arrays:
         targets = entry.get("labels", entry.get(b"labels"))
         if data is None or targets is None or np.asarray(data).size != 3072 * len(targets):
             raise HpoError(
-                f"{folder / name} is not a CIFAR-10 batch (needs data: N x 3072 uint8, labels: N); delete {folder} and run again"
+                f"{folder / name} is not a CIFAR-10 batch (needs data: N x 3072 uint8, labels: N); "
+                f"delete {folder} and run again"
             )
         # Each row is the R plane, then G, then B, each 32x32 row-major: exactly C, H, W.
         images.append(torch.from_numpy(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).copy()))

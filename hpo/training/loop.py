@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from hpo.config import TrainConfig
+from hpo.config import TrainConfig, cpu_count
 from hpo.errors import HpoError
 from hpo.training.data import Data, batches
 from hpo.training.nets import build, count_parameters
@@ -83,13 +83,6 @@ def resolve_device(name: str) -> torch.device:
         if (device.index or 0) >= torch.cuda.device_count():
             raise HpoError(f"train.device = {name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def keep_freed_memory() -> None:
