@@ -8,6 +8,7 @@ import re
 
 import optuna
 
+from hpo.records import WORKER_ATTR
 from hpo.runs.plan import Plan
 from hpo.runs.progress import StudyProgress
 from hpo.search.interrupts import Interrupts
@@ -15,7 +16,7 @@ from hpo.search.objective import Objective
 from hpo.search.plateau import Plateau
 from hpo.search.resume import ForgetFinished
 from hpo.search.until import Until
-from hpo.storage.store import HEARTBEAT_ENV, HEARTBEAT_S, WORKER_ATTR, artifact_store, env_seconds, worker_tag
+from hpo.storage.store import HEARTBEAT_ENV, HEARTBEAT_S, artifact_store, env_seconds, worker_tag
 from hpo.training.checkpoints import Checkpoints, checkpoint_dir
 
 MAX_FAILS_IN_A_ROW = 3  # the same crash every trial is a setup problem, not bad luck: stop

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from hpo import cli
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
+from hpo.records import WORKER_ATTR
 from hpo.runs.lifecycle import left_running_text, numbers
 from hpo.runs.outcome import count_states
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
@@ -288,7 +289,7 @@ class Supervisor:
             mine = [
                 t
                 for t in self.reader.get_trials(deepcopy=False)
-                if t.user_attrs.get("worker") == worker.tag and t.number not in self.before
+                if t.user_attrs.get(WORKER_ATTR) == worker.tag and t.number not in self.before
             ]
         except Exception as e:
             if not store_error(e):
