@@ -20,7 +20,8 @@ from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
 from hpo.config import STUDY_FILE, find_study
 from hpo.errors import HpoError
-from hpo.runs.outcome import count_states, report_command, run_command
+from hpo.runs.outcome import count_states, report_command
+from hpo.runs.plan import Plan
 from hpo.search.study import load_existing
 from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact
 
@@ -81,8 +82,8 @@ def looks_lost(study: optuna.Study) -> list[int]:
 
 def commands(folder: Path, args, overrides=()) -> str:
     """The run (with the --set overrides the study last ran under) and this report, quoted for a shell."""
-    run = run_command(folder, None, [str(o) for o in overrides], args.storage, study_name=args.study_name)
-    return run + "\n" + report_command(folder, args.storage, args.study_name, args.out)
+    run = Plan.of(study=str(folder), set=[str(o) for o in overrides], storage=args.storage, study_name=args.study_name)
+    return run.command() + "\n" + report_command(folder, args.storage, args.study_name, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """What the entry points say about a study: trials counted by state, the best-trials table, and the
-commands that resume a run and write its report. One home for each, so hpo.run, hpo.runs.workers and
-hpo.report print the same words."""
+command that writes its report (hpo.runs.plan builds every hpo.run command). One home for each, so
+hpo.run, the supervisor and hpo.report print the same words."""
 
 from __future__ import annotations
 
@@ -80,28 +80,6 @@ def _fmt(value) -> str:
 def storage_args(url: str) -> list[str]:
     """``--storage URL`` (password masked) unless it is the default store."""
     return [] if url == DEFAULT_STORAGE else ["--storage", redact(url)]
-
-
-def run_command(
-    study: str | Path,
-    trials: int | str | None,
-    sets=(),
-    storage: str = DEFAULT_STORAGE,
-    workers: str | None = None,
-    study_name: str | None = None,
-    until: int | None = None,
-) -> str:
-    """The ``python -m hpo.run`` command that goes on where a run stopped, with its overrides and store
-    (``--until N`` in place of ``--trials`` when given; no ``--trials`` for None: the file's)."""
-    parts = ["--study", str(study)]
-    if until is not None:
-        parts += ["--until", str(until)]
-    elif trials is not None:
-        parts += ["--trials", str(trials)]
-    parts += ["--study-name", study_name] if study_name else []
-    parts += ["--workers", workers] if workers else []
-    parts += storage_args(storage) + [x for s in sets for x in ("--set", s)]
-    return "python -m hpo.run " + shlex.join(parts)
 
 
 def report_command(

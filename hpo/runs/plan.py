@@ -216,6 +216,15 @@ class Plan:
     def for_worker(self, worker: Share, **options) -> Plan:
         return dataclasses.replace(self.but(**options), worker=worker)
 
+    @classmethod
+    def of(cls, **given) -> Plan:
+        """A plan of these options and the parser's defaults for the rest, unchecked: for a printed
+        command (hpo.report's rerun command)."""
+        options = {a.dest: a.default for a in parser()._actions if a.dest != "help"}
+        options.update(given)
+        options["storage"] = options["storage"] or DEFAULT_STORAGE
+        return cls(MappingProxyType(options), frozenset(d for d, v in given.items() if v is not None))
+
     # ---------------------------------------------------------------- serialised for a worker
 
     def to_json(self) -> str:

@@ -19,7 +19,7 @@ import torchvision
 import hpo
 from hpo.config import DataSpec, StudySpec
 from hpo.errors import reason
-from hpo.records import WORKER_ATTR
+from hpo.records import CONFIRMS, WORKER_ATTR
 from hpo.search import shadow
 from hpo.search.interrupts import NO_INTERRUPTS, Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
@@ -182,6 +182,9 @@ class Objective:
                 prune = not self.multi and trial.should_prune()
                 if self.multi and not isinstance(trial, optuna.trial.FixedTrial) and shadow.prunable(trial.study):
                     prune = shadow.should_prune(trial, curve)  # on val_acc, through a single-objective shadow
+                # A confirmation's full value is the point: never pruned, whichever run pops it (a
+                # resumed --confirm run is an ordinary run with the study file's pruner).
+                prune = prune and CONFIRMS not in trial.user_attrs
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
                 raise StopTrial(
                     "collapsed",
