@@ -129,21 +129,28 @@ def _stop_at_a_checkpoint(watched: Watched, folder: Path) -> str:
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "two workers"])
-def test_the_printed_command_keeps_the_checkpoint_folder_and_keep_none(workers, study_dir, tmp_path):
+def test_the_printed_command_keeps_every_option_of_the_run(workers, study_dir, tmp_path):
+    """The user's report: SIGTERM a run with --checkpoint-dir DIR --keep none, paste the printed
+    command, and the retry started again from epoch 1 with weights in models/. Here with the
+    store, the study name and --quiet as well, in one process and under two workers."""
     write_study(study_dir, train="epochs = 4\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"')
-    options = ["--checkpoint-dir", "ckpt", "--keep", "none", *workers]
+    options = ["--checkpoint-dir", "ckpt", "--keep", "none", "--storage", "sqlite:///runs.db"]
+    options += ["--study-name", "renamed", "--quiet", *workers]
     watched = Watched("--study", "tiny", "--trials", "2", *options, cwd=tmp_path)
     printed = _stop_at_a_checkpoint(watched, tmp_path / "ckpt")
     assert all(o in shlex.split(printed) for o in options), printed
     code, out, err = hpo(*shlex.split(printed), cwd=tmp_path)
     assert code == 0, err[-3000:]
     assert "models/checkpoints" not in err  # retries look where the first run left its checkpoints
-    trials = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db").trials
+    assert "|" not in err  # --quiet: lines, no progress bar
+    trials = optuna.load_study(study_name="renamed", storage="sqlite:///runs.db").trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the two asked for, in the same study
     retried = [t for t in trials if t.state == TrialState.COMPLETE and "resumed_from_epoch" in t.user_attrs]
     # the trial stopped after its checkpoint goes on from it (another, stopped before one, starts again)
     assert any(t.user_attrs["resumed_from_epoch"] >= 1 for t in retried), err[-3000:]
     assert list((tmp_path / "ckpt").glob("*.pt")) == []  # each deleted when its trial ended
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*"))  # --keep none
+    assert not (tmp_path / "storage").exists()  # nothing went to the default store
 
 
 def test_a_quiet_run_in_one_process_ends_as_one_with_workers_does(study_dir, tmp_path):
