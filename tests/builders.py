@@ -30,6 +30,11 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     return path
 
 
+def sha(path: Path) -> str:
+    """A file's sha256 (hex): the same before and after shows that a command left the file untouched."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -150,8 +155,10 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
     folder = root / "studies" / name
     folder.mkdir(parents=True, exist_ok=True)
     toml = (
-        f'description = "LeNet-5 on Fashion-MNIST: lr, momentum, batch size"\nseed = 7\n\n[train]\nepochs = {REPORT_EPOCHS}\n\n'
-        "[search]\nlr = { low = 1e-4, high = 0.3, log = true }\nmomentum = [0.5, 0.9, 0.99]\nbatch_size = [64, 128, 256]\n"
+        'description = "LeNet-5 on Fashion-MNIST: lr, momentum, batch size"\nseed = 7\n\n'
+        f"[train]\nepochs = {REPORT_EPOCHS}\n\n"
+        "[search]\nlr = { low = 1e-4, high = 0.3, log = true }\n"
+        "momentum = [0.5, 0.9, 0.99]\nbatch_size = [64, 128, 256]\n"
     )
     (folder / "study.toml").write_text(toml)
     db = root / storage_file
@@ -247,7 +254,40 @@ def build_report_study(root, name="lenet_lr", kind="full", storage_file="storage
     return folder, url
 
 
-# ---------------------------------------------------------------- study folders (tests/test_study.py, test_run.py, test_workers.py)
+# ---------------------------------------------------------------- studies in PostgreSQL
+# (tests/test_workers.py, test_store_faults.py)
+# PostgreSQL runs on loopback on every development and CI machine; each test makes its own study
+# (conftest.py's pg_study) and deletes it: other engineers share the server.
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def assert_exactly(trials, n: int, lost: int | None = None, clean: bool = False) -> None:
+    """n trials that count (lost ones aside), unique numbers, nothing left RUNNING or WAITING;
+    ``lost``: exactly that many lost ones (any number when None). ``clean``, what riding out store
+    faults must leave: besides, no trial that counts failed, and each lost one was retried."""
+    from hpo.storage.store import is_lost
+
+    counted = [t for t in trials if not is_lost(t)]
+    assert len(counted) == n, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
+    assert len({t.number for t in trials}) == len(trials)
+    assert all(t.state in FINISHED for t in trials), [(t.number, t.state.name) for t in trials]
+    gone = [t for t in trials if is_lost(t)]
+    if lost is not None:
+        assert len(gone) == lost, [(t.number, t.state.name) for t in trials]
+    if not clean:
+        return
+    assert not [t.user_attrs.get("reason") for t in counted if t.state == TrialState.FAIL]
+    for t in gone:  # retried with the same parameters, if it had any yet (a retry lost in turn is retried again)
+        assert any(
+            r.system_attrs.get("retry_history", [None])[-1] == t.number and (r.params == t.params or not t.params)
+            for r in trials
+        ), [(r.number, r.state.name, r.system_attrs) for r in trials]
+
+
+# ---------------------------------------------------------------- study folders
+# (tests/test_study.py, test_run.py, test_workers.py)
 
 TINY_STUDY = """
 description = "tiny test study"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
-from builders import build_report_study, make_cifar, write_idx, write_study
+from builders import PG, build_report_study, make_cifar, write_idx, write_study
 
 # Every `python -m hpo.*` subprocess runs this checkout's package, whatever the venv has installed
 # (an editable install of another checkout, a worktree): they inherit this.
@@ -30,7 +32,8 @@ def fashion_mnist_system() -> Path:
     not a skip: ./setup.sh and CI install it, and the tests that need it must run."""
     if not (SYSTEM_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail(
-            f"real Fashion-MNIST not installed at {SYSTEM_FASHION_MNIST} (run ./setup.sh, or apt-get install dataset-fashion-mnist)"
+            f"real Fashion-MNIST not installed at {SYSTEM_FASHION_MNIST} "
+            "(run ./setup.sh, or apt-get install dataset-fashion-mnist)"
         )
     return SYSTEM_FASHION_MNIST
 
@@ -64,7 +67,8 @@ def report_study(tmp_path):
     return lambda kind="full", name="lenet_lr": build_report_study(tmp_path, name=name, kind=kind)
 
 
-# ---------------------------------------------------------------- study fixtures (tests/test_study.py, test_run.py)
+# ---------------------------------------------------------------- study fixtures
+# (tests/test_study.py, test_run.py, test_workers.py, test_store_faults.py, ...)
 
 
 @pytest.fixture
@@ -74,9 +78,22 @@ def study_dir(tmp_path, monkeypatch, fashion_mnist_system):
     return write_study(tmp_path / "studies" / "tiny")
 
 
+@pytest.fixture
+def pg_study(study_dir):
+    """(name, folder): the tiny study in a folder with a unique name, to run against PostgreSQL (PG);
+    the study is deleted from the server afterwards."""
+    name = f"w{uuid.uuid4().hex[:10]}"
+    folder = write_study(study_dir.parent / name)
+    yield name, folder
+    try:
+        optuna.delete_study(study_name=name, storage=PG)
+    except KeyError:
+        pass
+
+
 # ---- hpo.training.nets / hpo.train: a tiny real Fashion-MNIST subset, one thread --------------------------
-# Used by tests/test_train.py (and restore_threads by tests/test_nets.py). The subset is cut once
-# per session from the real files. Runs use one thread: on a shared 2-core machine a 2-thread
+# Used by tests/test_loop.py and test_train.py (and restore_threads by tests/test_nets.py). The subset
+# is cut once per session from the real files. Runs use one thread: on a shared 2-core machine a 2-thread
 # OpenMP pool stalls at every barrier whenever another process holds a core (measured 5-10x
 # slower), and a run is bit-identical at any fixed thread count.
 TRAIN_SUBSET = {"train_size": 2000, "test_size": 1000}

@@ -157,7 +157,7 @@ class Proxy:
         if code in (SSL_REQUEST, GSS_REQUEST):
             return False  # the server answers "no" and the real startup follows
         fields = message[8:].split(b"\0")
-        params = dict(zip(fields[::2], fields[1::2]))
+        params = dict(zip(fields[::2], fields[1::2], strict=True))  # name, value, ..., NUL: the last pair empty
         c.app = params.get(b"application_name", b"").decode()
         if (self.refuse and self.refuse(c.app)) or not self.up:
             c.dead = True

@@ -12,19 +12,25 @@ import time
 from pathlib import Path
 
 
+def start(*args: str, cwd: Path | None = None, env: dict | None = None, module: str = "hpo.run") -> subprocess.Popen:
+    """``python -m MODULE ARGS`` in the background, its stdout and stderr piped (read them with
+    ``communicate``); ``env`` adds to this process's environment."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
 class Watched:
     """``python -m MODULE ARGS`` with its stderr read line by line as it comes (a thread keeps the
     pipe drained, so the process never stalls on a full pipe), and its stdout collected at the end."""
 
     def __init__(self, *args: str, cwd: Path, env: dict | None = None, module: str = "hpo.run"):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
+        self.proc = start(*args, cwd=cwd, env=env, module=module)
         self.lines: list[str] = []
         self.grew = threading.Condition()
         self.out = ""
@@ -89,14 +95,34 @@ def stop(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait()
 
 
-def hpo(*args: str, cwd: Path, env: dict | None = None, module: str = "hpo.run", timeout: float = 300):
-    """Run an entry point to its end: (exit code, stdout, stderr)."""
+class Ran(subprocess.CompletedProcess):
+    """A finished entry point: ``.returncode``, ``.stdout``, ``.stderr``, or unpacked as
+    ``code, out, err = hpo(...)``."""
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
+
+
+def hpo(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    module: str = "hpo.run",
+    timeout: float = 300,
+    inherit: bool = True,
+    check: int | None = None,
+) -> Ran:
+    """Run an entry point to its end. ``env`` adds to this process's environment, or is the whole
+    environment with ``inherit=False``; ``check``: the exit code it must end with (else an
+    AssertionError with the end of its stderr)."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})} if inherit else env,
     )
-    return proc.returncode, proc.stdout, proc.stderr
+    if check is not None:
+        assert proc.returncode == check, proc.stderr[-3000:]
+    return Ran(proc.args, proc.returncode, proc.stdout, proc.stderr)

@@ -4,14 +4,12 @@ hpo.run.main for the many values; real subprocesses for "no traceback" on each e
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from builders import TINY_STUDY, write_study
+from builders import TINY_STUDY, sha, write_study
+from processes import hpo
 
 from hpo import config, run
 from hpo.errors import HpoError
@@ -20,10 +18,6 @@ from hpo.search.study import create_or_resume
 from hpo.storage.store import open_storage
 
 STORE = Path("storage/hpo.db")
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -103,30 +97,24 @@ def test_a_grace_period_shorter_than_the_heartbeat_is_refused(stored, monkeypatc
     assert sha(stored) == before
 
 
-def entry(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def test_no_entry_point_shows_a_traceback_for_a_bad_file_or_folder(stored, study_dir, tmp_path):
     before = sha(stored)
     (tmp_path / "a_file").write_text("x")
     procs = {
         "report --out a_file": (
-            entry("report", "studies/tiny", "--out", "a_file", "--no-png", cwd=tmp_path),
+            hpo("studies/tiny", "--out", "a_file", "--no-png", module="hpo.report", cwd=tmp_path),
             "--out a_file is a file, not a folder",
         ),
         "run objective = 5": (None, None),
     }
     (study_dir / "study.toml").write_text("objective = 5\n" + TINY_STUDY)
     procs["run objective = 5"] = (
-        entry("run", "--study", "tiny", cwd=tmp_path),
+        hpo("--study", "tiny", cwd=tmp_path),
         "objective.metrics must be a non-empty list",
     )
     (study_dir / "study.toml").write_bytes(TINY_STUDY.replace("tiny test study", "caf\u00e9").encode("latin-1"))
     for module, args in (("run", ["--study", "tiny"]), ("train", ["--study", "tiny"]), ("report", ["studies/tiny"])):
-        procs[f"{module} latin-1"] = (entry(module, *args, cwd=tmp_path), "is not UTF-8 text (byte ")
+        procs[f"{module} latin-1"] = (hpo(*args, module=f"hpo.{module}", cwd=tmp_path), "is not UTF-8 text (byte ")
     for name, (proc, words) in procs.items():
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (name, proc.stderr)
         assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr, (name, proc.stderr)

@@ -75,7 +75,10 @@ def test_meter_counts_a_grandchild_nobody_waits_for(tmp_path):
     script.write_text(
         textwrap.dedent("""
         import os, subprocess, sys, time
-        spin = "import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.0: pass\\nprint('done', flush=True)"
+        spin = (
+            "import time\\nt = time.process_time()\\n"
+            "while time.process_time() - t < 1.0: pass\\nprint('done', flush=True)"
+        )
         child = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
         child.stdout.readline()  # the grandchild has spent its second; it is not waited for
         time.sleep(0.6)  # a few samples of the zombie

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 import pytest
 from builders import TINY_STUDY, write_study
+from processes import hpo
 
 STORE = "storage/hpo.db"
-
-
-def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +16,14 @@ def two_studies(tmp_path_factory, fashion_mnist_system):
     write_study(root / "studies" / "lenet")
     write_study(root / "studies" / "cnn", TINY_STUDY.replace('name = "lenet5"', 'name = "simple_cnn"'))
     for name in ("lenet", "cnn"):
-        proc = run("hpo.run", "--study", name, "--trials", "3", "--set", "train.epochs=1", "--keep", "none", cwd=root)
+        proc = hpo("--study", name, "--trials", "3", "--set", "train.epochs=1", "--keep", "none", cwd=root)
         assert proc.returncode == 0, proc.stderr[-2000:]
     return root
 
 
 def test_comparison_report_lays_the_studies_side_by_side(two_studies):
     root = two_studies
-    proc = run("hpo.report", "studies/lenet", "studies/cnn", "--no-png", "--out", "cmp", cwd=root)
+    proc = hpo("studies/lenet", "studies/cnn", "--no-png", "--out", "cmp", module="hpo.report", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "comparison written to cmp/index.html (and report.md)"
     md = (root / "cmp/report.md").read_text()
@@ -52,13 +45,13 @@ def test_comparison_report_lays_the_studies_side_by_side(two_studies):
 
 
 def test_comparison_inputs_are_checked_first(two_studies):
-    proc = run("hpo.report", "studies/lenet", "studies/nope", "--no-png", cwd=two_studies)
+    proc = hpo("studies/lenet", "studies/nope", "--no-png", module="hpo.report", cwd=two_studies)
     assert (
         proc.returncode == 2
         and proc.stderr.startswith("error: no study 'studies/nope'")
         and len(proc.stderr.splitlines()) == 1
     )
-    proc = run("hpo.report", "studies/lenet", "studies/cnn", "--study-name", "x", cwd=two_studies)
+    proc = hpo("studies/lenet", "studies/cnn", "--study-name", "x", module="hpo.report", cwd=two_studies)
     assert (proc.returncode, proc.stderr) == (
         2,
         "error: --study-name names one study; comparing takes each study's name from its folder\n",

@@ -6,12 +6,11 @@ A real tiny study (Fashion-MNIST subset, one epoch) searched, then confirmed, th
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from processes import hpo
 
 from hpo.analysis import findings
 from hpo.search import confirm
@@ -20,19 +19,13 @@ from hpo.search.space import trial_seed
 STORE = "storage/hpo.db"
 
 
-def hpo_run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 def load(cwd: Path) -> optuna.Study:
     return optuna.load_study(study_name="tiny", storage=f"sqlite:///{cwd / STORE}")
 
 
 @pytest.fixture
 def searched(study_dir, tmp_path):
-    proc = hpo_run("--study", "tiny", "--trials", "4", "--set", "train.epochs=1", "--keep", "none", cwd=tmp_path)
+    proc = hpo("--study", "tiny", "--trials", "4", "--set", "train.epochs=1", "--keep", "none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return tmp_path
 
@@ -41,7 +34,7 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     before = load(searched).get_trials()
     sources = confirm.top_sources(before, maximize=True)
     assert len(sources) == 3
-    proc = hpo_run("--study", "tiny", "--confirm", "2", "--set", "train.epochs=1", "--keep", "none", cwd=searched)
+    proc = hpo("--study", "tiny", "--confirm", "2", "--set", "train.epochs=1", "--keep", "none", cwd=searched)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tiny: 6 trials added" in proc.stdout
     trials = load(searched).get_trials()
@@ -70,7 +63,7 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     assert c.sentence in f.headline
 
     # a second --confirm draws new seeds again
-    proc = hpo_run("--study", "tiny", "--confirm", "1", "--set", "train.epochs=1", "--keep", "none", cwd=searched)
+    proc = hpo("--study", "tiny", "--confirm", "1", "--set", "train.epochs=1", "--keep", "none", cwd=searched)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seeds = [t.user_attrs["seed"] for t in load(searched).get_trials()]
     assert len(seeds) == len(trials) + 3 and len(set(seeds)) == len(seeds)
@@ -84,13 +77,13 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     ],
 )
 def test_bad_confirm_is_one_line_and_leaves_no_store(study_dir, tmp_path, args, message):
-    proc = hpo_run("--study", "tiny", *args, cwd=tmp_path)
+    proc = hpo("--study", "tiny", *args, cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (2, message)
     assert not (tmp_path / "storage").exists()
 
 
 def test_confirm_before_any_search_is_one_line(study_dir, tmp_path):
-    proc = hpo_run("--study", "tiny", "--confirm", "2", cwd=tmp_path)
+    proc = hpo("--study", "tiny", "--confirm", "2", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (
         2,
         "error: --confirm: no study 'tiny' in the store yet; run the search first\n",

@@ -18,7 +18,7 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.distributions import FloatDistribution
-from processes import stop
+from processes import hpo, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = "lenet_lr"
@@ -68,10 +68,7 @@ def _free_port() -> int:
 
 
 def _dashboard(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "hpo.dashboard", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
-    )
+    return hpo(*args, module="hpo.dashboard", cwd=cwd, env={"PYTHONPATH": str(ROOT)}, timeout=60)
 
 
 @contextmanager

@@ -240,21 +240,26 @@ def test_batches_in_order_keep_the_last_partial_batch():
 
 def test_batches_shuffle_is_a_seeded_permutation():
     split = _synthetic(CIFAR, 50)
-    run = lambda seed: [y for _, y in data.batches(split, 16, CIFAR, generator=torch.Generator().manual_seed(seed))]
+
+    def run(seed):
+        return [y for _, y in data.batches(split, 16, CIFAR, generator=torch.Generator().manual_seed(seed))]
+
     first = run(1)
     assert [len(y) for y in first] == [16, 16, 16, 2]
     assert sorted(torch.cat(first).tolist()) == list(range(50)) and torch.cat(first).tolist() != list(range(50))
-    assert all(torch.equal(a, b) for a, b in zip(first, run(1)))
+    assert all(torch.equal(a, b) for a, b in zip(first, run(1), strict=True))
     assert not torch.equal(torch.cat(first), torch.cat(run(2)))
 
 
 def test_augmented_batches_are_deterministic():
     split = _synthetic(CIFAR, 40)
-    run = lambda seed: [
-        x for x, _ in data.batches(split, 16, CIFAR, generator=torch.Generator().manual_seed(seed), augment=True)
-    ]
-    assert all(torch.equal(a, b) for a, b in zip(run(7), run(7)))
-    assert not all(torch.equal(a, b) for a, b in zip(run(7), run(8)))
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [x for x, _ in data.batches(split, 16, CIFAR, generator=generator, augment=True)]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(7), run(7), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(run(7), run(8), strict=True))
 
 
 def test_normalised_train_split_is_standard(empty_data_dir):
@@ -284,9 +289,9 @@ def test_augment_is_random_crop_and_flip(info):
     found = []
     for x, y in data.batches(split, 128, info, generator=torch.Generator().manual_seed(0), augment=True):
         assert x.shape == (len(y), info.channels, info.size, info.size)
-        for out, i in zip(_pixels(x, info), y.tolist()):
+        for out, i in zip(_pixels(x, info), y.tolist(), strict=True):
             found.append(_match(out, split.images[i], p))
-    tops, lefts, flips = zip(*found)
+    tops, lefts, flips = zip(*found, strict=True)
     assert set(tops) == set(lefts) == set(range(2 * p + 1))  # every offset of RandomCrop occurs
     if info.flip:
         assert 0.35 < sum(flips) / len(flips) < 0.65
@@ -350,7 +355,7 @@ def test_cifar10_from_a_dropped_tarball(cifar_files):
     shutil.copy(root.parent / "archive" / "cifar-10-python.tar.gz", root)
     got = read_cifar10(root, source=source)  # extracted by torchvision; its url leads nowhere
     assert (root / "cifar-10-batches-py" / "data_batch_5").is_file()
-    assert all(torch.equal(a, b) for a, b in zip(expected[0] + expected[1], got[0] + got[1]))
+    assert all(torch.equal(a, b) for a, b in zip(expected[0] + expected[1], got[0] + got[1], strict=True))
 
 
 def test_cifar10_corrupt_file_fails_the_md5_check(cifar_files):

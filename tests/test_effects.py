@@ -33,7 +33,7 @@ def test_a_real_difference_is_claimed_and_noise_is_not():
     assert out["opt"].sentence.startswith("opt: best at b by partial dependence (")
     assert not out["noise"].clear and out["noise"].sentence.startswith("noise: no clear effect (means ")
     for b in out["opt"].bands:
-        vals = [v for p, v in zip(params, values) if p["opt"] == b.value]
+        vals = [v for p, v in zip(params, values, strict=True) if p["opt"] == b.value]
         assert b.n == len(vals) and b.mean == pytest.approx(np.mean(vals)) and b.lo < b.mean < b.hi
 
 

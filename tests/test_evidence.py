@@ -1,4 +1,5 @@
-"""hpo.analysis.evidence through hpo.analysis.findings: the findings' words against ground-truth studies (tests/truth.py).
+"""hpo.analysis.evidence through hpo.analysis.findings: the findings' words against ground-truth studies
+(tests/truth.py).
 
 Each study's truth is known: the findings must state the true effects and no false ones.
 """

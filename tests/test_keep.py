@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 
 from optuna.trial import TrialState
+from processes import hpo
 
 from hpo import config
 from hpo.search.objective import Objective
@@ -51,13 +50,7 @@ def test_keep_none_keeps_no_file_in_models(study_dir, tmp_path):
 
 def test_an_artifact_folder_that_cannot_be_made_is_one_line_before_the_store(study_dir, tmp_path):
     (tmp_path / "models").write_text("a file where the folder should be")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo("--study", "tiny", "--trials", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == (
         "error: cannot create the artifact folder models for the weights: File exists; "

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import optuna
 import pytest
 from builders import write_study
 from optuna.distributions import FloatDistribution
+from processes import hpo
 
 from hpo import config
 from hpo.errors import HpoError
@@ -103,16 +102,6 @@ def test_bad_stop_settings_are_one_line(stop, message):
 TINY = ("epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1", 'name = "random"')
 
 
-def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "flat", "--quiet", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.fixture
 def flat_study(tmp_path, monkeypatch, fashion_mnist_system):
     monkeypatch.chdir(tmp_path)
@@ -125,7 +114,7 @@ def flat_study(tmp_path, monkeypatch, fashion_mnist_system):
 
 def test_a_real_run_stops_on_a_plateau_and_says_why(flat_study):
     # min_delta 100: no gain counts, so the run stops once 2 trials follow the first
-    proc = run(flat_study, "--trials", "10", "--patience", "2", "--min-delta", "100")
+    proc = hpo("--study", "flat", "--quiet", "--trials", "10", "--patience", "2", "--min-delta", "100", cwd=flat_study)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stopped on a plateau" in proc.stderr and "in the last 2 finished trials" in proc.stderr
     trials = optuna.load_study(study_name="flat", storage=f"sqlite:///{flat_study / 'storage/hpo.db'}").trials
@@ -133,7 +122,20 @@ def test_a_real_run_stops_on_a_plateau_and_says_why(flat_study):
 
 
 def test_every_worker_stops_on_the_plateau(flat_study):
-    proc = run(flat_study, "--trials", "12", "--workers", "2", "--patience", "2", "--min-delta", "100")
+    proc = hpo(
+        "--study",
+        "flat",
+        "--quiet",
+        "--trials",
+        "12",
+        "--workers",
+        "2",
+        "--patience",
+        "2",
+        "--min-delta",
+        "100",
+        cwd=flat_study,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for worker in (0, 1):
         assert f"[worker {worker}] stopped on a plateau" in proc.stderr, proc.stderr[-3000:]

@@ -4,25 +4,19 @@ stores; trials made with optuna.create_trial (training is not the point here).""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from builders import TINY_STUDY, write_study
+from builders import TINY_STUDY, sha, write_study
+from processes import hpo
 
 from hpo import config
 from hpo.errors import HpoError
 from hpo.search.recipe import RECIPES_ATTR, distribution, named, recipes
 from hpo.search.study import create_or_resume
 from hpo.storage.store import open_storage
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def stored_study(tmp_path: Path, text: str = TINY_STUDY, trials: int = 2):
@@ -118,13 +112,7 @@ def test_run_refuses_the_other_folder_in_one_line_and_the_store_is_untouched(tmp
     _, url, db = stored_study(tmp_path)
     write_study(tmp_path / "elsewhere" / "tiny", TINY_STUDY.replace("tiny test study", "another study"))
     before = sha(db)
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "elsewhere/tiny", "--storage", url, "--trials", "1"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo("--study", "elsewhere/tiny", "--storage", url, "--trials", "1", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: study 'tiny' in the store came from")
     assert sha(db) == before

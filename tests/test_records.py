@@ -153,7 +153,7 @@ def test_trials_csv_agrees_with_the_store(real_run):
     with open(folder / "report" / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["number"]) for r in rows] == [t.number for t in study.trials]
-    for row, t in zip(rows, study.trials):
+    for row, t in zip(rows, study.trials, strict=True):
         assert row["state"] == t.state.name
         assert (float(row["value_val_acc"]) if row["value_val_acc"] else None) == t.value
         assert float(row["params_lr"]) == t.params["lr"] and float(row["params_momentum"]) == t.params["momentum"]

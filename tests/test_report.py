@@ -11,12 +11,12 @@ import csv
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
 from builders import REPORT_FAIL_REASON
+from processes import hpo
 
 from hpo import report
 from hpo.analysis import figures
@@ -37,10 +37,9 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """python -m hpo.report in a bare environment: PATH, PYTHONPATH and HOME only."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(cwd)}
-    return subprocess.run(
-        [sys.executable, "-m", "hpo.report", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+    return hpo(*args, module="hpo.report", cwd=cwd, env=env, inherit=False, timeout=120)
 
 
 def figure_ids(page: str) -> set[str]:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
-import subprocess
-import sys
 
 import optuna
 from builders import build_report_study
+from processes import hpo
 
 from hpo.storage.store import open_storage
 
@@ -30,13 +29,7 @@ def test_report_names_lost_trials_and_prints_a_rerun_command_with_the_overrides_
         conn.execute(
             "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour') WHERE trial_id = ?", (lost._trial_id,)
         )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.report", str(folder), "--storage", url, "--no-png"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo(str(folder), "--storage", url, "--no-png", module="hpo.report", cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert (
         f"note: trial #{lost.number} looks lost: RUNNING with no heartbeat for over 30 s (its worker died); "

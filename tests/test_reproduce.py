@@ -6,27 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import optuna
 from builders import write_study
+from processes import hpo
 
 QUICK = ["--set", "seed=5", "--set", "data.train_size=400", "--set", "train.epochs=1", "--set", "data.test_size=100"]
 
 
-def hpo(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 def test_the_printed_configuration_retrains_the_trial_bit_for_bit(study_dir, tmp_path):
     write_study(study_dir, pruner='name = "none"')
-    hpo("run", "--study", "tiny", "--trials", "2", "--keep", "none", "--quiet", *QUICK, cwd=tmp_path)
-    hpo("report", "studies/tiny", "--no-png", cwd=tmp_path)
+    hpo("--study", "tiny", "--trials", "2", "--keep", "none", "--quiet", *QUICK, cwd=tmp_path, timeout=600, check=0)
+    hpo("studies/tiny", "--no-png", module="hpo.report", cwd=tmp_path, timeout=600, check=0)
     md = (study_dir / "report" / "report.md").read_text()
     recipe = re.search(r"Its full configuration, as it ran.*?```toml\n(.*?)```", md, re.S).group(1)
     study = optuna.load_study(study_name="tiny", storage="sqlite:///storage/hpo.db")
@@ -37,6 +28,8 @@ def test_the_printed_configuration_retrains_the_trial_bit_for_bit(study_dir, tmp
     assert "split_seed = 5" in recipe  # the split the trial was scored on: the study seed's
     (tmp_path / "studies" / "again").mkdir()
     (tmp_path / "studies" / "again" / "study.toml").write_text(recipe)
-    result = json.loads(hpo("train", "--study", "again", "--json", cwd=tmp_path).stdout)
+    result = json.loads(
+        hpo("--study", "again", "--json", module="hpo.train", cwd=tmp_path, timeout=600, check=0).stdout
+    )
     assert result["final_val_acc"] == best.value == best.user_attrs["val_acc"]
     assert result["test_acc"] == best.user_attrs["test_acc"]

@@ -1,14 +1,13 @@
-"""Epoch checkpoints and resume (hpo.training.checkpoints, hpo.search.resume, fit's resume entry) and --until (hpo.search.until):
-the loop in process, then python -m hpo.run as users run it, stopped by real signals and kill -9."""
+"""Epoch checkpoints and resume (hpo.training.checkpoints, hpo.search.resume, fit's resume entry) and
+--until (hpo.search.until): the loop in process, then python -m hpo.run as users run it, stopped by
+real signals and kill -9."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from builders import write_study
 from optuna.trial import TrialState
+from processes import hpo, start
 
 from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import fit
@@ -64,7 +64,7 @@ def test_checkpoint_every(train_config, fashion_subset, restore_threads):
         fit(
             train_config(epochs=3, checkpoint_every=every),
             fashion_subset[1],
-            on_checkpoint=lambda s: epochs.append(s["epoch"]),
+            on_checkpoint=lambda s, epochs=epochs: epochs.append(s["epoch"]),
         )
         seen[every] = epochs
     assert seen == {0: [], 1: [1, 2, 3], 2: [2]}
@@ -86,7 +86,7 @@ def test_an_unreadable_checkpoint_is_none_with_one_warning(tmp_path, caplog):
 def test_a_save_that_fails_leaves_the_last_checkpoint_whole(tmp_path):
     store, path = Checkpoints(tmp_path), tmp_path / "t.pt"
     store.save(path, {"epoch": 1, "w": torch.ones(3)})
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):  # "Can't pickle local object": pickle's error for a lambda
         store.save(path, {"epoch": 2, "w": lambda: 0})  # not picklable: fails mid-save
     assert store.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["t.pt"]  # no temporary file left behind
@@ -95,30 +95,6 @@ def test_a_save_that_fails_leaves_the_last_checkpoint_whole(tmp_path):
 # ---------------------------------------------------------------- python -m hpo.run
 
 STUDY = dict(train="epochs = 6\nbatch_size = 64\nlr = 0.05\nthreads = 1", pruner='name = "none"')
-
-
-def hpo_run(*args: str, cwd: Path, env: dict | None = None, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--quiet", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.returncode == code, proc.stderr[-3000:]
-    return proc
-
-
-def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpo.run", "--quiet", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, deadline: float = 120) -> Path:
@@ -145,7 +121,7 @@ def uninterrupted(tmp_path_factory, fashion_mnist_system):
     """The tiny study's one trial, run without a stop: (folder, trial) to compare the resumed ones with."""
     cwd = tmp_path_factory.mktemp("whole")
     write_study(cwd / "studies" / "tiny", **STUDY)
-    hpo_run("--study", "tiny", "--until", "1", "--storage", "sqlite:///whole.db", cwd=cwd)
+    hpo("--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///whole.db", cwd=cwd, check=0)
     (trial,) = trials_of(cwd, "whole.db")
     assert trial.state == TrialState.COMPLETE
     assert not list((cwd / "models" / "checkpoints").glob("*.pt"))  # deleted when the trial ended
@@ -157,7 +133,10 @@ def assert_same_training(cwd: Path, trial, reference) -> None:
     assert trial.params == ref.params and trial.user_attrs["seed"] == ref.user_attrs["seed"]
     assert trial.value == ref.value and trial.user_attrs["test_acc"] == ref.user_attrs["test_acc"]
     assert trial.intermediate_values == ref.intermediate_values  # the whole curve, as the pruner saw it
-    strip = lambda curve: [{k: v for k, v in c.items() if k != "seconds"} for c in curve]
+
+    def strip(curve):
+        return [{k: v for k, v in c.items() if k != "seconds"} for c in curve]
+
     assert strip(trial.user_attrs["curve"]) == strip(ref.user_attrs["curve"])
     a, b = weights(cwd, trial), weights(ref_cwd, ref)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -165,7 +144,7 @@ def assert_same_training(cwd: Path, trial, reference) -> None:
 
 def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir, tmp_path, uninterrupted):
     write_study(study_dir, **STUDY)
-    proc = start("--study", "tiny", "--until", "1", "--storage", "sqlite:///b.db", cwd=tmp_path)
+    proc = start("--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///b.db", cwd=tmp_path)
     try:
         wait_for_checkpoint(tmp_path / "models" / "checkpoints", proc)
         proc.send_signal(signal.SIGTERM)
@@ -182,7 +161,7 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
         TrialState.WAITING,
     )
     assert 1 <= stopped.user_attrs["epochs_run"] < 6  # stopped mid-trial
-    out = hpo_run(*command.split()[3:], cwd=tmp_path)
+    out = hpo("--quiet", *command.split()[3:], cwd=tmp_path, check=0)
     trials = trials_of(tmp_path, "b.db")
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     done = trials[1]
@@ -196,14 +175,14 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
     assert f"trial #1 resumes from its checkpoint after epoch {done.user_attrs['resumed_from_epoch']}" in out.stderr
     assert_same_training(tmp_path, done, uninterrupted)
     assert not list((tmp_path / "models" / "checkpoints").glob("*.pt"))
-    again = hpo_run(*command.split()[3:], cwd=tmp_path)  # idempotent: nothing more to do
+    again = hpo("--quiet", *command.split()[3:], cwd=tmp_path, check=0)  # idempotent: nothing more to do
     assert "1 trials finished, nothing to add" in again.stderr and len(trials_of(tmp_path, "b.db")) == 2
 
 
 def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(study_dir, tmp_path, uninterrupted):
     write_study(study_dir, **STUDY)
     beats = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "2"}
-    proc = start("--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
+    proc = start("--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
     try:
         wait_for_checkpoint(tmp_path / "models" / "checkpoints", proc)
         proc.kill()
@@ -213,7 +192,9 @@ def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(s
     (lost,) = trials_of(tmp_path, "c.db")
     assert lost.state == TrialState.RUNNING  # nobody marked it: its worker died
     # At once: if the heartbeat is not stale yet, the run waits for it (test_until_waits_for_...) rather than leave it.
-    out = hpo_run("--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats)
+    out = hpo(
+        "--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///c.db", cwd=tmp_path, env=beats, check=0
+    )
     lost, done = trials_of(tmp_path, "c.db")
     assert lost.state == TrialState.FAIL and "status" not in lost.user_attrs  # failed as lost, then retried
     assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] >= 1
@@ -223,7 +204,7 @@ def test_kill_9_then_another_run_takes_the_lost_trial_over_from_its_checkpoint(s
 
 def test_an_unreadable_checkpoint_restarts_the_trial_with_one_warning(study_dir, tmp_path, uninterrupted):
     write_study(study_dir, **STUDY)
-    proc = start("--study", "tiny", "--until", "1", "--storage", "sqlite:///d.db", cwd=tmp_path)
+    proc = start("--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///d.db", cwd=tmp_path)
     try:
         path = wait_for_checkpoint(tmp_path / "models" / "checkpoints", proc)
         proc.send_signal(signal.SIGTERM)
@@ -231,7 +212,7 @@ def test_an_unreadable_checkpoint_restarts_the_trial_with_one_warning(study_dir,
     finally:
         proc.kill()
     path.write_bytes(b"not a checkpoint")
-    out = hpo_run("--study", "tiny", "--until", "1", "--storage", "sqlite:///d.db", cwd=tmp_path)
+    out = hpo("--quiet", "--study", "tiny", "--until", "1", "--storage", "sqlite:///d.db", cwd=tmp_path, check=0)
     assert "is unreadable" in out.stderr and "starts again from epoch 1" in out.stderr and "Traceback" not in out.stderr
     done = trials_of(tmp_path, "d.db")[-1]
     assert done.state == TrialState.COMPLETE and done.user_attrs["resumed_from_epoch"] == 0
@@ -242,8 +223,8 @@ def test_until_n_from_two_commands_and_again_ends_with_exactly_n(study_dir, tmp_
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
     # One process, and a supervisor of two workers: three processes share the study.
     procs = [
-        start("--study", "tiny", "--until", "5", "--worker-index", "0", cwd=tmp_path),
-        start("--study", "tiny", "--until", "5", "--workers", "2", "--worker-index", "1", cwd=tmp_path),
+        start("--quiet", "--study", "tiny", "--until", "5", "--worker-index", "0", cwd=tmp_path),
+        start("--quiet", "--study", "tiny", "--until", "5", "--workers", "2", "--worker-index", "1", cwd=tmp_path),
     ]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -251,7 +232,7 @@ def test_until_n_from_two_commands_and_again_ends_with_exactly_n(study_dir, tmp_
     trials = trials_of(tmp_path, "storage/hpo.db")
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 5
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    again = hpo_run("--study", "tiny", "--until", "5", cwd=tmp_path)
+    again = hpo("--quiet", "--study", "tiny", "--until", "5", cwd=tmp_path, check=0)
     assert "5 trials finished, nothing to add (--until 5)" in again.stderr
     assert len(trials_of(tmp_path, "storage/hpo.db")) == len(trials)
 
@@ -298,6 +279,6 @@ def test_until_waits_for_trials_running_elsewhere_and_takes_over_a_lost_one(tmp_
     ],
 )
 def test_bad_until_or_checkpoint_setting_is_one_line(args, message, study_dir, tmp_path):
-    proc = hpo_run("--study", "tiny", *args, cwd=tmp_path, code=2)
+    proc = hpo("--quiet", "--study", "tiny", *args, cwd=tmp_path, check=2)
     assert proc.stderr.strip() == f"error: {message}" or message in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "storage" / "hpo.db").exists()

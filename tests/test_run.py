@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from builders import write_study
+from builders import sha, write_study
+from processes import hpo, start
 
 STORE = "storage/hpo.db"
 
 
 def hpo_run(*args: str, cwd: Path, check_code: int | None = 0) -> subprocess.CompletedProcess:
     """The single-process run (``--workers 1`` unless the test says otherwise): tests/test_workers.py has the rest."""
-    args = args if "--workers" in args else (*args, "--workers", "1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    if check_code is not None:
-        assert proc.returncode == check_code, proc.stderr[-2000:]
-    return proc
+    return hpo(*args, *(() if "--workers" in args else ("--workers", "1")), cwd=cwd, check=check_code)
 
 
 def trials_of(cwd: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / STORE}").trials
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_run_then_resume_adds_to_the_same_study(study_dir, tmp_path):
@@ -103,13 +92,7 @@ def wait_for_running_trial(db: Path, proc: subprocess.Popen, deadline: float = 1
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130)])
 def test_interrupt_marks_the_running_trial_and_says_how_to_resume(sig, code, study_dir, tmp_path):
     write_study(study_dir, train="epochs = 200\nbatch_size = 64\nlr = 0.05\nthreads = 1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "5", "--workers", "1"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start("--study", "tiny", "--trials", "5", "--workers", "1", cwd=tmp_path)
     try:
         wait_for_running_trial(tmp_path / STORE, proc)
         proc.send_signal(sig)
@@ -155,7 +138,8 @@ def one_trial_store(tmp_path_factory, fashion_mnist_system) -> Path:
             ["--storage", "postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db"],
             None,
             None,
-            'cannot open the store postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db: connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "hpo_no_such_db" does not exist',
+            "cannot open the store postgresql+psycopg://postgres@127.0.0.1:5432/hpo_no_such_db: connection failed: "
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  database "hpo_no_such_db" does not exist',
         ),
         (["--storage", "sqlite:///file:storage/hpo.db?mode=ro&uri=true"], None, None, "cannot open the store"),
         (["--trials", "0"], None, None, "--trials must be >= 1"),
@@ -166,7 +150,7 @@ def test_bad_input_is_one_line_and_leaves_the_store_untouched(
 ):
     (tmp_path / "storage").mkdir()
     shutil.copy(one_trial_store, tmp_path / STORE)
-    before = digest(tmp_path / STORE)
+    before = sha(tmp_path / STORE)
     if section:
         write_study(study_dir, **{section: text})
     argv = ["--study", "tiny", "--trials", "1", *args] if "--study" not in args else ["--trials", "1", *args]
@@ -174,7 +158,7 @@ def test_bad_input_is_one_line_and_leaves_the_store_untouched(
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert digest(tmp_path / STORE) == before
+    assert sha(tmp_path / STORE) == before
     assert len(trials_of(tmp_path)) == 1
 
 

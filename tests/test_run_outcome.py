@@ -7,6 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 from builders import write_study
+from processes import start
 
 from hpo import run
 from hpo.errors import HpoError
@@ -57,31 +58,21 @@ def test_two_workers_whose_every_trial_failed_are_an_error(study_dir):
 def test_ctrl_c_prints_no_optuna_failure_warnings(study_dir, tmp_path):
     import signal
     import sqlite3
-    import subprocess
-    import sys
     import time
 
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpo.run",
-            "--study",
-            "tiny",
-            "--trials",
-            "2",
-            "--keep",
-            "none",
-            "--quiet",
-            "--set",
-            "train.epochs=50",
-            "--set",
-            "data.train_size=300",
-        ],
+    proc = start(
+        "--study",
+        "tiny",
+        "--trials",
+        "2",
+        "--keep",
+        "none",
+        "--quiet",
+        "--set",
+        "train.epochs=50",
+        "--set",
+        "data.train_size=300",
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     deadline, db = time.monotonic() + 120, tmp_path / "storage" / "hpo.db"
     while time.monotonic() < deadline and proc.poll() is None:  # a trial RUNNING with an epoch recorded: it trains
@@ -107,17 +98,9 @@ def sigterm_caught(pid: int) -> bool:
 
 def test_sigterm_before_the_first_trial_ends_with_a_line(study_dir, tmp_path):
     import signal
-    import subprocess
-    import sys
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--trials", "1", "--keep", "none"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start("--study", "tiny", "--trials", "1", "--keep", "none", cwd=tmp_path)
     deadline = time.monotonic() + 60
     while not sigterm_caught(proc.pid) and time.monotonic() < deadline:  # the handler is in: hpo's code runs
         time.sleep(0.005)

@@ -4,14 +4,14 @@ leaves the store byte for byte (SQLite's sha256) or table for table (PostgreSQL)
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+from builders import sha
+from processes import hpo
 
 from hpo.errors import HpoError
 from hpo.storage import schema
@@ -19,20 +19,10 @@ from hpo.storage import schema
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def hpo(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"hpo.{module}", *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
-
-
 def refused(proc: subprocess.CompletedProcess, words: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -63,14 +53,14 @@ def test_readers_refuse_what_is_not_a_store_and_write_nothing(module, tmp_path, 
         (f"sqlite:///{tmp_path}/missing.db?timeout=5", f"no store at {tmp_path}/missing.db: run"),
         (f"sqlite:///{other_db}?timeout=5", "is not an Optuna store"),
     ):
-        refused(hpo(module, *head, "--storage", url, cwd=tmp_path), words)
+        refused(hpo(*head, "--storage", url, module=f"hpo.{module}", cwd=tmp_path), words)
     assert {p: sha(p) for p in before} == before
     assert not (tmp_path / "missing.db").exists()
 
 
 def test_run_refuses_another_programs_sqlite_database(tmp_path, other_db, study_folder):
     before = sha(other_db)
-    refused(hpo("run", "--study", "tiny", "--storage", f"sqlite:///{other_db}", cwd=tmp_path), "is not an Optuna store")
+    refused(hpo("--study", "tiny", "--storage", f"sqlite:///{other_db}", cwd=tmp_path), "is not an Optuna store")
     assert sha(other_db) == before
     with sqlite3.connect(other_db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
@@ -79,7 +69,7 @@ def test_run_refuses_another_programs_sqlite_database(tmp_path, other_db, study_
 def test_a_port_that_is_not_a_number_is_one_line_with_the_password_masked(tmp_path, study_folder):
     url = "postgresql+psycopg://me:hunter2@127.0.0.1:abc/db"
     for module, args in (("report", ["studies/tiny"]), ("dashboard", []), ("run", ["--study", "tiny"])):
-        proc = hpo(module, *args, "--storage", url, cwd=tmp_path)
+        proc = hpo(*args, "--storage", url, module=f"hpo.{module}", cwd=tmp_path)
         refused(proc, "the port must be a number")
         assert "hunter2" not in proc.stderr
 
@@ -123,16 +113,16 @@ def pg_database():
 
 def test_postgresql_readers_create_no_tables_and_writers_refuse_a_foreign_schema(pg_database, tmp_path, study_folder):
     url, engine, tables = pg_database
-    refused(hpo("report", "studies/tiny", "--storage", url, cwd=tmp_path), "(an empty database)")
-    refused(hpo("dashboard", "--storage", url, cwd=tmp_path), "(an empty database)")
+    refused(hpo("studies/tiny", "--storage", url, module="hpo.report", cwd=tmp_path), "(an empty database)")
+    refused(hpo("--storage", url, module="hpo.dashboard", cwd=tmp_path), "(an empty database)")
     assert tables() == []
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE invoices (id int)")
     refused(
-        hpo("run", "--study", "tiny", "--storage", url, cwd=tmp_path),
+        hpo("--study", "tiny", "--storage", url, cwd=tmp_path),
         "is not an Optuna store: it holds other tables (invoices)",
     )
-    refused(hpo("report", "studies/tiny", "--storage", url, cwd=tmp_path), "is not an Optuna store")
+    refused(hpo("studies/tiny", "--storage", url, module="hpo.report", cwd=tmp_path), "is not an Optuna store")
     assert tables() == ["invoices"]
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import optuna
+from processes import start
 
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan
 
@@ -23,30 +22,22 @@ URL = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:5432/test"
 
 def test_workers_get_the_store_url_through_the_environment_never_argv(study_dir, tmp_path):
     name = f"tiny_wt11_{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hpo.run",
-            "--study",
-            "tiny",
-            "--study-name",
-            name,
-            "--trials",
-            "2",
-            "--workers",
-            "2",
-            "--keep",
-            "none",
-            "--storage",
-            URL,
-            "--set",
-            "data.train_size=300",
-        ],
+    proc = start(
+        "--study",
+        "tiny",
+        "--study-name",
+        name,
+        "--trials",
+        "2",
+        "--workers",
+        "2",
+        "--keep",
+        "none",
+        "--storage",
+        URL,
+        "--set",
+        "data.train_size=300",
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         pids, lines, deadline = [], [], time.monotonic() + 120

@@ -3,13 +3,11 @@ asked through a single-objective shadow of the curves; the trial's result stays 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import optuna
 import pytest
 from builders import write_study
 from optuna.trial import TrialState
+from processes import hpo
 
 from hpo.search import shadow
 
@@ -77,13 +75,7 @@ def test_an_accuracy_vs_time_study_prunes_and_reports_its_pareto_front(tmp_path,
     (folder / "study.toml").write_text(
         (folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "mo", "--trials", "8", "--quiet", "--keep", "none"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo("--study", "mo", "--trials", "8", "--quiet", "--keep", "none", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     url = f"sqlite:///{tmp_path / 'storage/hpo.db'}"
     study = optuna.load_study(study_name="mo", storage=url)
@@ -93,13 +85,7 @@ def test_an_accuracy_vs_time_study_prunes_and_reports_its_pareto_front(tmp_path,
     assert all(t.user_attrs["epochs_run"] < 3 and "median pruner" in t.user_attrs["reason"] for t in pruned)
     assert all(len(t.values) == 2 for t in complete) and len(study.directions) == 2  # still multi-objective
     assert all(t.intermediate_values == {} for t in study.trials)  # nothing reported to the real study
-    report = subprocess.run(
-        [sys.executable, "-m", "hpo.report", "studies/mo", "--no-png"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = hpo("studies/mo", "--no-png", module="hpo.report", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     md = (folder / "report" / "report.md").read_text()
     front = len(study.best_trials)

@@ -3,14 +3,13 @@ define-by-run sampling (hpo.search.space) on a real tiny study."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import optuna
 import pytest
 from builders import write_study
+from processes import hpo
 
 from hpo import config
 from hpo.errors import HpoError
@@ -107,12 +106,15 @@ def test_branches_with_the_same_range_share_one_name():
             r"^search: conditions form a cycle: activation -> optimizer -> activation$",
         ),
         (
-            'optimizer = ["sgd", "adam", "adamw"]\nlr = [{ low = 0.001, high = 0.3, when = { optimizer = ["sgd", "adam"] } }, '
+            'optimizer = ["sgd", "adam", "adamw"]\n'
+            'lr = [{ low = 0.001, high = 0.3, when = { optimizer = ["sgd", "adam"] } }, '
             '{ low = 1e-5, high = 0.01, when = { optimizer = ["adam", "adamw"] } }]',
-            r"^search.lr: two ranges overlap \(when optimizer in \['sgd', 'adam'\] and when optimizer in \['adam', 'adamw'\]\)",
+            r"^search.lr: two ranges overlap "
+            r"\(when optimizer in \['sgd', 'adam'\] and when optimizer in \['adam', 'adamw'\]\)",
         ),
         (
-            'optimizer = ["sgd", "adam"]\nlr = [{ low = 0.001, high = 0.3 }, { low = 1e-5, high = 0.01, when = { optimizer = "adam" } }]',
+            'optimizer = ["sgd", "adam"]\n'
+            'lr = [{ low = 0.001, high = 0.3 }, { low = 1e-5, high = 0.01, when = { optimizer = "adam" } }]',
             r"^search.lr\[0\]: a setting with several ranges needs a `when` in each",
         ),
         (
@@ -190,13 +192,7 @@ def test_a_conditional_study_samples_every_branch_and_nothing_of_the_others(
     (tmp_path / "studies" / "cond" / "study.toml").write_text(
         (tmp_path / "studies" / "cond" / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "cond", "--trials", "6", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo("--study", "cond", "--trials", "6", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = optuna.load_study(study_name="cond", storage=f"sqlite:///{tmp_path / 'storage/hpo.db'}").trials
     assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -1,4 +1,5 @@
-"""hpo.storage.store: opening the study store safely (real SQLite files; PostgreSQL faults are in test_store_faults.py)."""
+"""hpo.storage.store: opening the study store safely (real SQLite files; PostgreSQL faults are in
+test_store_faults.py, the classification of store errors in test_faults.py)."""
 
 from __future__ import annotations
 

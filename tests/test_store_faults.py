@@ -1,35 +1,29 @@
-"""hpo.storage.faults and the store's fault handling: PostgreSQL cut at a chosen phase, with one worker and
-with two, for a moment (under $HPO_STORE_WAIT_S: ridden out) and for long (over it: exit 75, and the
-supervisor starts the worker again). The cuts come from tests/pgproxy.py on a statement the test
-names, and end on a line the test waits for: no sleeps, no timing.
+"""The store's fault handling (hpo.storage.store with hpo.storage.faults): PostgreSQL cut at a chosen
+phase, with one worker and with two, for a moment (under $HPO_STORE_WAIT_S: ridden out) and for long
+(over it: exit 75, and the supervisor starts the worker again). The cuts come from tests/pgproxy.py
+on a statement the test names, and end on a line the test waits for: no sleeps, no timing. The
+classification of the errors itself (no server) is in tests/test_faults.py.
 
 Each study here has its own name and is deleted afterwards (other engineers share the server)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 import optuna
-import psycopg
 import pytest
-import sqlalchemy.exc
-from builders import write_study
+from builders import PG, assert_exactly, write_study
 from optuna.trial import TrialState
 from pgproxy import Proxy, Trigger
+from processes import start
 
 from hpo.storage import faults, store
 from hpo.storage.store import is_lost
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 TRAIN = "epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1"
 BRIEF = {"HPO_HEARTBEAT_S": "1", "HPO_GRACE_S": "20", "HPO_STORE_WAIT_S": "20"}  # a cut ends long before the wait
 SEARCH = "lr = { low = 0.01, high = 0.05 }"  # no trial diverges: each reaches the phases the cuts wait for
@@ -40,14 +34,7 @@ class Run:
     """``python -m hpo.run`` in the background, its stderr lines collected as they come."""
 
     def __init__(self, *args: str, cwd, env: dict):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hpo.run", *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
+        self.proc = start(*args, cwd=cwd, env=env)
         self.lines: list[str] = []
         self.out: list[str] = []
         self.readers = [
@@ -94,81 +81,18 @@ class Run:
 
 
 @pytest.fixture
-def pg_study(study_dir):
-    """A study folder with a unique name, deleted from PostgreSQL afterwards."""
-    name = f"f{uuid.uuid4().hex[:10]}"
-    folder = write_study(study_dir.parent / name, train=TRAIN, search=SEARCH)
-    yield name, folder
-    try:
-        optuna.delete_study(study_name=name, storage=PG)
-    except KeyError:
-        pass
+def pg_study(pg_study):
+    """conftest's PostgreSQL study, with one-epoch trials that never diverge."""
+    name, folder = pg_study
+    write_study(folder, train=TRAIN, search=SEARCH)
+    return name, folder
 
 
 def trials_of(name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=PG).trials
 
 
-def assert_exactly(trials, n: int, lost: int | None = 0) -> None:
-    """n trials that count, unique numbers, nothing left RUNNING or WAITING; ``lost`` lost ones
-    (each retried), or any number when None."""
-    counted = [t for t in trials if not is_lost(t)]
-    assert len(counted) == n, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
-    assert len({t.number for t in trials}) == len(trials)
-    assert all(t.state in FINISHED for t in trials), [(t.number, t.state.name) for t in trials]
-    assert not [t.user_attrs.get("reason") for t in counted if t.state == TrialState.FAIL]
-    gone = [t for t in trials if is_lost(t)]
-    if lost is not None:
-        assert len(gone) == lost, [(t.number, t.state.name) for t in trials]
-    for t in gone:  # retried with the same parameters, if it had any yet (a retry lost in turn is retried again)
-        assert any(
-            r.system_attrs.get("retry_history", [None])[-1] == t.number and (r.params == t.params or not t.params)
-            for r in trials
-        ), [(r.number, r.state.name, r.system_attrs) for r in trials]
-
-
-# ---------------------------------------------------------------- the classification
-
-
-@pytest.mark.parametrize(
-    "error, kind",
-    [
-        (psycopg.errors.lookup("40001")("could not serialize access"), faults.TRANSIENT),
-        (psycopg.errors.lookup("40P01")("deadlock detected"), faults.TRANSIENT),
-        (psycopg.errors.lookup("57P01")("terminating connection due to administrator command"), faults.TRANSIENT),
-        (psycopg.errors.lookup("57P03")("the database system is starting up"), faults.TRANSIENT),
-        (psycopg.errors.lookup("08006")("connection failure"), faults.TRANSIENT),
-        (psycopg.OperationalError("server closed the connection unexpectedly"), faults.TRANSIENT),  # no SQLSTATE
-        (psycopg.errors.lookup("28P01")("password authentication failed"), faults.SETUP),
-        (psycopg.errors.lookup("3D000")("database does not exist"), faults.SETUP),
-        (psycopg.errors.lookup("42P01")("relation does not exist"), faults.SETUP),
-        (sqlalchemy.exc.ArgumentError("Could not parse SQLAlchemy URL"), faults.SETUP),
-        (faults.StoreLost("out of reach"), faults.LOST),
-        (ValueError("a bug"), None),
-    ],
-)
-def test_store_errors_are_classified_by_class_and_sqlstate(error, kind):
-    assert faults.kind(error) == kind
-    # The same, as SQLAlchemy and Optuna wrap it.
-    wrapped = sqlalchemy.exc.OperationalError("SELECT 1", {}, error)
-    if isinstance(error, (psycopg.Error, sqlite3.Error)):
-        try:
-            raise optuna.exceptions.StorageInternalError("commit failed") from wrapped
-        except optuna.exceptions.StorageInternalError as e:
-            assert faults.kind(e) == kind
-
-
-def test_a_busy_sqlite_and_an_invalidated_connection_are_transient(tmp_path):
-    path = tmp_path / "busy.db"
-    holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("CREATE TABLE t (x)")
-    holder.execute("BEGIN IMMEDIATE")
-    with pytest.raises(sqlite3.OperationalError) as busy:
-        sqlite3.connect(path, timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
-    assert faults.kind(busy.value) == faults.TRANSIENT  # SQLITE_BUSY
-    holder.execute("ROLLBACK")
-    invalidated = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("gone"), connection_invalidated=True)
-    assert faults.kind(invalidated) == faults.TRANSIENT
+# ---------------------------------------------------------------- the store out of reach, and lost trials
 
 
 def test_a_refusing_server_is_setup_at_once_and_an_absent_one_is_waited_for(monkeypatch):
@@ -269,7 +193,7 @@ def test_one_worker_rides_out_a_brief_cut_in_every_phase(pg_study, tmp_path):
     ride_out(run, proxy, len(order))
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "error" not in run.err
-    assert_exactly(trials_of(name), 3)  # no trial lost, none written twice
+    assert_exactly(trials_of(name), 3, lost=0, clean=True)  # no trial lost, none written twice
 
 
 def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_study, tmp_path):
@@ -294,7 +218,7 @@ def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_st
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "stopped early" not in run.err and "lost the store" not in run.err
     trials = trials_of(name)
-    assert_exactly(trials, 4)
+    assert_exactly(trials, 4, lost=0, clean=True)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
@@ -315,7 +239,7 @@ def test_a_long_cut_stops_the_workers_with_75_and_the_supervisor_starts_them_aga
     assert run.finish() == 0, run.err
     assert len(re.findall(r"\[worker \d\] pid \d+ lost the store after", run.err)) == 2, run.err
     assert "Traceback" not in run.err and "stopped early" not in run.err
-    assert_exactly(trials_of(name), 4, lost=None)
+    assert_exactly(trials_of(name), 4, lost=None, clean=True)
     assert any(is_lost(t) for t in trials_of(name))  # the cut caught a trial in training
 
 
@@ -340,7 +264,7 @@ def test_one_worker_stops_with_75_after_a_long_cut_and_the_resume_retries_its_tr
     resume = Run("--study", name, "--trials", "2", "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=env)
     assert resume.finish() == 0, resume.err
     trials = trials_of(name)
-    assert_exactly(trials, 2, lost=1)
+    assert_exactly(trials, 2, lost=1, clean=True)
     assert [t.number for t in trials if is_lost(t)] == [stuck.number]
 
 
@@ -410,35 +334,3 @@ def test_workers_that_never_reach_the_store_are_started_again_at_most_max_restar
     assert run.lines[-1].startswith("error: 2 worker(s) stopped early"), run.err
     assert "the study got 0 of the 2 trials" in run.lines[-1]
     assert trials_of(name) == []
-
-
-def test_a_session_left_by_a_lost_connection_is_transient():
-    """Optuna's fallback query after a lost connection meets SQLAlchemy's PendingRollbackError,
-    raised while handling the lost connection and wrapped by Optuna."""
-    try:
-        try:
-            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed"))
-        except sqlalchemy.exc.OperationalError:
-            try:
-                raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")
-            except sqlalchemy.exc.PendingRollbackError as e:
-                raise optuna.exceptions.StorageInternalError("commit failed") from e
-    except optuna.exceptions.StorageInternalError as e:
-        assert faults.kind(e) == faults.TRANSIENT
-
-
-def test_an_error_raised_while_handling_a_lost_store_counts_as_lost():
-    try:
-        try:
-            raise faults.StoreLost("out of reach")
-        except faults.StoreLost:
-            raise UnboundLocalError("cleaning up failed")  # what Optuna's _run_trial raises then
-    except UnboundLocalError as e:
-        assert faults.kind(e) == faults.LOST
-    try:
-        try:
-            raise psycopg.OperationalError("server closed the connection unexpectedly")
-        except psycopg.OperationalError:
-            raise faults.StoreSetupError("no such database")
-    except faults.StoreSetupError as e:
-        assert faults.kind(e) == faults.SETUP  # its own kind first

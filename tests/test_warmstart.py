@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -11,6 +9,7 @@ import optuna
 import pytest
 from builders import write_study
 from optuna.distributions import CategoricalDistribution, FloatDistribution
+from processes import hpo
 
 from hpo import config
 from hpo.errors import HpoError
@@ -101,16 +100,11 @@ def test_a_real_run_starts_with_the_warm_trials_and_marks_them(tmp_path, monkeyp
     (folder / "study.toml").write_text(
         (folder / "study.toml").read_text().replace("train_size = 2000", "train_size = 300")
     )
-    base = [sys.executable, "-m", "hpo.run", "--study", "this", "--storage", url, "--quiet", "--keep", "none"]
-    bad = subprocess.run(base + ["--trials", "3", "--warm-start", "nope"], capture_output=True, text=True, timeout=300)
+    base = ["--study", "this", "--storage", url, "--quiet", "--keep", "none"]
+    bad = hpo(*base, "--trials", "3", "--warm-start", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --warm-start: no study 'nope'")
     assert "this" not in optuna.get_all_study_names(url)  # bad input never touches the store
-    proc = subprocess.run(
-        base + ["--trials", "3", "--warm-start", "src", "--warm-start-trials", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = hpo(*base, "--trials", "3", "--warm-start", "src", "--warm-start-trials", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "first 2 warm-started from src#1, src#2" in proc.stderr
     trials = optuna.load_study(study_name="this", storage=url).trials
@@ -119,12 +113,7 @@ def test_a_real_run_starts_with_the_warm_trials_and_marks_them(tmp_path, monkeyp
     assert trials[0].params["lr"] == 0.2 and 0.5 <= trials[0].params["momentum"] <= 0.95  # 0.99 is outside: sampled
     assert trials[1].params["momentum"] == 0.6 and trials[1].params["lr"] != 0.9  # lr 0.9 is outside: sampled
     assert trials[0].user_attrs["config"]["train"]["lr"] == 0.2
-    report = subprocess.run(
-        [sys.executable, "-m", "hpo.report", "studies/this", "--storage", url, "--no-png"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    report = hpo("studies/this", "--storage", url, "--no-png", module="hpo.report")
     assert report.returncode == 0, report.stderr[-2000:]
     md = (folder / "report" / "report.md").read_text()
     assert "#0 from `src#1`" in md and "#1 (warm start)" in md

@@ -12,33 +12,18 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy.exc
-from builders import write_study
+from builders import FINISHED, PG, assert_exactly, write_study
 from optuna.trial import TrialState
+from processes import hpo, start
 
 from hpo.storage.store import is_lost
 
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 STORE = "storage/hpo.db"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpo.run", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
@@ -79,26 +64,6 @@ def training(name: str, url: str):
     return [t for t in trials_of(name, url) if t.state == TrialState.RUNNING and t.intermediate_values]
 
 
-def assert_exactly(trials, n: int) -> None:
-    """n trials that count (lost ones aside), unique numbers, nothing left RUNNING or WAITING."""
-    counted = [t for t in trials if not is_lost(t)]
-    assert len(counted) == n, [(t.number, t.state.name) for t in trials]
-    assert len({t.number for t in trials}) == len(trials)
-    assert all(t.state in FINISHED for t in trials), [(t.number, t.state.name) for t in trials]
-
-
-@pytest.fixture
-def pg_study(study_dir):
-    """A study folder with a unique name, deleted from PostgreSQL afterwards."""
-    name = f"w{uuid.uuid4().hex[:10]}"
-    folder = write_study(study_dir.parent / name)
-    yield name, folder
-    try:
-        optuna.delete_study(study_name=name, storage=PG)
-    except KeyError:
-        pass
-
-
 @pytest.mark.parametrize("k", [2, 4])
 def test_k_workers_on_sqlite_add_exactly_n_while_readers_read(k, study_dir, tmp_path):
     write_study(study_dir, train="epochs = 1\nbatch_size = 64\nlr = 0.05\nthreads = 1")
@@ -111,13 +76,7 @@ def test_k_workers_on_sqlite_add_exactly_n_while_readers_read(k, study_dir, tmp_
         trials = trials_of("tiny", url)
         counts.append(len([t for t in trials if t.state in FINISHED]))
         if report is None and any(t.state == TrialState.COMPLETE for t in trials):
-            report = subprocess.Popen(
-                [sys.executable, "-m", "hpo.report", "studies/tiny", "--no-png"],
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            report = start("studies/tiny", "--no-png", module="hpo.report", cwd=tmp_path)
         time.sleep(0.1)
     out, err = finish(proc)
     assert proc.returncode == 0, err[-3000:]
@@ -237,13 +196,7 @@ def test_a_crashing_or_diverging_trial_does_not_stop_the_other_workers(study_dir
 
 @pytest.mark.parametrize("workers", ["0", "many"])
 def test_a_bad_worker_count_is_one_line_and_no_store(workers, study_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpo.run", "--study", "tiny", "--workers", workers],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = hpo("--study", "tiny", "--workers", workers, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: --workers must be a number >= 1 or auto, got {workers!r}"
     ], proc.stderr
