@@ -37,6 +37,8 @@ def test_workers_get_the_store_url_through_the_environment_never_argv(study_dir,
         URL,
         "--set",
         "data.train_size=300",
+        "--set",
+        "train.epochs=30",  # workers that outlive the reads of their /proc entries on a busy machine
         cwd=tmp_path,
     )
     try:
