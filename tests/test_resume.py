@@ -153,7 +153,8 @@ def test_sigterm_then_the_printed_command_goes_on_from_the_checkpoint(study_dir,
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     command = re.search(r"resume with: (python -m hpo.run .*)$", err, re.M).group(1)
-    assert command == "python -m hpo.run --study tiny --until 1 --storage sqlite:///b.db"
+    # the store and --until, and since the plan (issue 19) every option given, --quiet too
+    assert command == "python -m hpo.run --study tiny --until 1 --storage sqlite:///b.db --quiet"
     stopped, retry = trials_of(tmp_path, "b.db")
     assert (stopped.state, stopped.user_attrs["status"], retry.state) == (
         TrialState.FAIL,
