@@ -165,3 +165,13 @@ def test_until_below_what_the_study_holds_says_how_many_it_holds(study_dir, tmp_
     assert code == 0, err[-3000:]
     code, _, err = hpo("--study", "tiny", "--until", "2", cwd=tmp_path)
     assert code == 0 and "3 trials finished, nothing to add (--until 2)" in err, err[-3000:]
+
+
+def test_the_summary_of_a_study_that_searches_epochs_has_both_columns(study_dir, tmp_path):
+    """A searched `epochs` beside the table's own count of the epochs each trial ran (it crashed the
+    end of every lenet_optimizer run)."""
+    write_study(study_dir, search="epochs = { choices = [1, 2] }\nlr = { low = 0.01, high = 0.1 }")
+    code, out, err = hpo("--study", "tiny", "--trials", "2", cwd=tmp_path)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    header = out.split("best trials:\n")[1].splitlines()[0].split()
+    assert header[:6] == ["trial", "val_acc", "test_acc", "epochs", "run", "epochs"], header

@@ -63,7 +63,8 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
             ]
             for t in best
         ],
-        columns=["trial", *spec.objective.metrics, "test_acc", "epochs", *names],
+        # "epochs run", not "epochs": a study may search `epochs`, and that column holds its value
+        columns=["trial", *spec.objective.metrics, "test_acc", "epochs run", *names],
     )
     lines.append("Pareto front:" if multi else "best trials:")
     widths = {c: 1 + max(len(c), *table[c].str.len()) for c in table.columns[1:]}  # pandas adds one more space
