@@ -13,6 +13,8 @@ import pytest
 from builders import write_study
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.xdist_group("slurm")  # one Slurm at a time: its daemons are the machine's
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "slurm" / "lenet_lr.sbatch"
 RECIPE_STORE = "postgresql+psycopg://hpo@db.example:5432/hpo"
