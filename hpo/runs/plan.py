@@ -209,12 +209,10 @@ class Plan:
         """This process's index among those sharing the study: --worker-index, else the cluster's own."""
         return cli.worker_index(self)
 
-    def but(self, **options) -> Plan:
-        """The same plan with some options changed (a worker's amount, its index)."""
-        return dataclasses.replace(self, options=MappingProxyType({**self.options, **options}))
-
     def for_worker(self, worker: Share, **options) -> Plan:
-        return dataclasses.replace(self.but(**options), worker=worker)
+        """The same plan for one of a supervisor's workers: its share, and the options it runs with
+        (its amount, its index)."""
+        return dataclasses.replace(self, options=MappingProxyType({**self.options, **options}), worker=worker)
 
     @classmethod
     def of(cls, **given) -> Plan:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from hpo import cli
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
 from hpo.records import WORKER_ATTR
-from hpo.runs.lifecycle import left_running_text, numbers
+from hpo.runs.lifecycle import added_trials, left_running_text, numbers
 from hpo.runs.outcome import count_states
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
@@ -358,12 +358,9 @@ class Supervisor:
 
     # ------------------------------------------------------------ reporting
 
-    def added(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-        return [t for t in study.get_trials(deepcopy=False) if t.number not in self.before]
-
     def progress(self) -> None:
         try:
-            added = self.added(self.reader)
+            added = added_trials(self.reader, self.before)
         except Exception as e:
             if not store_error(e):
                 raise
