@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 from hpo.cli import run_main, say
 from hpo.errors import HpoError, reason
-from hpo.storage import schema
+from hpo.storage import faults, schema
 from hpo.storage.store import ARTIFACT_DIR, DEFAULT_STORAGE, redact, sqlite_path
 
 DEFAULT_HOST = "127.0.0.1"
@@ -77,13 +77,12 @@ def open_store(url: str):
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
-    schema.check(url, create=False)  # any query (?timeout=5), an empty file, another program's tables
-
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError
     from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard URL` uses
 
     try:
+        schema.check(url, create=False)  # any query (?timeout=5), an empty file, another program's tables
         storage = get_storage(url)
         storage.get_all_studies()  # fail now, not on the first page load
     except ValueError as e:  # optuna-dashboard could not tell what kind of store the URL names
@@ -93,8 +92,12 @@ def open_store(url: str):
         ) from None
     except ImportError as e:
         raise HpoError(f"no database driver for {redact(url)}: {reason(e)}") from None
-    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
-        raise HpoError(f"cannot read the store {redact(url)}: {reason(e)}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, faults.StoreLost) as e:
+        if faults.kind(e) in (faults.TRANSIENT, faults.LOST):  # nothing to wait for: a person is at the prompt
+            raise HpoError(
+                f"the store {redact(url)} is out of reach ({reason(e)}): start it or mend the network, and run again"
+            ) from None
+        faults.judge(e, f"cannot read the store {redact(url)}")
     return storage
 
 

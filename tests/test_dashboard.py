@@ -319,7 +319,7 @@ def test_missing_store_is_one_line_and_not_created(tmp_path):
     [
         ("not-a-url", "malformed storage URL"),
         ("sqlite://storage/hpo.db", "malformed SQLite URL"),
-        ("postgresql://user:hunter2@127.0.0.1:1/hpo", "cannot read the store postgresql://user:***@"),
+        ("postgresql://user:hunter2@127.0.0.1:1/hpo", "store postgresql://user:***@127.0.0.1:1/hpo is out of reach"),
     ],
 )
 def test_bad_storage_url_is_one_line(tmp_path, url, says):

@@ -86,3 +86,22 @@ def test_an_error_raised_while_handling_a_lost_store_counts_as_lost():
             raise faults.StoreSetupError("no such database")  # noqa: B904 (raised while handling, as the store does)
     except faults.StoreSetupError as e:
         assert faults.kind(e) == faults.SETUP  # its own kind first
+
+
+def test_judge_passes_a_cut_on_and_makes_a_setup_error_one_line():
+    """The one classification every place that reports a database error goes through."""
+    cut = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("server closed the connection"))
+    with pytest.raises(sqlalchemy.exc.OperationalError) as passed:
+        try:
+            raise cut
+        except sqlalchemy.exc.OperationalError as e:
+            faults.judge(e, "cannot read the store X")
+    assert passed.value is cut  # the caller's wait (or exit 75) handles it
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.errors.lookup("3D000")("database does not exist"))
+    with pytest.raises(faults.StoreSetupError) as setup:
+        try:
+            raise refused
+        except sqlalchemy.exc.OperationalError as e:
+            faults.judge(e, "cannot read the store X")
+    assert str(setup.value).startswith("cannot read the store X: ") and "\n" not in str(setup.value)
+    assert "database does not exist" in str(setup.value)

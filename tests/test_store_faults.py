@@ -19,7 +19,7 @@ import pytest
 from builders import PG, assert_exactly, write_study
 from optuna.trial import TrialState
 from pgproxy import Proxy, Trigger
-from processes import start
+from processes import hpo, start
 
 from hpo.storage import faults, store
 from hpo.storage.store import is_lost
@@ -194,6 +194,35 @@ def test_one_worker_rides_out_a_brief_cut_in_every_phase(pg_study, tmp_path):
     assert run.finish() == 0, run.err
     assert "Traceback" not in run.err and "error" not in run.err
     assert_exactly(trials_of(name), 3, lost=0, clean=True)  # no trial lost, none written twice
+
+
+@pytest.mark.parametrize(
+    "options", [[], ["--workers", "2"], ["--confirm", "1"]], ids=["one process", "two workers", "confirm"]
+)
+def test_a_cut_at_the_first_statement_of_the_store_check_is_ridden_out(options, pg_study, tmp_path):
+    """A server that takes the connection and drops it at its first statement (a restart while the
+    workers open the store, a pooler failing over) while hpo asks whether it is an Optuna store:
+    waited out like any other cut, not a setup error. With workers: the supervisor's check, then a
+    worker's; with --confirm, its own check that a search ran first."""
+    name, _ = pg_study
+    searched = 2 if "--confirm" in options else 0
+    if searched:
+        hpo("--study", name, "--trials", str(searched), "--storage", PG, cwd=tmp_path, check=0)
+    workers = ["--workers", "2"] if "--workers" in options else []
+    proxy = Proxy()
+    run = Run("--study", name, "--trials", "2", *options, "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=BRIEF)
+    proxy.on_fire = lambda: len(run.lines)
+    first = (b"BEGIN",)  # the first statement of a process's first connection: the store check's
+    triggers = [Trigger(first)]
+    if workers:
+        supervisor = f"hpo pid {run.proc.pid}"
+        triggers.append(Trigger(first, apps=lambda app: app != supervisor))
+    proxy.cuts_on(triggers)
+    ride_out(run, proxy, len(triggers))
+    assert run.finish() == 0, run.err
+    assert run.count("cut off while opening") == len(triggers), run.err
+    assert "Traceback" not in run.err and "error" not in run.err
+    assert_exactly(trials_of(name), searched + 2, lost=0, clean=True)  # confirm: 2 configurations x 1 seed
 
 
 def test_two_workers_ride_out_brief_cuts_of_a_worker_and_of_the_supervisor(pg_study, tmp_path):

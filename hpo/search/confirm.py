@@ -15,7 +15,7 @@ from hpo.errors import HpoError
 from hpo.records import CONFIRMS, finite, ranked
 from hpo.search.space import trial_seed
 from hpo.search.study import load_existing
-from hpo.storage import schema
+from hpo.storage.store import will_create
 
 TOP = 3  # configurations confirmed
 SEED_STRIDE = 1_000_000  # confirmation seeds sit this far from trial seeds (numbers below it never meet them)
@@ -45,7 +45,7 @@ def _not_searched(spec: StudySpec) -> str:
 
 def require_store(url: str, spec: StudySpec) -> None:
     """Confirmations retrain what a search found: with no store yet, say so before one is created."""
-    if schema.check(url, create=True):
+    if will_create(url):
         raise HpoError(_not_searched(spec))
 
 

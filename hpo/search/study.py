@@ -10,8 +10,9 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage
 
 from hpo.config import STUDY_FILE, StudySpec
-from hpo.errors import HpoError, closest, reason
+from hpo.errors import HpoError, closest
 from hpo.search.recipe import RECIPES_ATTR, check_resume, recipes, study_path
+from hpo.storage import faults
 from hpo.storage.store import redact
 
 SAMPLERS = {
@@ -147,7 +148,7 @@ def create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int = 0, same
     try:
         return _create_or_resume(spec, storage, worker, same_study)
     except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-        raise HpoError(f"cannot open the store {redact(storage.url)} for writing: {reason(e)}") from None
+        faults.judge(e, f"cannot open the store {redact(storage.url)} for writing")
 
 
 def load_existing(storage: RDBStorage, name: str, flag: str = "", missing: str = "") -> optuna.Study:

@@ -19,7 +19,7 @@ import sqlite3
 import optuna
 import sqlalchemy.exc
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, reason
 
 TRANSIENT, SETUP, LOST = "transient", "setup", "lost"
 WRAPPER = "wrapper"  # SQLAlchemy's and Optuna's own errors: setup, unless what they wrap says otherwise
@@ -77,6 +77,15 @@ def kind(error: BaseException) -> str | None:
         if inner in (LOST, TRANSIENT):
             return inner
     return SETUP if found == WRAPPER else found
+
+
+def judge(e: BaseException, what: str) -> None:
+    """Raise what a database error means, for every place that would turn one into a message: a
+    cut or a lost store as itself (the caller's wait, or the entry point's exit 75, handles it),
+    anything else as one line, ``what: why`` (exit 2). Call it in the ``except`` block."""
+    if kind(e) in (TRANSIENT, LOST):
+        raise e
+    raise StoreSetupError(f"{what}: {reason(e)}") from None
 
 
 def _own_kind(e: BaseException) -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from hpo.errors import HpoError, reason
+from hpo.storage import faults
 
 OPTUNA_TABLES = {"studies", "trials", "version_info"}  # present in every Optuna RDB store
 RDB_BACKENDS = ("sqlite", "postgresql", "mysql")
@@ -77,8 +78,8 @@ def _server_tables(url: str, verb: str, engine_kwargs: dict) -> set[str]:
             engine.dispose()
     except ImportError as e:
         raise HpoError(f"no database driver for {redact(url)}: {reason(e)}") from None
-    except sqlalchemy.exc.SQLAlchemyError as e:
-        raise HpoError(f"cannot {verb} the store {redact(url)}: {reason(e)}") from None
+    except sqlalchemy.exc.SQLAlchemyError as e:  # a cut at its first statement is waited out by the caller
+        faults.judge(e, f"cannot {verb} the store {redact(url)}")
 
 
 def check(url: str, *, create: bool, engine_kwargs: dict | None = None) -> bool:

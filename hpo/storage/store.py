@@ -92,21 +92,17 @@ def open_storage(url: str, *, create: bool) -> RDBStorage:
     # PostgreSQL below, through the store's own engine options (it waits for an absent server).
     pg = url.startswith("postgresql")
     new = False if pg else schema.check(url, create=create)
+    wait = env_seconds(STORE_WAIT_ENV, grace)
     if path is not None:
         engine_kwargs = _prepare_sqlite(path, create)
-    elif url.startswith("postgresql"):
-        engine_kwargs = _postgresql_kwargs(url)
+    elif pg:
+        engine_kwargs = _postgresql_kwargs(url, wait)
     else:
         engine_kwargs = {}
-    wait = env_seconds(STORE_WAIT_ENV, grace)
-    if url.startswith("postgresql"):
-        # A lost server is waited for (up to $HPO_STORE_WAIT_S) on every new connection, the
-        # first one included, rather than failing the worker: a restart or a network blip costs
-        # seconds, not trials (WaitForServer, installed before the engine's first connection).
-        engine_kwargs = {**engine_kwargs, "plugins": [WaitForServer.NAME], "hpo_wait_s": wait, "hpo_name": redact(url)}
-    if pg:
-        new = schema.check(url, create=create, engine_kwargs=engine_kwargs)
-    storage = _connect(url, engine_kwargs, heartbeat, grace, wait)
+    if pg:  # inside the wait: a server can take the connection and drop it at the first statement
+        storage, new = _connect(url, engine_kwargs, heartbeat, grace, wait, check=create)
+    else:
+        storage, _ = _connect(url, engine_kwargs, heartbeat, grace, wait)
     if path is not None:
         mode = "BEGIN IMMEDIATE" if create else "BEGIN"
         sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql(mode))
@@ -143,39 +139,62 @@ def _prepare_sqlite(path: Path, create: bool) -> dict:
     return {"connect_args": {"timeout": 60, "isolation_level": None}}
 
 
-def _postgresql_kwargs(url: str) -> dict:
+def _postgresql_kwargs(url: str, wait: int) -> dict:
     """pre_ping: a restarted server leaves dead pooled connections; the ping finds them before use.
     connect_timeout: an unreachable host fails in seconds, not at the kernel's TCP timeout;
-    application_name: pg_stat_activity shows which process holds which connection."""
+    application_name: pg_stat_activity shows which process holds which connection.
+    A lost server is waited for (up to ``wait`` s) on every new connection, the first one included,
+    rather than failing the worker: a restart or a network blip costs seconds, not trials
+    (WaitForServer, installed before the engine's first connection)."""
     defaults = {"connect_timeout": 10, "application_name": f"hpo pid {os.getpid()}"}
-    return {"pool_pre_ping": True, "connect_args": {k: v for k, v in defaults.items() if k not in url}}
+    return {
+        "pool_pre_ping": True,
+        "connect_args": {k: v for k, v in defaults.items() if k not in url},
+        "plugins": [WaitForServer.NAME],
+        "hpo_wait_s": wait,
+        "hpo_name": redact(url),
+    }
 
 
-def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: int) -> Store:
-    """Optuna's storage, opened (engine, tables, schema version) within the wait: a cut in the
-    middle of opening is opened again; what waiting would not change is one line (HpoError)."""
-    attempt, deadline = 0, None
+def _connect(
+    url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: int, check: bool | None = None
+) -> tuple[Store, bool]:
+    """Optuna's storage, opened (engine, tables, schema version) within the wait. ``check``: first
+    ask whether it is an Optuna store (schema.check, create=check), in the same wait; with it,
+    whether the store is new."""
+
+    def attempt() -> tuple[Store, bool]:
+        new = schema.check(url, create=check, engine_kwargs=engine_kwargs) if check is not None else False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = Store(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+        storage.wait_s, storage.name = wait, redact(url)
+        return storage, new
+
+    return _opening(url, wait, attempt)
+
+
+def _opening(url: str, wait: int, attempt):
+    """``attempt()`` (a step of opening the store), again after a cut for up to ``wait`` s, then
+    ``StoreLost``; what waiting would not change is one line (HpoError)."""
+    races, deadline = 0, None
     while True:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                storage = Store(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat,
-                    grace_period=grace,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-                )
-            storage.wait_s, storage.name = wait, redact(url)
-            return storage
+            return attempt()
         except HpoError:
             raise
         except Exception as e:  # sqlalchemy's errors for bad URLs, unreachable servers, read-only files
             # Workers started at once on a new database race to create Optuna's tables; the loser
             # finds them made a moment later.
-            if attempt < 2 and isinstance(e, sqlalchemy.exc.SQLAlchemyError) and _lost_create_race(e):
-                time.sleep(0.5 + attempt)
-                attempt += 1
+            if races < 2 and isinstance(e, sqlalchemy.exc.SQLAlchemyError) and _lost_create_race(e):
+                time.sleep(0.5 + races)
+                races += 1
                 continue
             kind = faults.kind(e)
             if kind == faults.LOST:
@@ -190,6 +209,15 @@ def _connect(url: str, engine_kwargs: dict, heartbeat: int, grace: int, wait: in
                     f"lost the store {redact(url)}: out of reach for {wait} s ({reason(e)})"
                 ) from None
             time.sleep(0.5)
+
+
+def will_create(url: str) -> bool:
+    """Whether a writer opening ``url`` would create the store (hpo.run --confirm asks before it
+    opens one). Nothing is created; a server is asked within the store's wait, as opening does."""
+    if not url.startswith("postgresql"):
+        return schema.check(url, create=True)
+    wait = env_seconds(STORE_WAIT_ENV, env_seconds(GRACE_ENV, GRACE_S))
+    return _opening(url, wait, lambda: schema.check(url, create=True, engine_kwargs=_postgresql_kwargs(url, wait)))
 
 
 def _lost_create_race(e: Exception) -> bool:
