@@ -25,8 +25,8 @@ def stored_study(tmp_path: Path, text: str = TINY_STUDY, trials: int = 2):
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     storage = open_storage(url, create=True)
     study = create_or_resume(spec, storage)
-    space = {p.name: distribution(p) for p in spec.search}
-    for i in range(trials):
+    space = {p.optuna_name: distribution(p) for p in spec.search if not p.when or p.when[0][1][0] == "sgd"}
+    for i in range(trials):  # each trial in the first branch (sgd) where the space has branches
         params = {n: (d.choices[0] if hasattr(d, "choices") else d.low) for n, d in space.items()}
         study.add_trial(optuna.create_trial(value=50.0 + i, params=params, distributions=space))
     storage.engine.dispose()  # the last connection closed: the WAL is checkpointed into the file we hash
@@ -106,6 +106,31 @@ def test_a_space_optuna_can_sample_from_goes_on_with_a_note_and_keeps_each_versi
     in_force = recipes(study, config.load(spec.folder), 2)[-1]  # the version a run goes on under: the last
     assert versions[0]["from_trial"] <= 1 < in_force["from_trial"] == 2 and in_force == versions[1]
     assert len(resume(url, spec.folder).user_attrs[RECIPES_ATTR]) == 2  # the same recipe again: no new version
+
+
+BRANCHED = TINY_STUDY.replace(
+    "lr = { low = 1e-3, high = 0.5, log = true }",
+    """optimizer = { choices = ["sgd", "adam"] }
+lr = [
+    { low = 1e-3, high = 0.3, log = true, when = { optimizer = "sgd" } },
+    { low = 1e-4, high = 1e-2, log = true, when = { optimizer = "adam" } },
+]
+momentum = { low = 0.5, high = 0.99, when = { optimizer = "sgd" } }""",
+)
+
+
+def test_per_branch_ranges_and_conditions_are_compared_as_they_are(tmp_path, caplog):
+    """The same file again says nothing (its per-branch ranges are lr|sgd and lr|adam, not lr); a
+    condition that moved (momentum under sgd, then under adam) is said, with both conditions."""
+    spec, url, _ = stored_study(tmp_path, BRANCHED)
+    with caplog.at_level(logging.INFO, logger="hpo"):
+        resume(url, spec.folder)
+    assert "search space changed" not in caplog.text, caplog.text
+    moved = BRANCHED.replace('high = 0.99, when = { optimizer = "sgd" }', 'high = 0.99, when = { optimizer = "adam" }')
+    with caplog.at_level(logging.INFO, logger="hpo"):
+        resume(url, spec.folder, moved)
+    assert "search.momentum was searched when optimizer in ['sgd'], now when optimizer in ['adam']" in caplog.text
+    assert "is new" not in caplog.text and "no longer searched" not in caplog.text, caplog.text
 
 
 def test_run_refuses_the_other_folder_in_one_line_and_the_store_is_untouched(tmp_path, fashion_mnist_system):

@@ -67,8 +67,11 @@ def stored_space(trials) -> dict[str, BaseDistribution]:
     return space
 
 
-def space_changes(old: dict[str, BaseDistribution], new: dict[str, BaseDistribution]) -> tuple[list[str], list[str]]:
-    """(what Optuna cannot go on from, what it can): one phrase per changed parameter."""
+def space_changes(
+    old: dict[str, BaseDistribution], new: dict[str, BaseDistribution], unsampled=()
+) -> tuple[list[str], list[str]]:
+    """(what Optuna cannot go on from, what it can): one phrase per changed parameter.
+    ``unsampled``: names the old recipe searched that no trial has drawn yet (a branch not taken)."""
     refused, noted = [], []
     for name in sorted(old.keys() & new.keys()):
         if old[name] == new[name]:
@@ -80,9 +83,34 @@ def space_changes(old: dict[str, BaseDistribution], new: dict[str, BaseDistribut
             refused.append(change)
         else:
             noted.append(change)
-    noted += [f"search.{n} is new" for n in sorted(new.keys() - old.keys())]
+    noted += [f"search.{n} is new" for n in sorted(new.keys() - old.keys() - set(unsampled))]
     noted += [f"search.{n} is no longer searched" for n in sorted(old.keys() - new.keys())]
     return refused, noted
+
+
+def branches(spec: StudySpec) -> dict[str, dict]:
+    """Each conditional parameter's branch, by its Optuna name: the setting and when it is searched
+    (a study attribute: hpo.analysis.branches groups the report by it, and a resume compares it)."""
+    return {
+        p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
+        for p in spec.search
+        if p.when
+    }
+
+
+def condition_changes(old: dict[str, dict], new: dict[str, dict], sampled) -> list[str]:
+    """One phrase per parameter sampled before and searched now whose condition changed (the distribution can be the
+    same while the trials it is drawn in are not: momentum under sgd, then under adam)."""
+
+    def words(branch: dict | None) -> str:
+        when = (branch or {}).get("when") or {}
+        return " and ".join(f"{k} in {list(v)}" for k, v in when.items()) or "always"
+
+    return [
+        f"search.{name} was searched when {words(old.get(name))}, now when {words(new.get(name))}"
+        for name in sorted(sampled)
+        if words(old.get(name)) != words(new.get(name))
+    ]
 
 
 def check_resume(spec: StudySpec, study_id: int, storage, *, same_study: bool = False) -> None:
@@ -97,7 +125,10 @@ def check_resume(spec: StudySpec, study_id: int, storage, *, same_study: bool = 
         )
     trials = storage.get_all_trials(study_id, deepcopy=False)
     old = stored_space(trials)
-    refused, noted = space_changes(old, {p.name: distribution(p) for p in spec.search})
+    new = {p.optuna_name: distribution(p) for p in spec.search}
+    before = attrs.get("branches") or {}
+    refused, noted = space_changes(old, new, unsampled=before)
+    noted += condition_changes(before, branches(spec), old.keys() & new.keys())
     if refused:
         raise HpoError(
             f"study {spec.name!r} cannot go on with this search space: {'; '.join(refused)} "

@@ -11,7 +11,7 @@ from optuna.storages import RDBStorage
 
 from hpo.config import STUDY_FILE, StudySpec
 from hpo.errors import HpoError, closest
-from hpo.search.recipe import RECIPES_ATTR, check_resume, recipes, study_path
+from hpo.search.recipe import RECIPES_ATTR, branches, check_resume, recipes, study_path
 from hpo.storage import faults
 from hpo.storage.store import redact
 
@@ -133,11 +133,7 @@ def study_attrs(spec: StudySpec) -> dict:
         "dataset": b.data.dataset,
         "model": b.model.name,
         # conditional parameters (hpo.analysis.branches groups the report by them): Optuna name -> its branch
-        "branches": {
-            p.optuna_name: {"setting": p.name, "when": {k.split(".")[1]: list(v) for k, v in p.when}}
-            for p in spec.search
-            if p.when
-        },
+        "branches": branches(spec),
     }
 
 
