@@ -89,6 +89,52 @@ def test_bad_sources_are_one_line(tmp_path, name, k, message):
         warmstart.plan(source_store(tmp_path), name, spec(), k)
 
 
+def _other_store(tmp_path: Path, params: list[dict], dists: dict) -> str:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    study = optuna.create_study(study_name="other", storage=url, direction="maximize")
+    for i, p in enumerate(params):
+        study.add_trial(optuna.create_trial(value=80.0 + i, params=p, distributions=dists))
+    return url
+
+
+def test_a_source_with_nothing_in_common_or_this_study_itself_is_refused_in_one_line(tmp_path):
+    url = _other_store(
+        tmp_path,
+        [{"activation": "relu"}, {"activation": "gelu"}],
+        {"activation": CategoricalDistribution(["relu", "gelu"])},
+    )
+    with pytest.raises(
+        HpoError,
+        match=r"^--warm-start: study 'other' searched activation and this study searches "
+        r"lr, momentum, optimizer, warmup_epochs: no setting in common, so nothing to carry over$",
+    ):
+        warmstart.plan(url, "other", spec(), 2)
+    with pytest.raises(HpoError, match=r"^--warm-start this: that is this study itself.*use --confirm K$"):
+        warmstart.plan(source_store(tmp_path), "this", spec(), 2)
+
+
+def test_what_is_carried_over_is_said_and_one_configuration_is_queued_once(tmp_path, caplog):
+    """Two best trials that differ only in what this study does not search are one trial here; a
+    trial whose values all lie outside this study's ranges carries nothing and is not queued."""
+    dists = {"lr": FloatDistribution(1e-4, 1.0, log=True), "batch_size": CategoricalDistribution([32, 64])}
+    url = _other_store(
+        tmp_path,
+        [{"lr": 0.9, "batch_size": 32}, {"lr": 0.05, "batch_size": 32}, {"lr": 0.05, "batch_size": 64}],
+        dists,
+    )
+    with caplog.at_level("INFO", logger="hpo"):
+        planned = warmstart.plan(url, "other", spec(), 3)
+    assert planned == [("other#2", {"optimizer": "sgd", "momentum": 0.9, "lr|sgd": 0.05, "warmup_epochs": 1})]
+    assert (
+        "warm start from 'other': 1 of its best configurations, carrying lr; "
+        "momentum, optimizer, warmup_epochs at this study's base settings" in caplog.text
+    )
+    (tmp_path / "x").mkdir()
+    outside = _other_store(tmp_path / "x", [{"lr": 0.9, "batch_size": 32}], dists)
+    with pytest.raises(HpoError, match="all lie outside this study's ranges"):
+        warmstart.plan(outside, "other", spec(), 3)
+
+
 def test_a_real_run_starts_with_the_warm_trials_and_marks_them(tmp_path, monkeypatch, fashion_mnist_system):
     monkeypatch.chdir(tmp_path)
     url = source_store(tmp_path)

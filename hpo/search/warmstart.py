@@ -10,6 +10,7 @@ into this study is not queued again, so a resumed run counts nothing twice.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from hpo.search.study import load_existing
 from hpo.storage.store import open_storage
 
 ATTR = "warm_start"
+log = logging.getLogger(__name__)
 
 
 def source_name(text: str) -> str:
@@ -59,6 +61,11 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     name = source_name(text)
     if k < 1:
         raise HpoError(f"--warm-start-trials must be >= 1, got {k}")
+    if name == spec.name:
+        raise HpoError(
+            f"--warm-start {text}: that is this study itself, whose best trials are already in it; "
+            f"to retrain them with new seeds use --confirm K"
+        )
     source = load_existing(open_storage(storage_url, create=False), name, flag="--warm-start: ")
     done = [
         t
@@ -67,8 +74,41 @@ def plan(storage_url: str, text: str, spec: StudySpec, k: int) -> list[tuple[str
     ]
     if not done:
         raise HpoError(f"--warm-start: study {name!r} has no complete trial to start from")
-    best = ranked(done, source.directions[0] == StudyDirection.MAXIMIZE)[:k]
-    return [(f"{name}#{t.number}", params_for(t, spec)) for t in best]
+    shared = carried(done, spec)
+    if not shared:
+        theirs = sorted({n.split("|")[0] for t in done for n in t.params})
+        raise HpoError(
+            f"--warm-start: study {name!r} searched {', '.join(theirs) or 'nothing'} and this study searches "
+            f"{', '.join(sorted({p.name for p in spec.search}))}: no setting in common, so nothing to carry over"
+        )
+    planned, seen = [], []
+    for t in ranked(done, source.directions[0] == StudyDirection.MAXIMIZE):
+        params = params_for(t, spec)
+        theirs = {n.split("|")[0] for n in params} & {n.split("|")[0] for n in t.params}
+        # Nothing of its own inside this study's ranges: that would be this study's base setting, not
+        # a warm start; two of its best can be one configuration here (what differed is not searched).
+        if theirs and params not in seen:
+            seen.append(params)
+            planned.append((f"{name}#{t.number}", params))
+        if len(planned) == k:
+            break
+    if not planned:
+        raise HpoError(
+            f"--warm-start: the values study {name!r} found for {', '.join(sorted(shared))} all lie outside "
+            f"this study's ranges, so nothing can be carried over"
+        )
+    rest = sorted({p.name for p in spec.search} - shared)
+    log.info(
+        f"warm start from {name!r}: {len(planned)} of its best configurations, carrying {', '.join(sorted(shared))}"
+        + (f"; {', '.join(rest)} at this study's base settings" if rest else "")
+    )
+    return planned
+
+
+def carried(done: list[FrozenTrial], spec: StudySpec) -> set[str]:
+    """The settings this study searches that the source's trials drew (per-branch names as their setting)."""
+    theirs = {n.split("|")[0] for t in done for n in t.params}
+    return {p.name for p in spec.search} & theirs
 
 
 def enqueue(study: optuna.Study, planned: list[tuple[str, dict]]) -> list[str]:
