@@ -493,8 +493,8 @@ def _stop(raw: Any) -> StopSpec:
     min_delta = _coerce(raw["min_delta"], float, "stop.min_delta") if "min_delta" in raw else None
     if patience < 0:
         raise HpoError(f"stop.patience must be >= 0 (0: never stop early), got {patience}")
-    if min_delta is not None and min_delta < 0:
-        raise HpoError(f"stop.min_delta must be >= 0, got {min_delta}")
+    if min_delta is not None and not (0 <= min_delta < math.inf):  # nan compares false
+        raise HpoError(f"stop.min_delta must be a finite number >= 0, got {min_delta}")
     return StopSpec(patience, min_delta)
 
 

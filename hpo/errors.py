@@ -37,3 +37,8 @@ def reason(error: BaseException, *, typed: bool = False, whole: bool = False, li
     if typed:
         return f"{name}: {text}" if text else name
     return text or name
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 trial", "2 trials": a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

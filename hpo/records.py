@@ -13,6 +13,29 @@ CONFIRMS = "confirms"  # user attr: the number of the trial whose configuration 
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 
 
+def recipe(t: FrozenTrial) -> dict | None:
+    """What a trial trained with, but for its seed (the recorded config, hpo.search.objective):
+    runs are comparable, and may be pooled, only where this is equal. None: not recorded."""
+    config = t.user_attrs.get("config")
+    return {k: v for k, v in config.items() if k != "seed"} if isinstance(config, dict) else None
+
+
+def recipe_changes(old: dict, new: dict) -> list[str]:
+    """ "train.epochs 2 -> 3", one per setting that differs between two recipes."""
+    out = []
+    for section in sorted(old.keys() | new.keys()):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [
+                f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted(a.keys() | b.keys())
+                if a.get(k) != b.get(k)
+            ]
+        elif a != b:
+            out.append(f"{section} {a!r} -> {b!r}")
+    return out
+
+
 def finite(t: FrozenTrial) -> bool:
     """A complete trial whose every value is a number (a diverged value is not)."""
     return t.state == TrialState.COMPLETE and t.values is not None and all(math.isfinite(v) for v in t.values)

@@ -89,3 +89,66 @@ def test_confirm_before_any_search_is_one_line(study_dir, tmp_path):
         "error: --confirm: no study 'tiny' in the store yet; run the search first\n",
     )
     assert not (tmp_path / STORE).exists()  # refused before any store was created
+
+
+def test_confirm_refuses_a_set_that_changes_the_recipe_and_leaves_the_store_as_it_was(searched):
+    before = [(t.number, t.state) for t in load(searched).get_trials()]
+    proc = hpo("--study", "tiny", "--confirm", "1", "--set", "train.epochs=2", "--keep", "none", cwd=searched)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --confirm: trial #") and "(train.epochs 1 -> 2)" in line, line
+    assert "leave out the --set" in line
+    assert [(t.number, t.state) for t in load(searched).get_trials()] == before  # nothing queued
+
+
+@pytest.mark.parametrize("flags", [["--trials", "3"], ["--min-delta", "nan"]])
+def test_options_that_would_be_ignored_or_mean_nothing_are_refused(study_dir, tmp_path, flags):
+    args = ["--confirm", "1", *flags] if flags[0] == "--trials" else flags
+    proc = hpo("--study", "tiny", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    says = "leave out --trials" if flags[0] == "--trials" else "--min-delta must be a finite number >= 0, got nan"
+    assert says in proc.stderr
+    assert not (tmp_path / "storage").exists()
+
+
+def _built(number, value, params, epochs, confirms=None, state=optuna.trial.TrialState.COMPLETE):
+    attrs = {"config": {"seed": number, "train": {"epochs": epochs, "lr": params["lr"]}, "data": {}}}
+    if confirms is not None:
+        attrs[confirm.CONFIRMS] = confirms
+    dist = {"lr": optuna.distributions.FloatDistribution(0.001, 1.0)}
+    t = optuna.trial.create_trial(
+        state=state,
+        value=value if state == optuna.trial.TrialState.COMPLETE else None,
+        params=params,
+        distributions=dist,
+        user_attrs=attrs,
+    )
+    t.number = number
+    return t
+
+
+def test_the_report_never_pools_another_recipe_and_keeps_a_configuration_that_collapsed():
+    """Built trials: #0 and #1 searched at 2 epochs; #0 retrained once at 2 epochs and once at 3
+    (another recipe: listed, not pooled); both of #1's retrainings collapsed (kept, never the winner)."""
+    from hpo.analysis.confirmations import summarise
+
+    a, b = {"lr": 0.1}, {"lr": 0.2}
+    pruned = optuna.trial.TrialState.PRUNED
+    trials = [
+        _built(0, 80.0, a, 2),
+        _built(1, 90.0, b, 2),
+        _built(2, 82.0, a, 2, confirms=0),
+        _built(3, 95.0, a, 3, confirms=0),
+        _built(4, None, b, 2, confirms=1, state=pruned),
+        _built(5, None, b, 2, confirms=1, state=pruned),
+    ]
+    c = summarise(trials, maximize=True, fmt=lambda v: f"{v:.1f}%")
+    by = {x.source: x for x in c.configs}
+    assert set(by) == {0, 1}  # the collapsed configuration is not dropped
+    assert by[0].values == (80.0, 82.0) and by[0].mean == pytest.approx(81.0)  # 95.0 (3 epochs) not pooled
+    assert by[0].other_recipe == ("train.epochs 2 -> 3",)
+    assert by[1].values == (90.0,) and by[1].stopped == 2
+    assert c.configs[0].source == 0  # 90.0 alone does not beat a configuration that held up
+    assert "trial #0's configuration wins" in c.sentence
+    assert "#1 collapsed or diverged in 2 of 2 retrainings: its mean is the search's own value alone." in c.sentence
+    assert "Retrainings of #0 under another recipe (train.epochs 2 -> 3) are not pooled." in c.sentence

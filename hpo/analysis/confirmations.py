@@ -9,17 +9,24 @@ from dataclasses import dataclass
 import numpy as np
 from optuna.trial import FrozenTrial
 
-from hpo.records import CONFIRMS, finite, pooled_sd
+from hpo.errors import counted
+from hpo.records import CONFIRMS, finite, pooled_sd, recipe, recipe_changes
 
 
 @dataclass(frozen=True)
 class Confirmed:
     source: int  # the searched trial
     params: dict
-    values: tuple[float, ...]  # the source's value and every complete confirmation's
-    stopped: int  # confirmations that did not complete (diverged, failed...)
+    values: tuple[float, ...]  # the source's value and every complete confirmation's of the same recipe
+    stopped: int  # confirmations that did not complete (diverged, collapsed, failed...)
     mean: float
     sd: float | None
+    other_recipe: tuple[str, ...] = ()  # how confirmations under another recipe differed; never pooled
+
+    @property
+    def retrained(self) -> int:
+        """Confirmations that finished, whatever their end, under the source's recipe."""
+        return len(self.values) - 1 + self.stopped
 
 
 @dataclass(frozen=True)
@@ -41,24 +48,31 @@ def summarise(trials: list[FrozenTrial], maximize: bool, fmt) -> Confirmations |
     configs = []
     for source, confirms in by_source.items():
         src = numbers.get(source)
-        done = [t for t in confirms if finite(t)]
-        if not done:  # still queued or running: nothing to say yet
+        if src is None or not finite(src):
             continue
-        runs = ([src] if src is not None and finite(src) else []) + done
-        values = tuple(float(t.values[0]) for t in runs)
+        # A run of another recipe (a changed study file, an older hpo that let --set through) is
+        # another experiment: listed, never pooled into this configuration's mean.
+        other = [t for t in confirms if recipe(t) is not None and recipe(src) is not None and recipe(t) != recipe(src)]
+        same = [t for t in confirms if t not in other and t.state.is_finished()]
+        if not same and not other:  # still queued or running: nothing to say yet
+            continue
+        values = tuple(float(t.values[0]) for t in [src, *(t for t in same if finite(t))])
+        differences = sorted({c for t in other for c in recipe_changes(recipe(src), recipe(t))})
         configs.append(
             Confirmed(
                 source,
-                dict(confirms[0].params),
+                dict(src.params),
                 values,
-                sum(t.state.is_finished() and not finite(t) for t in confirms),
+                sum(not finite(t) for t in same),
                 float(np.mean(values)),
                 float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                tuple(differences),
             )
         )
     if not configs:
         return None
-    configs.sort(key=lambda c: ((-1 if maximize else 1) * c.mean, c.source))
+    # A configuration that collapsed under a new seed is not a winner, whatever the mean of the rest.
+    configs.sort(key=lambda c: (c.stopped > 0, (-1 if maximize else 1) * c.mean, c.source))
     spread = pooled_sd([c.values for c in configs])
     return Confirmations(tuple(configs), spread, _sentence(configs, spread, fmt))
 
@@ -69,6 +83,15 @@ def _sentence(configs: list[Confirmed], spread: float | None, fmt) -> str:
         for c in configs
     )
     text = f"Retrained with new seeds, trial #{configs[0].source}'s configuration wins by its mean: {each}."
+    if configs[0].stopped:
+        text = f"Retrained with new seeds, every configuration collapsed at least once: {each}."
+    for c in configs:
+        if c.stopped:
+            text += f" #{c.source} collapsed or diverged in {c.stopped} of {counted(c.retrained, 'retraining')}" + (
+                ": its mean is the search's own value alone." if len(c.values) == 1 else "."
+            )
+        if c.other_recipe:
+            text += f" Retrainings of #{c.source} under another recipe ({'; '.join(c.other_recipe)}) are not pooled."
     if len(configs) > 1 and spread is not None:
         gap = abs(configs[0].mean - configs[1].mean)
         # the gap between two means of n runs each varies by about spread * sqrt(2/n)

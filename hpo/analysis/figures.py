@@ -669,7 +669,7 @@ def _confirmation_blocks(f: Findings) -> list:
         Heading("Is the best trial lucky? Seed confirmations", 3),
         Para(c.sentence),
         Table(
-            ("configuration of trial", "runs", f"mean {label(m)}", "sd", "each run", "did not complete"),
+            ("configuration of trial", "runs", f"mean {label(m)}", "sd", "each run", "did not complete", "not pooled"),
             tuple(
                 (
                     f"#{x.source}",
@@ -678,6 +678,7 @@ def _confirmation_blocks(f: Findings) -> list:
                     f"{x.sd:.2f}" if x.sd is not None else "—",
                     ", ".join(fmt(m, v) for v in x.values),
                     str(x.stopped),
+                    "; ".join(x.other_recipe) or "—",  # another recipe's runs: another experiment
                 )
                 for x in c.configs
             ),

@@ -294,14 +294,16 @@ def check(plan: Plan) -> None:
         raise HpoError(f"--timeout must be > 0 seconds, got {plan.timeout}")
     if plan.patience is not None and plan.patience < 0:
         raise HpoError(f"--patience must be >= 0 (0: never stop early), got {plan.patience}")
-    if plan.min_delta is not None and plan.min_delta < 0:
-        raise HpoError(f"--min-delta must be >= 0, got {plan.min_delta}")
+    if plan.min_delta is not None and not (0 <= plan.min_delta < float("inf")):  # nan compares false
+        raise HpoError(f"--min-delta must be a finite number >= 0, got {plan.min_delta}")
     if plan.confirm is not None and plan.confirm < 1:
         raise HpoError(f"--confirm must be >= 1 seeds per configuration, got {plan.confirm}")
     if plan.confirm is not None and "workers" in plan.given and plan.workers != "1":
         raise HpoError("--confirm runs in one process: leave out --workers")
     if plan.confirm is not None and plan.until is not None:
         raise HpoError("--confirm adds K x 3 retrainings: leave out --until")
+    if plan.confirm is not None and plan.options["trials"] is not None:
+        raise HpoError("--confirm adds K x 3 retrainings, not --trials N: leave out --trials")
 
 
 def worker_plan() -> Plan:

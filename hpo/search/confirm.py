@@ -6,18 +6,21 @@ trial it confirms (user attr ``confirms``). hpo.analysis.confirmations reads the
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.config import PrunerSpec, StudySpec
-from hpo.errors import HpoError
-from hpo.records import CONFIRMS, finite, ranked
-from hpo.search.space import trial_seed
+from hpo.errors import HpoError, counted
+from hpo.records import CONFIRMS, finite, ranked, recipe, recipe_changes
+from hpo.search.space import trial_config, trial_seed
 from hpo.search.study import load_existing
 from hpo.storage.store import will_create
 
 TOP = 3  # configurations confirmed
+log = logging.getLogger(__name__)
 SEED_STRIDE = 1_000_000  # confirmation seeds sit this far from trial seeds (numbers below it never meet them)
 
 
@@ -37,6 +40,23 @@ def top_sources(trials: list[FrozenTrial], maximize: bool, top: int = TOP) -> li
         if len(out) == top:
             break
     return out
+
+
+def same_recipe(source: FrozenTrial, spec: StudySpec) -> None:
+    """A confirmation retrains exactly its trial's recipe, or it confirms nothing: refuse (one
+    line) a study file or --set that would train the configuration another way."""
+    ran = recipe(source)
+    if ran is None:  # a trial stored before configs were recorded: nothing to compare with
+        return
+    config = trial_config(optuna.trial.FixedTrial(dict(source.params), source.number), spec)
+    now = json.loads(json.dumps(config.to_dict()))  # as the store holds it: tuples are lists there
+    changes = recipe_changes(ran, {k: v for k, v in now.items() if k != "seed"})
+    if changes:
+        raise HpoError(
+            f"--confirm: trial #{source.number} ran another recipe than this run would retrain it with "
+            f"({'; '.join(changes)}): a confirmation retrains its trial exactly; leave out the --set "
+            f"(or restore the study file), or search under the new recipe with --study-name NEW"
+        )
 
 
 def _not_searched(spec: StudySpec) -> str:
@@ -61,6 +81,14 @@ def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec
     sources = top_sources(trials, study.direction == optuna.study.StudyDirection.MAXIMIZE, top)
     if not sources:
         raise HpoError(f"--confirm: study {spec.name!r} has no complete trial to confirm yet")
+    if len(sources) < top:
+        log.info(
+            f"--confirm: study {spec.name!r} holds {counted(len(sources), 'complete configuration')}, "
+            f"not the top {top} asked for: retraining {'it' if len(sources) == 1 else 'those'} "
+            f"with {counted(k, 'new seed')} each"
+        )
+    for s in sources:
+        same_recipe(s, spec)
     done = {s.number: sum(t.user_attrs.get(CONFIRMS) == s.number for t in trials) for s in sources}
     for s in sources:
         for i in range(k):
