@@ -426,7 +426,17 @@ def _label(p: ParamSpec) -> str:
 
 def search_space(search: dict) -> tuple[ParamSpec, ...]:
     """[search] as ParamSpecs, each after the settings its condition reads (define-by-run order)."""
-    params = [p for key, raw in search.items() for p in _branches(key, raw, "search")]
+    params, named_by = [], {}
+    for key, raw in search.items():
+        branches = _branches(key, raw, "search")
+        full = branches[0].key
+        if full in named_by:  # "optimizer" and "train.optimizer": one setting, two entries
+            raise HpoError(
+                f"search: {named_by[full]} and {key} name the same setting ({full}); keep one "
+                f"(several ranges of one setting go in one list, each with its `when`)"
+            )
+        named_by[full] = key
+        params += branches
     by_key: dict[str, list[ParamSpec]] = {}
     for p in params:
         by_key.setdefault(p.key, []).append(p)

@@ -160,3 +160,9 @@ def test_every_preset_parses_and_describes_itself(folder, monkeypatch):
     spec = config.load(folder)
     assert spec.description and spec.search
     assert spec.name == folder
+
+
+def test_one_setting_named_twice_in_search_is_one_clear_line():
+    with pytest.raises(HpoError) as e:
+        config.search_space({"optimizer": {"choices": ["sgd"]}, "train.optimizer": {"choices": ["adam"]}})
+    assert str(e.value).startswith("search: optimizer and train.optimizer name the same setting (train.optimizer)")

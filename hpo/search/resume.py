@@ -79,9 +79,17 @@ class TrialCheckpoint:
         return state
 
     def save(self, state: dict) -> None:
-        """The loop's ``on_checkpoint``: a signal waits until the file is whole."""
-        with self.guard.held():
-            self.checkpoints.save(self.path, {**state, "config": self.config.to_dict()})
+        """The loop's ``on_checkpoint``: a signal waits until the file is whole. A checkpoint that
+        cannot be written (a full disk) costs only what a stop would retrain: the trial goes on, and
+        the last whole checkpoint, if any, stays where it was."""
+        try:
+            with self.guard.held():
+                self.checkpoints.save(self.path, {**state, "config": self.config.to_dict()})
+        except OSError as e:
+            log.warning(
+                f"warning: trial #{self.trial.number}: checkpoint after epoch {state['epoch']} not saved "
+                f"({reason(e)}); the trial goes on"
+            )
 
 
 def requeue(trial) -> None:
