@@ -18,6 +18,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,11 @@ def _decode(path: Path) -> torch.Tensor:
     """uint8 [C, H, W] with C = 1 (grey) or 3 (RGB): alpha dropped, 16-bit scaled to 8, EXIF rotation applied."""
     try:
         if path.suffix.lower() in TORCHVISION_IO:
-            image = decode_image(str(path), mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its image codecs for TorchCodec (not installed here): one
+                # warning per image would bury the run's output; PIL (below) is the way out if they go.
+                warnings.filterwarnings("ignore", "The image decoding", DeprecationWarning)
+                image = decode_image(str(path), mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
             image = image[0] if image.ndim == 4 else image  # an animated GIF: its first frame
         else:
             with Image.open(path) as im:
