@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.datasets import CIFAR100, KMNIST, MNIST, FashionMNIST
+from torchvision.datasets import CIFAR10, CIFAR100, KMNIST, MNIST, FashionMNIST
 from torchvision.transforms.v2 import functional as TF
 
 from hpo import config
@@ -470,18 +470,23 @@ def test_cifar10_bad_tarball(cifar_files):
         read_cifar10(root, source=source)
 
 
-def test_cifar10_missing(tmp_path, cifar_files):
-    _, source = cifar_files()
+@pytest.mark.parametrize(
+    "kind, read, folder",
+    [(CIFAR10, read_cifar10, "cifar-10-batches-py"), (CIFAR100, read_cifar100, "cifar-100-python")],
+    ids=["cifar10", "cifar100"],
+)
+def test_cifar_missing(tmp_path, cifar_files, kind, read, folder):
+    _, source = cifar_files(kind=kind)
     root = tmp_path / "empty"
     with pytest.raises(HpoError) as error:
-        read_cifar10(root, source=source)
+        read(root, source=source)
     message = str(error.value)
     assert "\n" not in message
     for part in (
-        str(root),
-        "cifar-10-python.tar.gz",
+        str(root / folder),
+        kind.filename,
         "HPO_DATA_DIR",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        f"https://www.cs.toronto.edu/~kriz/{kind.filename}",
     ):
         assert part in message
 
@@ -518,22 +523,6 @@ def test_cifar100_corrupt_file_fails_the_md5_check(cifar_files):
     (root / "cifar-100-python" / "test").write_bytes(b"half a download")
     with pytest.raises(HpoError, match="^CIFAR-100 not found in .*cifar-100-python .*fail their md5 check"):
         read_cifar100(root, source=source)
-
-
-def test_cifar100_missing(tmp_path, cifar_files):
-    _, source = cifar_files(kind=CIFAR100)
-    root = tmp_path / "empty"
-    with pytest.raises(HpoError) as error:
-        read_cifar100(root, source=source)
-    message = str(error.value)
-    assert "\n" not in message
-    for part in (
-        str(root / "cifar-100-python"),
-        "cifar-100-python.tar.gz",
-        "HPO_DATA_DIR",
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    ):
-        assert part in message
 
 
 def test_cifar_labels_out_of_range(cifar_files):

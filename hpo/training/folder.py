@@ -55,8 +55,11 @@ def read_folder(path: str | os.PathLike, image_size: int, data_root: Path) -> Fo
     """The folder's images (checked, decoded or read from the cache under ``data_root``) and their info.
     The files are listed and stat'ed every call, so a folder changed since is read again."""
     root = Path(path)
-    parts = _parts(root)
-    key = _key(root, parts, image_size)
+    try:
+        parts = _parts(root)
+        key = _key(root, parts, image_size)
+    except OSError as e:  # a folder we may not list, a file gone between listing and stat
+        raise HpoError(f"cannot read the image folder {root}: {reason(e)}") from None
     if key not in _loaded:
         name = re.sub(r"[^\w.-]", "_", root.name) or "images"
         slot = hashlib.sha256(f"{root.resolve()}|{image_size}".encode()).hexdigest()[:12]
