@@ -67,7 +67,7 @@ def describe(spec: DataSpec, root: str | os.PathLike | None = None) -> DatasetIn
 def _sets(spec: DataSpec, root: Path, g: torch.Generator) -> tuple[DatasetInfo, Arrays, Arrays]:
     """The info, training set and test set (CPU, shared: callers index into them, never write).
     A folder without test/ gives a seeded, stratified share of its train/ as the test set, drawn
-    from ``g`` before the validation split (which built-in datasets draw first, as before)."""
+    from ``g`` before the validation split; a built-in dataset draws nothing here, so its splits stay as they were."""
     if spec.dataset != FOLDER:
         return DATASETS[spec.dataset], *_raw(spec.dataset, root)
     images = read_folder(spec.path, spec.image_size, root)
