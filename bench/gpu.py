@@ -34,7 +34,7 @@ from hpo.config import DataSpec, ModelSpec, TrainConfig, TrainSpec  # noqa: E402
 from hpo.training.data import Data, Split  # noqa: E402
 from hpo.training.datasets import (  # noqa: E402
     DATASETS,  # noqa: E402
-    FASHION_MNIST_FILES,
+    IDX_FILES,
     SYSTEM_FASHION_MNIST,
 )
 from hpo.training.loop import fit  # noqa: E402
@@ -80,7 +80,7 @@ def fashion_mnist_dir(tmp: Path) -> tuple[str, str]:
     """A data folder for hpo.run and what it holds: the real files where they are, else random
     images in Fashion-MNIST's format (speed does not depend on the pixels; accuracy does)."""
     for folder in (Path(os.environ.get("HPO_DATA_DIR", "data")) / "fashion-mnist", SYSTEM_FASHION_MNIST):
-        if all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in FASHION_MNIST_FILES):
+        if all((folder / f).exists() or (folder / f"{f}.gz").exists() for f in IDX_FILES):
             return str(folder.parent), f"the real Fashion-MNIST ({folder})"
     folder = tmp / "fashion-mnist"
     folder.mkdir(parents=True)

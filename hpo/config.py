@@ -24,7 +24,8 @@ STUDIES_DIR = Path("studies")
 STUDY_FILE = "study.toml"
 
 # The names a study file may use, each implemented where it is used (the module in the comment).
-Dataset = Literal["fashion_mnist", "cifar10"]  # hpo.training.datasets.DATASETS
+# hpo.training.datasets.DATASETS; "folder" (images in a folder of the user's): hpo.training.folder
+Dataset = Literal["fashion_mnist", "mnist", "kmnist", "cifar10", "cifar100", "folder"]
 Net = Literal["lenet5", "simple_cnn", "resnet18"]  # hpo.training.nets.NETS
 Activation = Literal["relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid"]  # hpo.training.nets.ACTIVATIONS
 Optimizer = Literal["sgd", "adam", "adamw"]  # hpo.training.loop.OPTIMIZERS
@@ -43,6 +44,11 @@ class DataSpec:
     test_size: int = 0  # 0: the whole test set
     augment: bool = True  # the dataset's standard augmentation (crop, and flip where it makes sense)
     split_seed: int = -1  # seeds the validation split and subsets; -1: the study seed (a trial's config names it)
+    # dataset = "folder": DIR/train/CLASS/*.png (ImageFolder's layout), optionally DIR/test/CLASS/... The study file
+    # names DIR relative to the study folder; parse makes it absolute, so a trial's recorded config finds it anywhere.
+    path: str = ""
+    image_size: int = 0  # folder: resize to image_size x image_size; 0: the most common size in train/
+    test_fraction: float = 0.2  # folder without test/: a seeded, stratified share of train/ held out as the test set
 
 
 @dataclass(frozen=True)
@@ -302,7 +308,8 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
                 f"known: {', '.join(sorted(TOP_LEVEL))}"
             )
     seed = _coerce(raw.get("seed", 0), int, "seed")
-    base = TrainConfig(**{s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}, seed=seed)
+    sections = {s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}
+    base = TrainConfig(**{**sections, "data": _resolved(sections["data"], folder)}, seed=seed)
     search = raw.get("search", {})
     if not isinstance(search, dict):
         raise HpoError("[search] must be a table of parameter = { low, high } or { choices }")
@@ -332,6 +339,14 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
             branch = {k: values[0] for k, values in p.when}  # checked in its branch: nesterov under sgd
             validate(with_values(spec.base, {**branch, p.key: value}), where=f"search.{p.name}")
     return spec
+
+
+def _resolved(data: DataSpec, folder: Path) -> DataSpec:
+    """data.path made absolute against the study folder (an absolute one stays): the trials record
+    this spec, and retraining one later from another working directory must find the same images."""
+    if not data.path:
+        return data
+    return dataclasses.replace(data, path=str((folder / Path(data.path).expanduser()).resolve()))
 
 
 def _check_metrics(metrics) -> None:
@@ -551,6 +566,23 @@ def validate(config: TrainConfig, where: str = "") -> None:
         (d.train_size >= 0, f"data.train_size must be >= 0 (0: all), got {d.train_size}"),
         (d.test_size >= 0, f"data.test_size must be >= 0 (0: all), got {d.test_size}"),
         (d.split_seed >= -1, f"data.split_seed must be >= 0, or -1 for the study seed, got {d.split_seed}"),
+        (
+            d.dataset != "folder" or d.path != "",
+            'data.dataset = "folder" needs data.path = "DIR", a folder holding DIR/train/CLASS/*.png (one per class)',
+        ),
+        (
+            d.dataset == "folder" or not d.path,
+            f'data.path is for data.dataset = "folder", not {d.dataset!r}: set dataset = "folder" or drop data.path',
+        ),
+        (
+            d.image_size >= 0,
+            f"data.image_size must be >= 0 (0: the most common size in the folder), got {d.image_size}",
+        ),
+        (
+            d.dataset == "folder" or d.image_size == 0,
+            f'data.image_size is for data.dataset = "folder" ({d.dataset} images keep their size): drop it',
+        ),
+        (0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}"),
         (
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device) is not None,
             f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",

@@ -16,7 +16,9 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, CIFAR100
+
+from hpo.training.datasets import CIFAR10_CLASSES, CIFAR100_CLASSES
 
 # ---------------------------------------------------------------- data files (tests/test_data.py)
 
@@ -40,43 +42,54 @@ def _md5(path: Path) -> str:
 
 
 def make_cifar(
-    root: Path, per_batch: int = 20, test: int = 30, bytes_keys: bool = False, seed: int = 0
+    root: Path,
+    per_batch: int = 20,
+    test: int = 30,
+    bytes_keys: bool = False,
+    seed: int = 0,
+    kind: type[CIFAR10] = CIFAR10,
+    classes: int | None = None,
 ) -> type[CIFAR10]:
-    """CIFAR-10 files in the official on-disk format under ``root``, plus the tarball of them in
-    ``root.parent / "archive"``. Returns a CIFAR10 subclass that carries their md5s, so torchvision's
-    checks run on them, and a url to nowhere, so a "download" fails without touching the network.
+    """CIFAR-10 (or, with ``kind=CIFAR100``, CIFAR-100) files in the official on-disk format under
+    ``root``, plus the tarball of them in ``root.parent / "archive"``. Returns a subclass of ``kind``
+    that carries their md5s, so torchvision's checks run on them, and a url to nowhere, so a
+    "download" fails without touching the network. Image j of file i has label (i + j) % classes
+    (``classes``: the kind's own count unless a test wants labels out of range).
 
     The official files are Python 2 pickles (str keys under encoding="latin1", bytes under "bytes");
     ``bytes_keys`` writes Python 3 bytes keys instead, as a re-pickled copy would have."""
     rng = np.random.default_rng(seed)
-    folder = root / CIFAR10.base_folder
+    hundred = kind is CIFAR100
+    classes = classes or (100 if hundred else 10)
+    folder = root / kind.base_folder
     folder.mkdir(parents=True, exist_ok=True)
     key = (lambda k: k.encode()) if bytes_keys else (lambda k: k)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for i, name in enumerate(names):
-        n = test if name == "test_batch" else per_batch
-        entry = {
-            key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            key("labels"): [(j + i) % 10 for j in range(n)],
-        }
+    train_names, test_names = [n for n, _ in kind.train_list], [n for n, _ in kind.test_list]
+    for i, name in enumerate(train_names + test_names):
+        n = test if name in test_names else per_batch
+        labels = [(j + i) % classes for j in range(n)]
+        entry = {key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        if hundred:  # CIFAR-100's 20 superclasses beside the 100 fine labels, as the real files have them
+            entry |= {key("fine_labels"): labels, key("coarse_labels"): [label // 5 for label in labels]}
+        else:
+            entry[key("labels")] = labels
         (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {
-        key("label_names"): ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    }
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    archive = root.parent / "archive" / CIFAR10.filename
+    names = CIFAR100_CLASSES if hundred else CIFAR10_CLASSES
+    meta_file = kind.meta["filename"]
+    (folder / meta_file).write_bytes(pickle.dumps({key(kind.meta["key"]): list(names)}, protocol=2))
+    archive = root.parent / "archive" / kind.filename
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(folder, arcname=CIFAR10.base_folder)
+        tar.add(folder, arcname=kind.base_folder)
     return type(
-        "GeneratedCIFAR10",
-        (CIFAR10,),
+        f"Generated{kind.__name__}",
+        (kind,),
         {
-            "train_list": [[name, _md5(folder / name)] for name in names[:5]],
-            "test_list": [["test_batch", _md5(folder / "test_batch")]],
-            "meta": {"filename": "batches.meta", "key": "label_names", "md5": _md5(folder / "batches.meta")},
+            "train_list": [[name, _md5(folder / name)] for name in train_names],
+            "test_list": [[name, _md5(folder / name)] for name in test_names],
+            "meta": {"filename": meta_file, "key": kind.meta["key"], "md5": _md5(folder / meta_file)},
             "tgz_md5": _md5(archive),
-            "url": (root.parent / "offline" / CIFAR10.filename).as_uri(),
+            "url": (root.parent / "offline" / kind.filename).as_uri(),
         },
     )
 

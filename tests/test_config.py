@@ -128,10 +128,17 @@ def test_with_values_replaces_only_what_it_names():
         ),
         ("", ["train.optimizer=sgdd"], "unknown train.optimizer 'sgdd'"),
         ("", ["train.schedule=linear"], "choose one of: constant, cosine, step"),
-        ("", ["data.dataset=mnist"], "unknown data.dataset 'mnist'"),
+        ("", ["data.dataset=imagenet"], "unknown data.dataset 'imagenet'"),
         ("", ["train.nesterov=true", "train.optimizer=adam"], "train.nesterov needs optimizer"),
         ("", ["objective.metrics=['test_acc']"], "unknown objective metric 'test_acc'"),
         ("", ["train.lr"], "write SECTION.KEY=VALUE"),
+        ("", ["data.dataset=folder"], 'data.dataset = "folder" needs data.path = "DIR"'),
+        ("", ["data.path=images"], "data.path is for data.dataset = \"folder\", not 'fashion_mnist'"),
+        ("", ["data.image_size=32"], 'data.image_size is for data.dataset = "folder"'),
+        ("", ["data.dataset=folder", "data.path=x", "data.image_size=-1"], "data.image_size must be >= 0"),
+        ("", ["data.dataset=folder", "data.path=x", "data.test_fraction=1"], "data.test_fraction must be in (0, 1)"),
+        ("", ["data.dataset=folder", "data.path=x", "data.test_fraction=0"], "data.test_fraction must be in (0, 1)"),
+        ("", ["data.dataset=folder", "data.path=7"], "data.path must be str"),
     ],
 )
 def test_bad_input_is_one_clear_line(text, overrides, message):
@@ -139,6 +146,18 @@ def test_bad_input_is_one_clear_line(text, overrides, message):
         parse(text, overrides)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_folder_path_is_resolved_against_the_study_folder(tmp_path, monkeypatch):
+    # Recorded in every trial's config: retraining from another working directory must find the images.
+    raw = {"data": {"dataset": "folder", "path": "images"}}
+    monkeypatch.chdir(tmp_path)
+    spec = config.parse(raw, "t", Path("studies/t"))
+    assert spec.base.data.path == str(tmp_path / "studies" / "t" / "images")
+    assert spec.base.to_dict()["data"]["path"] == str(tmp_path / "studies" / "t" / "images")
+    absolute = config.parse({"data": {"dataset": "folder", "path": str(tmp_path / "elsewhere")}}, "t", Path("s"))
+    assert absolute.base.data.path == str(tmp_path / "elsewhere")
+    assert config.parse({}, "t", Path("studies/t")).base.data.path == ""  # no path: nothing to resolve
 
 
 def test_find_study_lists_the_known_ones(monkeypatch):

@@ -1,4 +1,5 @@
-"""hpo.training.data and hpo.training.datasets: real Fashion-MNIST from the system copy, generated CIFAR-10 files."""
+"""hpo.training.data and hpo.training.datasets: real Fashion-MNIST from the system copy; generated MNIST,
+KMNIST, CIFAR-10 and CIFAR-100 files in their exact on-disk formats. Image folders: tests/test_folder.py."""
 
 from __future__ import annotations
 
@@ -9,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.datasets import FashionMNIST
+from torchvision.datasets import CIFAR10, CIFAR100, KMNIST, MNIST, FashionMNIST
 from torchvision.transforms.v2 import functional as TF
 
 from hpo import config
 from hpo.config import DataSpec
 from hpo.errors import HpoError
 from hpo.training import data, datasets
-from hpo.training.datasets import FASHION_MNIST_FILES, read_cifar10, read_fashion_mnist
+from hpo.training.datasets import (
+    IDX_FILES,
+    read_cifar10,
+    read_cifar100,
+    read_fashion_mnist,
+    read_kmnist,
+    read_mnist,
+)
+from hpo.training.folder import FOLDER
 
 FASHION, CIFAR = datasets.DATASETS["fashion_mnist"], datasets.DATASETS["cifar10"]
 
@@ -50,14 +59,34 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(HpoError, match="unknown data.dataset 'cifar100'.*choose one of: cifar10, fashion_mnist"):
-        config.validate(config.TrainConfig(data=DataSpec(dataset="cifar100")))
+    known = "cifar10, cifar100, fashion_mnist, folder, kmnist, mnist"
+    with pytest.raises(HpoError, match=f"unknown data.dataset 'imagenet'.*choose one of: {known}$"):
+        config.validate(config.TrainConfig(data=DataSpec(dataset="imagenet")))
 
 
 def test_registries_implement_exactly_the_declared_datasets():
+    # Every built-in dataset has a static entry and a reader; a folder's info is computed from its images.
     declared = set(config.declared(DataSpec, "dataset"))
-    assert set(datasets.DATASETS) == declared and set(datasets.READERS) == declared
+    assert FOLDER in declared
+    assert set(datasets.DATASETS) == set(datasets.READERS) == declared - {FOLDER}
     assert all(info.name == name for name, info in datasets.DATASETS.items())
+
+
+@pytest.mark.parametrize("name", sorted(datasets.DATASETS))
+def test_describe_a_built_in_dataset_is_its_registry_entry(name):
+    assert data.describe(DataSpec(dataset=name)) is datasets.DATASETS[name]
+
+
+def test_class_names():
+    for info in datasets.DATASETS.values():
+        assert len(info.class_names) == len(set(info.class_names)) == info.num_classes, info.name
+    assert datasets.DATASETS["mnist"].class_names == tuple("0123456789")
+    assert datasets.DATASETS["fashion_mnist"].class_names[:2] == ("T-shirt/top", "Trouser")
+    assert datasets.DATASETS["kmnist"].class_names[:3] == ("o", "ki", "su")
+    assert datasets.DATASETS["cifar10"].class_names[:2] == ("airplane", "automobile")
+    hundred = datasets.DATASETS["cifar100"].class_names  # the meta file's order: alphabetical
+    assert hundred == tuple(sorted(hundred)) and hundred[:2] == ("apple", "aquarium_fish") and hundred[-1] == "worm"
+    assert (datasets.DATASETS["cifar100"].size, datasets.DATASETS["cifar100"].flip) == (32, True)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST
@@ -81,19 +110,22 @@ def test_fashion_mnist_real(fashion_raw):
     assert pixels.std().item() == pytest.approx(FASHION.std[0], abs=1e-3)
 
 
-def _tiny_fashion(folder: Path, write, n: int = 7, gz: bool = True) -> None:
-    rng = np.random.default_rng(0)
+def _tiny_idx(folder: Path, write, n: int = 7, gz: bool = True, seed: int = 0) -> np.ndarray:
+    """The four IDX files of n train and n - 2 test images (labels 0, 1, 2, ...); the train images."""
+    rng = np.random.default_rng(seed)
     suffix = ".gz" if gz else ""
-    for part, count in (("train", n), ("t10k", n - 2)):
-        write(folder / f"{part}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (count, 28, 28)))
-        write(folder / f"{part}-labels-idx1-ubyte{suffix}", np.arange(count) % 10)
+    images = {part: rng.integers(0, 256, (count, 28, 28)) for part, count in (("train", n), ("t10k", n - 2))}
+    for part, array in images.items():
+        write(folder / f"{part}-images-idx3-ubyte{suffix}", array)
+        write(folder / f"{part}-labels-idx1-ubyte{suffix}", np.arange(len(array)) % 10)
+    return images["train"]
 
 
 @pytest.mark.parametrize(
     "layout, gz", [("FashionMNIST/raw", False), ("FashionMNIST/raw", True), ("fashion-mnist", True)]
 )
 def test_fashion_mnist_data_folder_comes_first(tmp_path, idx_writer, layout, gz):
-    _tiny_fashion(tmp_path / layout, idx_writer, gz=gz)
+    _tiny_idx(tmp_path / layout, idx_writer, gz=gz)
     (train_x, train_y), (test_x, test_y) = read_fashion_mnist(tmp_path)
     assert train_x.shape == (7, 1, 28, 28) and test_x.shape == (5, 1, 28, 28)
     assert train_y.tolist() == list(range(7))
@@ -102,14 +134,14 @@ def test_fashion_mnist_data_folder_comes_first(tmp_path, idx_writer, layout, gz)
 def test_fashion_mnist_incomplete_folder_is_skipped(tmp_path, idx_writer):
     idx_writer(tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz", np.zeros((3, 28, 28)))
     empty = tmp_path / "nowhere"
-    _tiny_fashion(empty, idx_writer)
+    _tiny_idx(empty, idx_writer)
     (train_x, _), _ = read_fashion_mnist(tmp_path, system=empty)
     assert len(train_x) == 7
 
 
 def _copy_with_truncated(src: Path, dst: Path, name: str, keep: int) -> Path:
     dst.mkdir(parents=True)
-    for stem in FASHION_MNIST_FILES:
+    for stem in IDX_FILES:
         shutil.copy(src / f"{stem}.gz", dst / f"{stem}.gz")
     bad = dst / name
     bad.write_bytes(bad.read_bytes()[:keep])
@@ -125,7 +157,7 @@ def test_fashion_mnist_truncated_gzip(tmp_path, fashion_mnist_system):
 
 
 def test_fashion_mnist_truncated_plain_file(tmp_path, idx_writer):
-    _tiny_fashion(tmp_path / "fashion-mnist", idx_writer, gz=False)
+    _tiny_idx(tmp_path / "fashion-mnist", idx_writer, gz=False)
     bad = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:-10])
     with pytest.raises(HpoError, match="truncated or corrupt") as error:
@@ -134,7 +166,7 @@ def test_fashion_mnist_truncated_plain_file(tmp_path, idx_writer):
 
 
 def test_fashion_mnist_bad_header(tmp_path, idx_writer):
-    _tiny_fashion(tmp_path / "fashion-mnist", idx_writer, gz=False)
+    _tiny_idx(tmp_path / "fashion-mnist", idx_writer, gz=False)
     (tmp_path / "fashion-mnist" / "train-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")
     with pytest.raises(HpoError, match="not an IDX file"):
         read_fashion_mnist(tmp_path)
@@ -158,6 +190,64 @@ def test_fashion_mnist_missing_everywhere(tmp_path):
     assert (
         str(root / "fashion-mnist") in message and "HPO_DATA_DIR" in message and "train-images-idx3-ubyte.gz" in message
     )
+
+
+# ---------------------------------------------------------------- MNIST and KMNIST: the same IDX files
+
+IDX_READERS = {"mnist": (read_mnist, MNIST), "kmnist": (read_kmnist, KMNIST)}
+
+
+@pytest.mark.parametrize(
+    "name, layout, gz",
+    [
+        ("mnist", "MNIST/raw", False),
+        ("mnist", "mnist", True),
+        ("kmnist", "KMNIST/raw", True),
+        ("kmnist", "kmnist", False),
+    ],
+)
+def test_mnist_and_kmnist_from_the_data_folder(tmp_path, idx_writer, name, layout, gz):
+    images = _tiny_idx(tmp_path / layout, idx_writer, n=9, gz=gz, seed=1)
+    _tiny_idx(tmp_path / "fashion-mnist", idx_writer, n=12, seed=2)  # another dataset's files are not read
+    read, _ = IDX_READERS[name]
+    (train_x, train_y), (test_x, test_y) = read(tmp_path)
+    assert train_x.shape == (9, 1, 28, 28) and test_x.shape == (7, 1, 28, 28)
+    assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64
+    assert torch.equal(train_x[:, 0], torch.from_numpy(images.astype(np.uint8)))
+    assert train_y.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8] and test_y.tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("name", sorted(IDX_READERS))
+def test_mnist_and_kmnist_agree_with_torchvision(tmp_path, idx_writer, name):
+    read, source = IDX_READERS[name]
+    _tiny_idx(tmp_path / source.__name__ / "raw", idx_writer, n=11, gz=False)
+    (train_x, train_y), (test_x, _) = read(tmp_path)
+    theirs = source(str(tmp_path), train=True)  # torchvision's own reader of the same raw files
+    assert torch.equal(train_x[:, 0], theirs.data) and torch.equal(train_y, theirs.targets)
+    assert torch.equal(test_x[:, 0], source(str(tmp_path), train=False).data)
+
+
+@pytest.mark.parametrize("name", sorted(IDX_READERS))
+def test_mnist_and_kmnist_missing(tmp_path, name):
+    read, source = IDX_READERS[name]
+    offline = type(source.__name__, (source,), {"mirrors": [(tmp_path / "offline").as_uri() + "/"]})
+    root = tmp_path / "data"
+    with pytest.raises(HpoError) as error:
+        read(root, source=offline)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{source.__name__} not found in {root / source.__name__}")
+    for part in (str(root / name), "HPO_DATA_DIR", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert part in message
+    assert "dataset-fashion-mnist" not in message  # no system package holds these
+
+
+def test_mnist_bad_labels_name_the_dataset(tmp_path, idx_writer):
+    _tiny_idx(tmp_path / "mnist", idx_writer, gz=False)
+    idx_writer(tmp_path / "mnist" / "t10k-labels-idx1-ubyte", np.full(5, 12))
+    with pytest.raises(
+        HpoError, match=r"^MNIST files in .*mnist do not match \(t10k: \(5, 28, 28\) images, 5 labels\)"
+    ):
+        read_mnist(tmp_path)
 
 
 # ---------------------------------------------------------------- load: seeded splits
@@ -380,17 +470,62 @@ def test_cifar10_bad_tarball(cifar_files):
         read_cifar10(root, source=source)
 
 
-def test_cifar10_missing(tmp_path, cifar_files):
-    _, source = cifar_files()
+@pytest.mark.parametrize(
+    "kind, read, folder",
+    [(CIFAR10, read_cifar10, "cifar-10-batches-py"), (CIFAR100, read_cifar100, "cifar-100-python")],
+    ids=["cifar10", "cifar100"],
+)
+def test_cifar_missing(tmp_path, cifar_files, kind, read, folder):
+    _, source = cifar_files(kind=kind)
     root = tmp_path / "empty"
     with pytest.raises(HpoError) as error:
-        read_cifar10(root, source=source)
+        read(root, source=source)
     message = str(error.value)
     assert "\n" not in message
     for part in (
-        str(root),
-        "cifar-10-python.tar.gz",
+        str(root / folder),
+        kind.filename,
         "HPO_DATA_DIR",
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        f"https://www.cs.toronto.edu/~kriz/{kind.filename}",
     ):
         assert part in message
+
+
+# ---------------------------------------------------------------- CIFAR-100 (generated files in the official format)
+
+
+@pytest.mark.parametrize("bytes_keys", [False, True], ids=["str-keys", "bytes-keys"])
+def test_cifar100_reads_the_official_format(cifar_files, bytes_keys):
+    root, source = cifar_files(per_batch=250, test=40, bytes_keys=bytes_keys, kind=CIFAR100)
+    (train_x, train_y), (test_x, test_y) = read_cifar100(root, source=source)
+    assert train_x.shape == (250, 3, 32, 32) and test_x.shape == (40, 3, 32, 32)
+    assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64
+    # the fine labels (0..99), not the 20 coarse ones beside them
+    assert train_y.tolist() == [j % 100 for j in range(250)] and test_y.tolist() == [(j + 1) % 100 for j in range(40)]
+    entry = pickle.loads((root / "cifar-100-python" / "train").read_bytes())
+    row = entry[b"data" if bytes_keys else "data"][123]
+    assert train_x[123, 2, 5, 17] == row[2 * 1024 + 5 * 32 + 17] and train_x[123, 0, 31, 31] == row[1023]
+
+
+def test_cifar100_agrees_with_torchvision(cifar_files):
+    root, source = cifar_files(per_batch=120, test=30, kind=CIFAR100)
+    (train_x, train_y), (test_x, test_y) = read_cifar100(root, source=source)
+    for ours, labels, train in ((train_x, train_y, True), (test_x, test_y, False)):
+        theirs = source(str(root), train=train)  # torchvision's own reader (its md5 checks included), HWC
+        assert (
+            torch.equal(ours, torch.from_numpy(theirs.data).permute(0, 3, 1, 2)) and labels.tolist() == theirs.targets
+        )
+    assert tuple(source(str(root), train=False).classes) == datasets.DATASETS["cifar100"].class_names
+
+
+def test_cifar100_corrupt_file_fails_the_md5_check(cifar_files):
+    root, source = cifar_files(kind=CIFAR100)
+    (root / "cifar-100-python" / "test").write_bytes(b"half a download")
+    with pytest.raises(HpoError, match="^CIFAR-100 not found in .*cifar-100-python .*fail their md5 check"):
+        read_cifar100(root, source=source)
+
+
+def test_cifar_labels_out_of_range(cifar_files):
+    root, source = cifar_files(classes=11)  # files that pass their md5 check but hold a label 10
+    with pytest.raises(HpoError, match=r"cifar-10-batches-py holds labels outside 0..9: not CIFAR-10"):
+        read_cifar10(root, source=source)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from processes import start
 
-from hpo.training.datasets import DATASETS
+from hpo.config import DataSpec, declared
 from hpo.training.loop import OPTIMIZERS, SCHEDULES, EpochStats
 from hpo.training.nets import ACTIVATIONS, NETS
 
@@ -36,7 +36,7 @@ BAD_INPUT = {
     "schedule": (["--set", "train.schedule=linear"], ["'linear'", names(SCHEDULES)]),
     "batch_size": (["--set", "train.batch_size=0"], ["train.batch_size", "got 0"]),
     "momentum": (["--set", "train.momentum=1.0"], ["train.momentum", "1.0"]),
-    "dataset": (["--set", "data.dataset=mnist"], ["'mnist'", names(DATASETS)]),
+    "dataset": (["--set", "data.dataset=imagenet"], ["'imagenet'", names(declared(DataSpec, "dataset"))]),
     "study": (["--study", "nope"], ["'nope'", "lenet_lr"]),
     "device": (["--set", "train.device=cuda:x"], ["'cuda:x'"]),
 }

@@ -20,6 +20,7 @@ from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sam
 from hpo.search.until import finished
 from hpo.storage import faults
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.training.data import describe
 from hpo.training.loop import resolve_device
 
 
@@ -78,6 +79,7 @@ def checks(plan: Plan, spec) -> None:
     resolve_device(spec.base.train.device)
     plan.index  # noqa: B018 (a worker index from the environment that is no number fails here)
     env_seconds(GRACE_ENV, GRACE_S)
+    describe(spec.base.data, plan.data_dir)  # an image folder is checked (and decoded, once per process) here
 
 
 def open_study(plan: Plan, spec, executor: Executor):

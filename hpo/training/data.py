@@ -1,6 +1,7 @@
 """Datasets as uint8 tensors on the training device, and the batched augment/normalise hot path.
 
-The raw files are read once per process; each ``load`` only cuts a seeded split. ``batches`` works
+The raw files are read once per process; each ``load`` only cuts a seeded split. ``describe`` says
+what a dataset is (shape, classes, normalisation) for any data spec, a folder's included. ``batches`` works
 on whole batches with tensor ops (no DataLoader, no PIL, no per-image Python), as airbench does.
 """
 
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 
 from hpo.config import DataSpec
 from hpo.errors import HpoError
-from hpo.training.datasets import DATASETS, READERS, DatasetInfo
+from hpo.training.datasets import DATASETS, READERS, Arrays, DatasetInfo
+from hpo.training.folder import FOLDER, read_folder
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
 
@@ -52,6 +54,40 @@ def _raw(name: str, root: Path):
     return READERS[name](root)
 
 
+def describe(spec: DataSpec, root: str | os.PathLike | None = None) -> DatasetInfo:
+    """``spec``'s dataset as the nets, the loop and the report need it (channels, size, classes and
+    their names, normalisation): the registry's entry for a built-in dataset; for a folder, read from
+    its images (checked, decoded once and cached), so a bad folder fails here, in one line.
+    ``load`` puts the same info in ``Data.info``."""
+    if spec.dataset == FOLDER:
+        return read_folder(spec.path, spec.image_size, data_dir(root).resolve()).info
+    return DATASETS[spec.dataset]
+
+
+def _sets(spec: DataSpec, root: Path, g: torch.Generator) -> tuple[DatasetInfo, Arrays, Arrays]:
+    """The info, training set and test set (CPU, shared: callers index into them, never write).
+    A folder without test/ gives a seeded, stratified share of its train/ as the test set, drawn
+    from ``g`` before the validation split; a built-in dataset draws nothing here, so its splits stay as they were."""
+    if spec.dataset != FOLDER:
+        return DATASETS[spec.dataset], *_raw(spec.dataset, root)
+    images = read_folder(spec.path, spec.image_size, root)
+    if images.test is not None:
+        return images.info, images.train, images.test
+    return images.info, *_stratified(images.train, spec.test_fraction, g)
+
+
+def _stratified(train: Arrays, fraction: float, g: torch.Generator) -> tuple[Arrays, Arrays]:
+    """``fraction`` of each class (at least one image, never its last) held out: a small class keeps
+    its share of the test set, where a plain random cut could leave it out."""
+    x, y = train
+    held = torch.zeros(len(y), dtype=torch.bool)
+    for c in y.unique().tolist():
+        members = (y == c).nonzero().flatten()
+        k = min(max(round(fraction * len(members)), 1), len(members) - 1)
+        held[members[torch.randperm(len(members), generator=g)[:k]]] = True
+    return (x[~held], y[~held]), (x[held], y[held])
+
+
 def _subset(size: int, order: torch.Tensor, what: str) -> torch.Tensor:
     """The first ``size`` of the shuffled indices ``order`` (all of them for size 0), ascending:
     ascending reads are kinder to memory, and training reshuffles every epoch anyway."""
@@ -74,18 +110,19 @@ def split_seed(spec: DataSpec, seed: int) -> int:
 
 def load(spec: DataSpec, seed: int, device: str | torch.device = "cpu", root: str | os.PathLike | None = None) -> Data:
     """The dataset ``spec`` names, split by ``seed``: validation held out of the training set
-    (never the test set), then optional seeded subsets of train and test for quick runs."""
-    (train_x, train_y), (test_x, test_y) = _raw(spec.dataset, data_dir(root).resolve())
+    (never the test set), then optional seeded subsets of train and test for quick runs. ``root``:
+    the data folder (``data_dir``), where the built-in datasets' files and the folders' caches live."""
     g = torch.Generator().manual_seed(split_seed(spec, seed))
+    info, (train_x, train_y), (test_x, test_y) = _sets(spec, data_dir(root).resolve(), g)
     order = torch.randperm(len(train_y), generator=g)
     n_val = round(spec.val_fraction * len(train_y))
-    _check_split(spec, n_val, len(train_y), DATASETS[spec.dataset].num_classes)
+    _check_split(spec, n_val, len(train_y), info.num_classes)
     val_idx = _subset(0, order[:n_val], "val_fraction")
     train_idx = _subset(spec.train_size, order[n_val:], "train_size")
     test_idx = _subset(spec.test_size, torch.randperm(len(test_y), generator=g), "test_size")
     device = torch.device(device)
     return Data(
-        info=DATASETS[spec.dataset],
+        info=info,
         train=_to(Split(train_x[train_idx], train_y[train_idx]), device),
         val=_to(Split(train_x[val_idx], train_y[val_idx]), device),
         test=_to(Split(test_x[test_idx], test_y[test_idx]), device),
