@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from hpo.analysis.effects import MIN_GROUP
 from hpo.analysis.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
-from hpo.errors import reason
+from hpo.errors import counted, reason
 
 PLOTLY_JS = "plotly.min.js"
 PNG_SIZE = (900, 500)
@@ -363,6 +363,14 @@ def _best_trial(f: Findings, fig) -> list:
             + f". Parameters: {_params_text(b.params)}."
         ),
     ]
+    if b.class_test_acc:
+        out += [
+            Para(f"Its test accuracy class by class ({counted(len(b.class_test_acc), 'class', 'classes')}):"),
+            Table(
+                ("class", "test acc"),
+                tuple((name, fmt("test_acc", acc)) for name, acc in b.class_test_acc.items()),
+            ),
+        ]
     if f.best_config:
         out += [
             Para("Its full configuration, as it ran (with any `--set` overrides given to `hpo.run`):"),

@@ -53,6 +53,7 @@ class TrialRow:
     test_acc: float | None = None
     epochs_run: int | None = None
     duration_s: float | None = None
+    class_test_acc: dict | None = None  # class name -> test accuracy (percent), where recorded
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,7 @@ def row(t: FrozenTrial) -> TrialRow:
         test_acc=a.get("test_acc"),
         epochs_run=a.get("epochs_run"),
         duration_s=duration,
+        class_test_acc=a.get("class_test_acc") if isinstance(a.get("class_test_acc"), dict) else None,
     )
 
 

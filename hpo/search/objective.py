@@ -58,6 +58,7 @@ def result_attrs(result: TrainResult) -> dict:
         "val_acc": result.final_val_acc,
         "best_val_acc": result.best_val_acc,
         "test_acc": result.test_acc,
+        "class_test_acc": result.class_test_acc,
         "epochs_run": result.epochs_run,
         "wall_time_s": result.wall_time_s,
         "images_per_s": result.images_per_s,

@@ -7,6 +7,7 @@ on whole batches with tensor ops (no DataLoader, no PIL, no per-image Python), a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from hpo.config import DataSpec
 from hpo.errors import HpoError
 from hpo.training.datasets import DATASETS, READERS, Arrays, DatasetInfo
-from hpo.training.folder import FOLDER, read_folder
+from hpo.training.folder import FOLDER, mean_std, read_folder
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
 
@@ -58,7 +59,8 @@ def describe(spec: DataSpec, root: str | os.PathLike | None = None) -> DatasetIn
     """``spec``'s dataset as the nets, the loop and the report need it (channels, size, classes and
     their names, normalisation): the registry's entry for a built-in dataset; for a folder, read from
     its images (checked, decoded once and cached), so a bad folder fails here, in one line.
-    ``load`` puts the same info in ``Data.info``."""
+    ``load`` puts the same info in ``Data.info``, but for a folder without test/, whose mean and
+    std there are its training part's (the test share is seeded, so it is known only with the seed)."""
     if spec.dataset == FOLDER:
         return read_folder(spec.path, spec.image_size, data_dir(root).resolve()).info
     return DATASETS[spec.dataset]
@@ -73,7 +75,10 @@ def _sets(spec: DataSpec, root: Path, g: torch.Generator) -> tuple[DatasetInfo, 
     images = read_folder(spec.path, spec.image_size, root)
     if images.test is not None:
         return images.info, images.train, images.test
-    return images.info, *_stratified(images.train, spec.test_fraction, g)
+    train, test = _stratified(images.train, spec.test_fraction, g)
+    # Normalised by the training part alone: the held-out test images must not shape the inputs.
+    mean, std = mean_std(train[0])
+    return dataclasses.replace(images.info, mean=tuple(mean), std=tuple(std)), train, test
 
 
 def _stratified(train: Arrays, fraction: float, g: torch.Generator) -> tuple[Arrays, Arrays]:

@@ -231,7 +231,7 @@ def _decode_all(root: Path, parts: dict, image_size: int) -> dict:
     for part, items in listed.items():
         saved[f"{part}_x"] = torch.stack([_square(x, side) for x in decoded[part]])
         saved[f"{part}_y"] = torch.tensor([label for _, label in items], dtype=torch.int64)
-    saved["mean"], saved["std"] = _mean_std(saved["train_x"])
+    saved["mean"], saved["std"] = mean_std(saved["train_x"])
     return saved
 
 
@@ -260,7 +260,7 @@ def _square(image: torch.Tensor, side: int) -> torch.Tensor:
     return TF.resize(image, [side, side], antialias=True)
 
 
-def _mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
+def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per channel over every pixel, in [0, 1] units, summed in float64 a chunk at a time (no float
     copy of the whole set). A constant channel gets std 1/255, not 0: normalising divides by it."""
     c = images.shape[1]

@@ -57,6 +57,7 @@ class TrainResult:
     best_val_acc: float
     final_val_acc: float
     test_acc: float | None  # None when the run diverged
+    class_test_acc: dict[str, float | None] | None  # each class's test accuracy, by class name (None: diverged)
     curve: tuple[EpochStats, ...]
     wall_time_s: float
     images_per_s: float  # training images per second of training steps (evaluation excluded)
@@ -137,18 +138,22 @@ def lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 
 @torch.no_grad()
-def evaluate(model, split, info, batch_size: int, autocast, channels_last: bool) -> tuple[float, float]:
-    """(mean loss, accuracy in percent) over a split."""
+def evaluate(model, split, info, batch_size: int, autocast, channels_last: bool) -> tuple[float, float, list]:
+    """(mean loss, accuracy in percent, each class's accuracy in percent: None for a class the split
+    does not hold) over a split."""
     model.eval()
-    loss_sum = torch.zeros((), device=split.images.device)
-    correct = torch.zeros((), device=split.images.device, dtype=torch.long)
+    device = split.images.device
+    loss_sum = torch.zeros((), device=device)
+    hits = torch.zeros(info.num_classes, device=device, dtype=torch.long)
     for x, y in batches(split, max(batch_size, 256), info, channels_last=channels_last):
         with autocast():
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        hits += torch.bincount(y[logits.argmax(1) == y], minlength=info.num_classes)
     n = max(len(split), 1)
-    return loss_sum.item() / n, 100.0 * correct.item() / n
+    sizes = torch.bincount(split.labels, minlength=info.num_classes).tolist()
+    each = [100.0 * h / k if k else None for h, k in zip(hits.tolist(), sizes, strict=True)]
+    return loss_sum.item() / n, 100.0 * hits.sum().item() / n, each
 
 
 def fit(
@@ -229,7 +234,7 @@ def fit(
         seen += n
         if status != "ok":
             break
-        val_loss, val_acc = evaluate(model, data.val, info, t.batch_size, autocast, channels_last)
+        val_loss, val_acc, _ = evaluate(model, data.val, info, t.batch_size, autocast, channels_last)
         if not math.isfinite(val_loss):  # the epoch's last steps broke the weights after its loss was taken
             status, reason = "diverged", f"diverged: validation loss {val_loss} after epoch {epoch}"
             break
@@ -261,9 +266,11 @@ def fit(
         if on_epoch is not None:
             on_epoch(stats)
 
-    test_acc = None
+    test_acc, class_test_acc = None, None
     if status == "ok":
-        test_acc = evaluate(model, data.test, info, t.batch_size, autocast, channels_last)[1]
+        _, test_acc, each = evaluate(model, data.test, info, t.batch_size, autocast, channels_last)
+        names = info.class_names or tuple(str(c) for c in range(info.num_classes))
+        class_test_acc = dict(zip(names, each, strict=True))
     val = [s.val_acc for s in curve]
     return TrainResult(
         status=status,
@@ -272,6 +279,7 @@ def fit(
         best_val_acc=max(val, default=0.0),
         final_val_acc=val[-1] if val else 0.0,
         test_acc=test_acc,
+        class_test_acc=class_test_acc,
         curve=tuple(curve),
         wall_time_s=time.perf_counter() - start,
         images_per_s=seen / train_seconds if train_seconds else 0.0,
