@@ -20,6 +20,7 @@ from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sam
 from hpo.search.until import finished
 from hpo.storage import faults
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.training import nets
 from hpo.training.loop import resolve_device
 
 
@@ -76,6 +77,7 @@ def checks(plan: Plan, spec) -> None:
     """Everything that can be wrong with the input, before the store is touched."""
     make_sampler(spec, 0), make_pruner(spec)
     resolve_device(spec.base.train.device)
+    nets.check(spec)  # your own net: its file, class, constructor and one forward pass
     plan.index  # noqa: B018 (a worker index from the environment that is no number fails here)
     env_seconds(GRACE_ENV, GRACE_S)
 

@@ -43,9 +43,8 @@ from hpo.runs.outcome import count_states
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
 from hpo.training import data as data_mod
-from hpo.training.datasets import DATASETS
 from hpo.training.loop import cpu_count
-from hpo.training.nets import build, count_parameters
+from hpo.training.nets import build_for, count_parameters, net_variants
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
 PROGRESS_S = 5.0  # at most one study-wide progress line this often
@@ -54,17 +53,10 @@ SMALL_NET = 1_000_000  # parameters; lenet5 (62k) and simple_cnn are small, resn
 SMALL_PER_GPU = 2  # small trials leave a GPU idle between kernels; two share one well
 
 
-def model_names(spec) -> set[str]:
-    names = {spec.base.model.name}
-    for p in spec.search:
-        if p.key == "model.name":
-            names |= set(p.choices)
-    return names
-
-
 def largest_net(spec) -> int:
-    info = DATASETS[spec.base.data.dataset]
-    return max(count_parameters(build(n, info.channels, info.size, info.num_classes)) for n in model_names(spec))
+    """Parameters of the largest net the study can build: each net, searched name and searched
+    model.args value built once (your own net included)."""
+    return max(count_parameters(build_for(config)) for _, config in net_variants(spec))
 
 
 def auto_workers(spec, cores: int, gpus: int) -> int:

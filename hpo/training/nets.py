@@ -1,10 +1,16 @@
-"""Network definitions by name (the names are declared in hpo.config). Input channels, image size
-and classes come from the dataset."""
+"""Network definitions by name (the names are declared in hpo.config), and your own nets
+("file.py:Class", loaded by hpo.training.custom). Input channels, image size and classes come from
+the dataset (``dataset_info``)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from hpo.config import DataSpec, StudySpec, TrainConfig, net_reference, variants
+from hpo.training import custom
+from hpo.training.datasets import DATASETS, DatasetInfo
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -90,9 +96,49 @@ def resnet18(channels: int, size: int, num_classes: int, act: str = "relu") -> n
 NETS = {"lenet5": LeNet5, "simple_cnn": SimpleCNN, "resnet18": resnet18}
 
 
-def build(name: str, channels: int, size: int, num_classes: int, act: str = "relu") -> nn.Module:
-    """The net ``name`` (a name hpo.config has checked) for the dataset's shape."""
+def build(name: str, channels: int, size: int, num_classes: int, act: str = "relu", args: tuple = ()) -> nn.Module:
+    """The net ``name`` (a name hpo.config has checked) for the dataset's shape; ``args``: your own
+    net's [model.args]."""
+    if net_reference(name):
+        return custom.build(name, channels, size, num_classes, ACTIVATIONS[act], args)
     return NETS[name](channels, size, num_classes, act)
+
+
+def dataset_info(data: DataSpec) -> DatasetInfo:
+    """The shape a net is built for (channels, image size, classes) without loading the data: the
+    one place the checks and the size estimate look it up."""
+    return DATASETS[data.dataset]
+
+
+def build_for(config: TrainConfig, info: DatasetInfo | None = None) -> nn.Module:
+    """``config``'s net for ``info`` (default: its dataset's)."""
+    info = info or dataset_info(config.data)
+    m = config.model
+    return build(m.name, info.channels, info.size, info.num_classes, m.activation, m.args)
+
+
+def net_variants(spec: StudySpec) -> list[tuple[str, TrainConfig]]:
+    """The distinct nets a study can build (base, each searched choice and range end), each once,
+    named by where it comes from."""
+    seen, out = set(), []
+    for where, config in variants(spec):
+        key = (config.model, dataset_info(config.data))
+        if key not in seen:
+            seen.add(key)
+            out.append((where, config))
+    return out
+
+
+def check(spec: StudySpec) -> None:
+    """Your own nets built and run on one batch of the dataset's shape, for every setting the study
+    can give them, before any trial: each way one can fail is one HpoError. The global RNG is left
+    as it was (a trial seeds its own init)."""
+    with torch.random.fork_rng(devices=[]):
+        for where, config in net_variants(spec):
+            if net_reference(config.model.name):
+                info = dataset_info(config.data)
+                model = build_for(config, info)
+                custom.check_output(model, config.model.name, info.channels, info.size, info.num_classes, where)
 
 
 def count_parameters(model: nn.Module) -> int:
