@@ -15,10 +15,12 @@ import optuna
 import pytest
 from builders import sha, write_study
 from processes import hpo
+from torch import nn
 
 from hpo import config
 from hpo.runs import workers
 from hpo.search.recipe import RECIPES_ATTR
+from hpo.training import nets
 
 NET = """
 from torch import nn
@@ -231,3 +233,19 @@ def test_the_supervisors_size_estimate_builds_each_searched_width(tmp_path):
     spec = config.load(study(tmp_path))
     assert workers.largest_net(spec) == tiny_params(8)  # the widest choice, not the base's width 4
     assert workers.auto_workers(spec, cores=4, gpus=0) == 4  # a small net: one worker per core
+
+
+def test_a_constructor_gets_what_it_takes_and_a_kwargs_one_gets_all(tmp_path):
+    (tmp_path / "nets.py").write_text(
+        NET
+        + "\n\nclass Open(nn.Module):\n"
+        + "    def __init__(self, **kwargs):\n"
+        + "        super().__init__()\n"
+        + "        self.given = kwargs\n"
+    )
+    args = (("width", 5),)
+    net = nets.build(f"{tmp_path}/nets.py:Open", 3, 32, 10, "gelu", args)
+    assert net.given == {"in_channels": 3, "num_classes": 10, "image_size": 32, "activation": nn.GELU, "width": 5}
+    tiny = nets.build(f"{tmp_path}/nets.py:TinyNet", 3, 32, 10, "tanh", args)  # no image_size in its signature
+    assert nets.count_parameters(tiny) == tiny_params(5, channels=3)
+    assert [type(m) for m in tiny.modules() if isinstance(m, nn.Tanh)] == [nn.Tanh]  # the class, built by the net
