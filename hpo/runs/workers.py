@@ -44,7 +44,7 @@ from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
 from hpo.training import data as data_mod
 from hpo.training.loop import cpu_count
-from hpo.training.nets import built_nets, count_parameters
+from hpo.training.nets import built, count_parameters, net_variants
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
 PROGRESS_S = 5.0  # at most one study-wide progress line this often
@@ -56,7 +56,7 @@ SMALL_PER_GPU = 2  # small trials leave a GPU idle between kernels; two share on
 def largest_net(spec) -> int:
     """Parameters of the largest net the study can build: each net, searched name and searched
     model.args value built once (your own net included)."""
-    return max(count_parameters(model) for *_, model in built_nets(spec))
+    return max(count_parameters(built(where, config)) for where, config in net_variants(spec))
 
 
 def auto_workers(spec, cores: int, gpus: int) -> int:

@@ -134,8 +134,9 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
         "study_toml": spec.source,
         "overrides": list(spec.overrides),
     }
-    if net_files(spec):
-        mine["nets"] = net_files(spec)
+    nets = net_files(spec)
+    if nets:
+        mine["nets"] = nets
     last = versions[-1] if versions else None
     if last is None or any(last.get(k) != mine.get(k) for k in RECIPE_KEYS):
         if last is not None and trials_so_far:

@@ -4,8 +4,6 @@ the dataset (``dataset_info``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -132,16 +130,12 @@ def net_variants(spec: StudySpec) -> list[tuple[str, TrainConfig]]:
     return out
 
 
-def built_nets(spec: StudySpec) -> Iterator[tuple[str, TrainConfig, DatasetInfo, nn.Module]]:
-    """Each of ``net_variants`` built, with where it comes from; a net that cannot be built is an
-    HpoError naming the searched value it was built for."""
-    for where, config in net_variants(spec):
-        info = dataset_info(config.data)
-        try:
-            model = build_for(config, info)
-        except HpoError as e:
-            raise HpoError(f"{e} (in {where})" if where else str(e)) from None
-        yield where, config, info, model
+def built(where: str, config: TrainConfig, info: DatasetInfo | None = None) -> nn.Module:
+    """``build_for``, a net that cannot be built naming the searched value (``where``) it was built for."""
+    try:
+        return build_for(config, info)
+    except HpoError as e:
+        raise HpoError(f"{e} (in {where})" if where else str(e)) from None
 
 
 def check(spec: StudySpec) -> None:
@@ -149,8 +143,10 @@ def check(spec: StudySpec) -> None:
     can give them, before any trial: each way one can fail is one HpoError. The global RNG is left
     as it was (a trial seeds its own init)."""
     with torch.random.fork_rng(devices=[]):
-        for where, config, info, model in built_nets(spec):
+        for where, config in net_variants(spec):
             if net_reference(config.model.name):
+                info = dataset_info(config.data)
+                model = built(where, config, info)
                 custom.check_output(model, config.model.name, info.channels, info.size, info.num_classes, where)
 
 
