@@ -53,8 +53,12 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: Net = "lenet5"
+    name: Net = "lenet5"  # or your own net: "net.py:Class" (a file; parse makes it absolute) or "pkg.module:Class"
     activation: Activation = "relu"
+    args: tuple[tuple[str, Any], ...] = ()  # [model.args]: keyword arguments of your net's constructor, sorted by name
+
+    def arg(self, name: str, default: Any = None) -> Any:
+        return dict(self.args).get(name, default)
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,20 @@ class TrainConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The recorded config: [model.args] as a table (what a study file holds), left out when empty
+        so a built-in net's record is what it always was."""
+        out = dataclasses.asdict(self)
+        args = out["model"].pop("args")
+        if args:
+            out["model"]["args"] = dict(args)
+        return out
 
 
 @dataclass(frozen=True)
 class ParamSpec:
     """One searched setting: a range (low/high, optional log or step) or a list of choices."""
 
-    key: str  # "section.field", e.g. "train.lr"
+    key: str  # "section.field", e.g. "train.lr", or "model.args.X" (an argument of your own net)
     low: float | int | None = None
     high: float | int | None = None
     log: bool = False
@@ -115,10 +125,13 @@ class ParamSpec:
 
     @property
     def name(self) -> str:
-        return self.key.split(".")[1]
+        """The key less its section: "lr", "args.width"."""
+        return self.key.split(".", 1)[1]
 
     @property
     def is_int(self) -> bool:
+        if self.key.startswith(ARGS_PREFIX):  # a net argument's kind is the one its values were given in
+            return isinstance(self.low, int) and not isinstance(self.low, bool)
         return _field_type(self.section, self.name) is int
 
 
@@ -178,6 +191,7 @@ class StudySpec:
 
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+ARGS_PREFIX = "model.args."  # a searched or --set argument of your own net: model.args.width
 TOP_LEVEL = {
     "description",
     "seed",
@@ -237,7 +251,10 @@ def _build(cls, table: dict, where: str, allowed=None):
     return cls(**values)
 
 
-def _param(key: str, raw: Any, where: str) -> ParamSpec:
+def _param(key: str, raw: Any, where: str, args: dict | None = None) -> ParamSpec:
+    """One searched setting; ``args`` (the study's [model.args]) gives a searched net argument its kind."""
+    if key.startswith(ARGS_PREFIX):
+        return _range_or_choices(key, key, raw, where, _arg_kind(key, raw, where, args or {}))
     section, _, name = key.rpartition(".")
     if not section:  # a bare name such as "lr" is looked up in the sections
         owners = [s for s, cls in SECTIONS.items() if name in {f.name for f in dataclasses.fields(cls)}]
@@ -249,7 +266,12 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
         section = owners[0]
     elif section not in SECTIONS or name not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
         raise HpoError(f"unknown search parameter {where}.{key}; write it as data.X, model.X or train.X with a known X")
-    full, kind = f"{section}.{name}", _field_type(section, name)
+    return _range_or_choices(f"{section}.{name}", key, raw, where, _field_type(section, name))
+
+
+def _range_or_choices(full: str, key: str, raw: Any, where: str, kind) -> ParamSpec:
+    """``raw`` (the search entry ``key``, as written) as a range or choices of values of ``kind``
+    (None: choices of any plain value)."""
     if isinstance(raw, list):
         raw = {"choices": raw}
     if not isinstance(raw, dict):
@@ -264,6 +286,8 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
             raise HpoError(f"{where}.{key}.choices must be a non-empty list")
+        if kind is None:
+            return ParamSpec(full, choices=tuple(_arg_value(c, f"{where}.{key}.choices") for c in choices))
         return ParamSpec(full, choices=tuple(_coerce(c, kind, f"{where}.{key}.choices") for c in choices))
     if kind not in (int, float):
         raise HpoError(f"{where}.{key} is {kind.__name__}: give it choices = [..], not a range")
@@ -284,6 +308,71 @@ def _param(key: str, raw: Any, where: str) -> ParamSpec:
     if log and step is not None:
         raise HpoError(f"{where}.{key}: step and log cannot be combined (Optuna forbids it); drop one")
     return ParamSpec(full, low=low, high=high, log=log, step=step)
+
+
+# ---------------------------------------------------------------- your own net: "file.py:Class", [model.args]
+
+NET_VALUES = (int, float, bool, str)  # what [model.args] may hold (and lists of them, kept as tuples)
+
+
+def net_reference(name: str) -> tuple[str, str] | None:
+    """A custom net's (where, class): "net.py:TinyNet" -> ("net.py", "TinyNet"), "pkg.mod:Net" ->
+    ("pkg.mod", "Net"); None for a built-in name."""
+    where, sep, cls = name.rpartition(":")
+    return (where, cls) if sep else None
+
+
+def is_net_file(where: str) -> bool:
+    """A reference names a file (not an importable module) when it ends in .py or holds a path separator."""
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _resolve_net(name: str, folder: Path) -> str:
+    """A file reference made absolute against the study folder, so a recorded config (and a report's
+    recipe) builds the same net from any working directory."""
+    ref = net_reference(name)
+    if ref is None or not is_net_file(ref[0]) or Path(ref[0]).is_absolute():
+        return name
+    return f"{(folder / ref[0]).resolve()}:{ref[1]}"
+
+
+def _arg_value(value: Any, where: str):
+    """A [model.args] value: a plain TOML value, or a list of them (a tuple, to stay hashable)."""
+    if isinstance(value, list) and all(isinstance(v, NET_VALUES) for v in value):
+        return tuple(value)
+    if not isinstance(value, NET_VALUES):
+        raise HpoError(f"{where} must be a number, string, boolean or a list of them, got {value!r}")
+    return value
+
+
+def _args(table: Any, where: str = "model.args") -> tuple[tuple[str, Any], ...]:
+    if not isinstance(table, dict):
+        raise HpoError(f"[{where}] must be a table of keyword arguments for your net, e.g. width = 32; got {table!r}")
+    return tuple(sorted((k, _arg_value(v, f"{where}.{k}")) for k, v in table.items()))
+
+
+def _model(table: Any) -> ModelSpec:
+    """[model], its [model.args] table apart (the one field that is a table of its own)."""
+    args = table.get("args", {}) if isinstance(table, dict) else {}
+    rest = {k: v for k, v in table.items() if k != "args"} if isinstance(table, dict) else table
+    return dataclasses.replace(_build(ModelSpec, rest, "model"), args=_args(args))
+
+
+def _arg_kind(key: str, raw: Any, where: str, args: dict):
+    """A searched net argument's kind: its value's in [model.args], else its range ends' (float if
+    either is one); None (any plain value) for choices with no value to go by."""
+    name = key[len(ARGS_PREFIX) :]
+    if not name or "." in name:
+        raise HpoError(f"search parameter {where}.{key}: write model.args.NAME, NAME an argument of your net")
+    if name in args:
+        value = args[name]
+        return float if isinstance(value, float) else type(value)
+    if isinstance(raw, dict) and "choices" not in raw:
+        ends = [raw.get("low"), raw.get("high")]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends):
+            return float if any(isinstance(v, float) for v in ends) else int
+        raise HpoError(f"{where}.{key} needs numbers for low and high (or choices), got {raw!r}")
+    return None
 
 
 def _named(cls, raw: Any, where: str):
@@ -308,8 +397,12 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
                 f"known: {', '.join(sorted(TOP_LEVEL))}"
             )
     seed = _coerce(raw.get("seed", 0), int, "seed")
-    sections = {s: _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()}
-    base = TrainConfig(**{**sections, "data": _resolved(sections["data"], folder)}, seed=seed)
+    sections = {
+        s: _model(raw.get(s, {})) if s == "model" else _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()
+    }
+    sections["model"] = dataclasses.replace(sections["model"], name=_resolve_net(sections["model"].name, folder))
+    sections["data"] = _resolved(sections["data"], folder)
+    base = TrainConfig(**sections, seed=seed)
     search = raw.get("search", {})
     if not isinstance(search, dict):
         raise HpoError("[search] must be a table of parameter = { low, high } or { choices }")
@@ -326,18 +419,15 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
         base=base,
         description=_coerce(raw.get("description", ""), str, "description"),
         trials=_coerce(raw.get("trials", 20), int, "trials"),
-        search=search_space(search),
+        search=_resolve_choices(search_space(search, dict(base.model.args)), folder),
         sampler=_named(SamplerSpec, raw.get("sampler"), "sampler"),
         pruner=_named(PrunerSpec, raw.get("pruner"), "pruner"),
         objective=ObjectiveSpec(tuple(metrics)),
         stop=_stop(raw.get("stop", {})),
         source=source,
     )
-    validate(spec.base)
-    for p in spec.search:  # each choice, and each range end, must itself be a valid setting
-        for value in p.choices or (p.low, p.high):
-            branch = {k: values[0] for k, values in p.when}  # checked in its branch: nesterov under sgd
-            validate(with_values(spec.base, {**branch, p.key: value}), where=f"search.{p.name}")
+    for where, config in variants(spec):  # each choice, and each range end, must itself be a valid setting
+        validate(config, where=where)
     return spec
 
 
@@ -347,6 +437,27 @@ def _resolved(data: DataSpec, folder: Path) -> DataSpec:
     if not data.path:
         return data
     return dataclasses.replace(data, path=str((folder / Path(data.path).expanduser()).resolve()))
+
+
+def variants(spec: StudySpec) -> list[tuple[str, TrainConfig]]:
+    """The base config, then one per searched choice and range end (in its branch: nesterov under
+    sgd), each named by where it comes from: what parse validates and hpo.training.custom builds."""
+    out = [("", spec.base)]
+    for p in spec.search:
+        for value in p.choices or (p.low, p.high):
+            branch = {k: values[0] for k, values in p.when}
+            out.append((f"search.{p.name}", with_values(spec.base, {**branch, p.key: value})))
+    return out
+
+
+def _resolve_choices(params: tuple[ParamSpec, ...], folder: Path) -> tuple[ParamSpec, ...]:
+    """Searched net names, file references made absolute as model.name is."""
+    return tuple(
+        dataclasses.replace(p, choices=tuple(_resolve_net(c, folder) for c in p.choices))
+        if p.key == "model.name"
+        else p
+        for p in params
+    )
 
 
 def _check_metrics(metrics) -> None:
@@ -396,7 +507,7 @@ def _when(raw: Any, where: str) -> tuple[tuple[str, tuple], ...]:
     return tuple(out)
 
 
-def _branches(key: str, raw: Any, where: str) -> list[ParamSpec]:
+def _branches(key: str, raw: Any, where: str, args: dict) -> list[ParamSpec]:
     """One search entry: a range or choices, each optionally with `when`, or a list of such tables."""
     entries = raw if isinstance(raw, list) and raw and all(isinstance(e, dict) for e in raw) else [raw]
     out = []
@@ -406,7 +517,7 @@ def _branches(key: str, raw: Any, where: str) -> list[ParamSpec]:
         when = _when(entry.pop("when"), f"{at}.when") if isinstance(entry, dict) and "when" in entry else ()
         if len(entries) > 1 and not when:
             raise HpoError(f"{at}: a setting with several ranges needs a `when` in each, naming its branch")
-        out.append(dataclasses.replace(_param(key, entry, where), when=when))
+        out.append(dataclasses.replace(_param(key, entry, where, args), when=when))
     return out
 
 
@@ -439,11 +550,12 @@ def _label(p: ParamSpec) -> str:
     )
 
 
-def search_space(search: dict) -> tuple[ParamSpec, ...]:
-    """[search] as ParamSpecs, each after the settings its condition reads (define-by-run order)."""
+def search_space(search: dict, args: dict | None = None) -> tuple[ParamSpec, ...]:
+    """[search] as ParamSpecs, each after the settings its condition reads (define-by-run order);
+    ``args``: the study's [model.args], whose values give searched net arguments their kinds."""
     params, named_by = [], {}
     for key, raw in search.items():
-        branches = _branches(key, raw, "search")
+        branches = _branches(key, raw, "search", args or {})
         full = branches[0].key
         if full in named_by:  # "optimizer" and "train.optimizer": one setting, two entries
             raise HpoError(
@@ -527,6 +639,11 @@ def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """A copy of ``config`` with "section.field" keys replaced (a trial's sampled parameters)."""
     sections = {s: getattr(config, s) for s in SECTIONS}
     for key, value in values.items():
+        if key.startswith(ARGS_PREFIX):  # one argument of your own net, the others kept
+            model = sections["model"]
+            args = {**dict(model.args), key[len(ARGS_PREFIX) :]: value}
+            sections["model"] = dataclasses.replace(model, args=tuple(sorted(args.items())))
+            continue
         section, name = key.split(".")
         sections[section] = dataclasses.replace(sections[section], **{name: value})
     return dataclasses.replace(config, **sections)
@@ -536,9 +653,12 @@ def validate(config: TrainConfig, where: str = "") -> None:
     """Names against their declarations, values against their ranges. One line per problem."""
     d, t = config.data, config.train
     at = f" (in {where})" if where else ""
+    _validate_net(config.model, at)
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             value, known = getattr(getattr(config, section), f.name), declared(cls, f.name)
+            if (section, f.name) == ("model", "name") and net_reference(value):
+                continue  # your own net: checked by _validate_net here, built before any trial (hpo.training.custom)
             if known and value not in known:
                 raise HpoError(str(unknown(f"{section}.{f.name}", value, known)) + at)
             if isinstance(value, float) and not math.isfinite(value):  # inf/nan pass every range check below
@@ -593,6 +713,24 @@ def validate(config: TrainConfig, where: str = "") -> None:
             raise HpoError(message + at)
 
 
+def _validate_net(model: ModelSpec, at: str) -> None:
+    """Your own net's reference is well formed (the built-in names are checked with the others)."""
+    ref = net_reference(model.name)
+    if ref is None:
+        if model.args and model.name in names(Net):
+            raise HpoError(
+                f'model.args is for your own net (model.name = "file.py:Class"); {model.name} takes none' + at
+            )
+        return
+    where, cls = ref
+    module_ok = is_net_file(where) or all(part.isidentifier() for part in where.split("."))
+    if not (where and cls.isidentifier() and module_ok):
+        raise HpoError(
+            f'model.name = {model.name!r}: write your own net as "file.py:Class" (a path relative to the study '
+            f'folder, or absolute) or "package.module:Class"' + at
+        )
+
+
 def cpu_count() -> int:
     """The cores this process may run on (its affinity: a Slurm or container limit)."""
     try:
@@ -605,8 +743,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """ "train.lr=0.1" -> (["train", "lr"], 0.1). Values are TOML; a bare word is a string."""
     key, sep, value = text.partition("=")
     path = key.strip().split(".")
-    if not sep or not all(path) or len(path) > 2:
-        raise HpoError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set train.lr=0.05")
+    net_arg = len(path) == 3 and path[:2] == ["model", "args"]  # an argument of your own net: model.args.width
+    if not sep or not all(path) or (len(path) > 2 and not net_arg):
+        raise HpoError(
+            f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set train.lr=0.05 (or model.args.NAME=VALUE for your net)"
+        )
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
@@ -620,6 +761,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         path, value = parse_override(text)
         if len(path) == 1:
             raw[path[0]] = value
+        elif len(path) == 3:  # model.args.NAME: a copy of [model.args], the file's table untouched
+            model = raw.setdefault("model", {})
+            args = model.get("args", {}) if isinstance(model, dict) else None
+            if not isinstance(args, dict):
+                raise HpoError(f"--set {text!r}: [model] and [model.args] must be tables in the study file")
+            model["args"] = {**args, path[2]: value}
         else:
             section = raw.setdefault(path[0], {})
             if not isinstance(section, dict):

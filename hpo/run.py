@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if plan.confirm is not None or plan.worker is not None:
         k = 1
     else:
-        k = worker_count(plan.workers, plan.spec, "--workers" if "workers" in plan.given else f"${WORKERS_ENV}")
+        source = "--workers" if "workers" in plan.given else f"${WORKERS_ENV}"
+        k = worker_count(plan.workers, plan.spec, source, plan.data_dir)
     return lifecycle.run(plan, InProcess(plan) if k == 1 else Supervisor(plan, k))
 
 

@@ -9,6 +9,7 @@ import json
 from hpo import cli
 from hpo import config as config_mod
 from hpo.training import data as data_mod
+from hpo.training import nets
 from hpo.training.loop import fit, setup_runtime
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = config_mod.load(args.study, args.set)
     cfg = spec.base
+    nets.check(spec, args.data_dir)
     device, _ = setup_runtime(cfg)
     data = data_mod.load(cfg.data, cfg.seed, device, root=args.data_dir)
     cli.say(

@@ -104,6 +104,75 @@ def test_with_values_replaces_only_what_it_names():
     assert changed.train.epochs == spec.base.train.epochs and spec.base.train.lr == 0.01
 
 
+# ---------------------------------------------------------------- your own net: "file.py:Class", [model.args]
+
+OWN_NET = """
+[model]
+name = "net.py:TinyNet"
+[model.args]
+width = 16
+drop = 0.25
+[search]
+"model.args.width" = { choices = [8, 32] }
+"model.args.drop" = { low = 0, high = 1 }
+"model.args.depth" = { low = 1, high = 3 }
+"model.args.gain" = { low = 1, high = 2.5 }
+"""
+
+
+def test_a_net_file_is_made_absolute_against_the_study_folder_and_a_module_is_kept():
+    spec = parse(OWN_NET)
+    assert spec.base.model.name == f"{(Path('studies/t') / 'net.py').resolve()}:TinyNet"
+    assert parse("[model]\nname = 'mynets.tiny:Net'\n").base.model.name == "mynets.tiny:Net"
+    assert parse("[model]\nname = '/abs/net.py:Net'\n").base.model.name == "/abs/net.py:Net"
+    searched = parse("[search]\nname = { choices = ['lenet5', 'net.py:TinyNet'] }\n").search[0]
+    assert searched.choices == ("lenet5", f"{(Path('studies/t') / 'net.py').resolve()}:TinyNet")
+
+
+def test_net_args_are_sorted_pairs_and_searched_ones_take_their_kind_from_the_args_or_the_range():
+    spec = parse(OWN_NET)
+    assert spec.base.model.args == (("drop", 0.25), ("width", 16))
+    hash(spec.base)  # frozen and hashable: the objective keys its data by it
+    width, drop, depth, gain = spec.search
+    assert (width.key, width.name, width.choices) == ("model.args.width", "args.width", (8, 32))
+    assert (drop.low, drop.high, drop.is_int) == (0.0, 1.0, False)  # [model.args] has drop = 0.25: a float
+    assert (depth.low, depth.high, depth.is_int) == (1, 3, True)  # no value given: ints stay ints
+    assert (gain.low, gain.high, gain.is_int) == (1.0, 2.5, False)
+    assert type(gain.low) is float
+
+
+def test_a_net_argument_is_set_searched_and_recorded_as_a_table():
+    spec = parse(OWN_NET, ["model.args.width=64", "model.args.bias=true"])
+    assert dict(spec.base.model.args) == {"drop": 0.25, "width": 64, "bias": True}
+    assert config.parse_override("model.args.width=32") == (["model", "args", "width"], 32)
+    trial = config.with_values(spec.base, {"model.args.width": 8, "train.lr": 0.5})
+    assert trial.model.args == (("bias", True), ("drop", 0.25), ("width", 8)) and trial.train.lr == 0.5
+    recorded = trial.to_dict()["model"]
+    assert recorded["args"] == {"bias": True, "drop": 0.25, "width": 8}
+    assert "args" not in config.TrainConfig().to_dict()["model"]  # a built-in net's record is as it was
+    again = config.parse({"model": recorded}, "t", Path("elsewhere"), "")  # the record read back as a study file
+    assert again.base.model == trial.model
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("[model]\nname = 'lenet5'\n[model.args]\nwidth = 3\n", [], "model.args is for your own net"),
+        ("[model]\nname = 'net.py:'\n", [], 'write your own net as "file.py:Class"'),
+        ("[model]\nname = 'my-nets:Net'\n", [], "write your own net as"),
+        (OWN_NET, ["model.args.width={ a = 1 }"], "model.args.width must be a number, string, boolean"),
+        (OWN_NET.replace("{ choices = [8, 32] }", "{ choices = [8, 3.5] }"), [], "must be int, got 3.5"),
+        (OWN_NET.replace('depth" = { low = 1', "depth\" = { low = 'a'"), [], "needs numbers for low and high"),
+        ("", ["model.args.width.x=1"], "write SECTION.KEY=VALUE"),
+        ("", ["train.lr.x=1"], "write SECTION.KEY=VALUE"),
+    ],
+)
+def test_a_bad_net_setting_is_one_clear_line(text, overrides, message):
+    with pytest.raises(HpoError) as error:
+        parse(text, overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize(
     "text, overrides, message",
     [

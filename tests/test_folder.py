@@ -86,7 +86,7 @@ def test_describe_a_folder(tmp_path):
     assert info.class_names == ("cat", "dog", "owl")  # sorted folder names, as ImageFolder numbers them
     assert (info.crop_padding, info.flip) == (2, False)
     d = data.load(spec(tmp_path / "img", val_fraction=0.2), seed=0, root=tmp_path / "data")
-    assert d.info == info
+    assert dataclasses.replace(d.info, mean=info.mean, std=info.std) == info  # normalised by its training part
     assert len(d.train) + len(d.val) + len(d.test) == 36
     assert d.train.images.shape[1:] == (3, 16, 16) and d.train.images.dtype == torch.uint8
     assert d.train.labels.dtype == torch.int64 and set(d.train.labels.tolist()) == {0, 1, 2}
@@ -147,14 +147,19 @@ def test_mean_and_std_are_the_training_images(tmp_path):
     assert max(info.mean) < 0.4  # and far from what the bright test images would have made it
 
 
-def test_mean_and_std_without_a_test_folder_cover_all_of_train(tmp_path):
-    # Computed once per folder, before the seeded test share is held out: the same for every seed.
+def test_mean_and_std_without_a_test_folder_are_the_training_parts(tmp_path):
+    """describe() (no seed) gives all of train/'s; a load normalises by what it trains and validates
+    on, never by the test share it holds out (which the seed draws)."""
     train = write_images(tmp_path / "img" / "train", {"a": 7, "b": 9})
     info = data.describe(spec(tmp_path / "img"), tmp_path / "data")
     x = pixels(train["a"] + train["b"]).double() / 255
     assert info.mean == pytest.approx(x.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
     for seed in (0, 1):
-        assert data.load(spec(tmp_path / "img", val_fraction=0.25), seed, root=tmp_path / "data").info == info
+        d = data.load(spec(tmp_path / "img", val_fraction=0.25), seed, root=tmp_path / "data")
+        part = torch.cat([d.train.images, d.val.images]).double() / 255
+        assert d.info.mean == pytest.approx(part.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
+        assert d.info.std == pytest.approx(part.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
+        assert d.info.mean != pytest.approx(info.mean, abs=1e-6)  # the test share is left out
 
 
 def test_a_constant_channel_gets_a_std_that_normalising_can_divide_by(tmp_path):

@@ -141,3 +141,9 @@ def test_run_refuses_the_other_folder_in_one_line_and_the_store_is_untouched(tmp
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: study 'tiny' in the store came from")
     assert sha(db) == before
+
+
+def test_a_study_with_a_built_in_net_keeps_its_recipe_versions_as_they_were(tmp_path):
+    spec, url, _ = stored_study(tmp_path)
+    (version,) = resume(url, spec.folder).user_attrs[RECIPES_ATTR]
+    assert set(version) == {"from_trial", "study_file", "study_toml", "overrides"}  # no "nets": none of its own

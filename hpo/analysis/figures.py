@@ -341,6 +341,7 @@ def _overview(f: Findings) -> list:
             (
                 ("study", f"`{f.study_name}`"),
                 ("study file", f"`{f.reproducibility.study_file}`"),
+                *((("network", _network(f.reproducibility)),) if _network(f.reproducibility) else ()),
                 ("store", f"`{f.storage}`"),
                 ("objective", objective),
                 ("trials", f"{sum(f.counts.values())} ({states})"),
@@ -505,15 +506,25 @@ def _failures(f: Findings, fig) -> list:
     return out + fig("timeline")
 
 
+NET_KEYS = ("net_file", "net_sha256")  # the versions hpo.search.objective records for your own net
+
+
+def _network(rep) -> str:
+    """Your own net's file and the start of its sha256, as the best trial recorded them; "" for a built-in net."""
+    v = rep.versions
+    return f"`{v['net_file']}` (sha256 `{v['net_sha256'][:12]}`)" if all(k in v for k in NET_KEYS) else ""
+
+
 def _reproducibility(f: Findings) -> list:
     rep = f.reproducibility
-    versions = ", ".join(f"{k} {v}" for k, v in rep.versions.items()) or "not recorded"
+    versions = ", ".join(f"{k} {v}" for k, v in rep.versions.items() if k not in NET_KEYS) or "not recorded"
     out: list = [
         Heading("Reproducibility"),
         Bullets(
             (
                 f"seed: {rep.seed if rep.seed is not None else 'not recorded'}",
                 f"study file: `{rep.study_file}`",
+                *((f"network file: {_network(rep)}",) if _network(rep) else ()),
                 f"versions (best trial): {versions}"
                 + ("; **trials ran on different versions**" if rep.versions_vary else ""),
                 "devices: "

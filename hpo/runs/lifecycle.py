@@ -20,6 +20,7 @@ from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sam
 from hpo.search.until import finished
 from hpo.storage import faults
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
+from hpo.training import nets
 from hpo.training.data import describe
 from hpo.training.loop import resolve_device
 
@@ -77,9 +78,10 @@ def checks(plan: Plan, spec) -> None:
     """Everything that can be wrong with the input, before the store is touched."""
     make_sampler(spec, 0), make_pruner(spec)
     resolve_device(spec.base.train.device)
+    describe(spec.base.data, plan.data_dir)  # an image folder is checked (and decoded, once per process) here
+    nets.check(spec, plan.data_dir)  # every net for the data's shape: your own net's file, class, constructor
     plan.index  # noqa: B018 (a worker index from the environment that is no number fails here)
     env_seconds(GRACE_ENV, GRACE_S)
-    describe(spec.base.data, plan.data_dir)  # an image folder is checked (and decoded, once per process) here
 
 
 def open_study(plan: Plan, spec, executor: Executor):

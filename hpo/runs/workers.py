@@ -43,9 +43,8 @@ from hpo.runs.outcome import count_states
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
 from hpo.training import data as data_mod
-from hpo.training.datasets import DATASETS
 from hpo.training.loop import cpu_count
-from hpo.training.nets import build, count_parameters
+from hpo.training.nets import built, count_parameters, net_variants
 
 POLL_S = 0.5  # how often the supervisor looks at its workers
 PROGRESS_S = 5.0  # at most one study-wide progress line this often
@@ -54,20 +53,13 @@ SMALL_NET = 1_000_000  # parameters; lenet5 (62k) and simple_cnn are small, resn
 SMALL_PER_GPU = 2  # small trials leave a GPU idle between kernels; two share one well
 
 
-def model_names(spec) -> set[str]:
-    names = {spec.base.model.name}
-    for p in spec.search:
-        if p.key == "model.name":
-            names |= set(p.choices)
-    return names
+def largest_net(spec, root=None) -> int:
+    """Parameters of the largest net the study can build: each net, searched name and searched
+    model.args value built once (your own net included)."""
+    return max(count_parameters(built(where, config, info)) for where, config, info in net_variants(spec, root))
 
 
-def largest_net(spec) -> int:
-    info = DATASETS[spec.base.data.dataset]
-    return max(count_parameters(build(n, info.channels, info.size, info.num_classes)) for n in model_names(spec))
-
-
-def auto_workers(spec, cores: int, gpus: int) -> int:
+def auto_workers(spec, cores: int, gpus: int, root=None) -> int:
     """``--workers auto``. CPU, small net (LeNet-5, the simple CNN): one worker per core, one thread
     each. Two torch threads in one process were the slowest setting in every run on 2 shared cores
     (1.2x to 10x: the OpenMP pool waits at each barrier for a thread that lost its core), while a
@@ -76,7 +68,7 @@ def auto_workers(spec, cores: int, gpus: int) -> int:
     (one leaves it idle between kernels), one large. Figures in bench/README.md ("workers.py"),
     with the case the rule does not cover: when other jobs already hold every core, a single
     one-thread worker is faster (--workers 1 --set train.threads=1)."""
-    small = largest_net(spec) < SMALL_NET
+    small = largest_net(spec, root) < SMALL_NET
     if gpus:
         return gpus * (SMALL_PER_GPU if small else 1)
     return cores if small else 1
@@ -90,12 +82,12 @@ def devices(spec) -> list[str]:
     return []
 
 
-def worker_count(text: str, spec, source: str = "--workers") -> int:
+def worker_count(text: str, spec, source: str = "--workers", root=None) -> int:
     """``--workers`` (or ``source``, where the text came from): a number >= 1, or auto (for this
     machine's cores and GPUs)."""
     if text == "auto":
         gpus = len(devices(spec)) or spec.base.train.device.startswith("cuda")
-        return auto_workers(spec, cpu_count(), gpus)
+        return auto_workers(spec, cpu_count(), gpus, root)
     k = int(text) if text.strip().isdigit() else 0
     if k < 1:
         raise HpoError(f"{source} must be a number >= 1 or auto, got {text!r}")

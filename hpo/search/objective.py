@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 import hpo
-from hpo.config import DataSpec, StudySpec
+from hpo.config import DataSpec, StudySpec, TrainConfig
 from hpo.errors import reason
 from hpo.records import CONFIRMS, WORKER_ATTR
 from hpo.search import shadow
@@ -25,6 +25,7 @@ from hpo.search.interrupts import NO_INTERRUPTS, Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
 from hpo.search.space import trial_config
 from hpo.storage.store import worker_tag
+from hpo.training import custom
 from hpo.training import data as data_mod
 from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
@@ -43,13 +44,16 @@ class StopTrial(Exception):
         self.status, self.reason = status, reason
 
 
-def versions() -> dict:
+def versions(config: TrainConfig | None = None) -> dict:
+    """The library versions, and for your own net the file it came from and its sha256."""
+    net = custom.source(config.model.name) if config is not None else None
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "optuna": optuna.__version__,
         "hpo": hpo.__version__,
+        **({"net_file": net.path, "net_sha256": net.sha256} if net else {}),
     }
 
 
@@ -122,7 +126,7 @@ class Objective:
             config = trial_config(trial, self.spec)
             trial.set_user_attr("seed", config.seed)
             trial.set_user_attr("config", config.to_dict())
-            trial.set_user_attr("versions", versions())
+            trial.set_user_attr("versions", versions(config))
             data = self.data(config.data)
             saved = TrialCheckpoint(self.checkpoints, self.spec.name, trial, config, self.guard)
             resume = saved.load(self.device, report=not self.multi)

@@ -23,10 +23,14 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from hpo.config import STUDY_FILE, ParamSpec, StudySpec
+from hpo.config import STUDY_FILE, ParamSpec, StudySpec, net_reference, variants
 from hpo.errors import HpoError
+from hpo.training import custom
 
-RECIPES_ATTR = "recipes"  # study user attr: [{from_trial, study_file, study_toml, overrides}, ...], oldest first
+# study user attr: [{from_trial, study_file, study_toml, overrides[, nets]}, ...], oldest first; nets:
+# your own nets' files and their sha256 ({path: hash}), there only for a study that has one
+RECIPES_ATTR = "recipes"
+RECIPE_KEYS = ("study_file", "study_toml", "overrides", "nets")  # a change in any one is a new version
 log = logging.getLogger(__name__)
 
 
@@ -161,7 +165,28 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
         "study_toml": spec.source,
         "overrides": list(spec.overrides),
     }
+    nets = net_files(spec)
+    if nets:
+        mine["nets"] = nets
     last = versions[-1] if versions else None
-    if last is None or any(last.get(k) != mine[k] for k in ("study_file", "study_toml", "overrides")):
+    if last is None or any(last.get(k) != mine.get(k) for k in RECIPE_KEYS):
+        if last is not None and trials_so_far:
+            _note_changed_nets(last.get("nets") or {}, mine.get("nets") or {}, trials_so_far)
         versions.append(mine)
     return versions
+
+
+def net_files(spec: StudySpec) -> dict[str, str]:
+    """Your own nets' files (every one the study can build) and their sha256: part of the recipe."""
+    names = {config.model.name for _, config in variants(spec) if net_reference(config.model.name)}
+    return dict(sorted((s.path, s.sha256) for s in map(custom.source, names)))
+
+
+def _note_changed_nets(old: dict[str, str], new: dict[str, str], trials_so_far: int) -> None:
+    changed = [
+        f"{path} (sha256 {old[path][:12]} -> {new[path][:12]})" for path in new if old.get(path, new[path]) != new[path]
+    ]
+    if changed:
+        log.info(
+            f"note: your net's file changed: {', '.join(changed)}; trials from #{trials_so_far} on train the new one"
+        )

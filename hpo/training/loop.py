@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hpo.config import TrainConfig, cpu_count
 from hpo.errors import HpoError
 from hpo.training.data import Data, batches
-from hpo.training.nets import build, count_parameters
+from hpo.training.nets import build_for, count_parameters
 
 OPTIMIZERS = {
     "sgd": lambda params, t: torch.optim.SGD(
@@ -179,7 +179,7 @@ def fit(
     channels_last = cuda and t.channels_last
 
     torch.manual_seed(config.seed)  # model init and dropout
-    model = build(config.model.name, info.channels, info.size, info.num_classes, config.model.activation)
+    model = build_for(config, info)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = OPTIMIZERS[t.optimizer](model.parameters(), t)
     steps_per_epoch = math.ceil(len(data.train) / t.batch_size)

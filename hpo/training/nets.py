@@ -1,10 +1,18 @@
-"""Network definitions by name (the names are declared in hpo.config). Input channels, image size
-and classes come from the dataset."""
+"""Network definitions by name (the names are declared in hpo.config), and your own nets
+("file.py:Class", loaded by hpo.training.custom). Input channels, image size and classes come from
+the dataset (``dataset_info``)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
+
+from hpo.config import DataSpec, StudySpec, TrainConfig, net_reference, variants
+from hpo.errors import HpoError
+from hpo.training import custom
+from hpo.training.data import describe
+from hpo.training.datasets import DatasetInfo
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -90,9 +98,65 @@ def resnet18(channels: int, size: int, num_classes: int, act: str = "relu") -> n
 NETS = {"lenet5": LeNet5, "simple_cnn": SimpleCNN, "resnet18": resnet18}
 
 
-def build(name: str, channels: int, size: int, num_classes: int, act: str = "relu") -> nn.Module:
-    """The net ``name`` (a name hpo.config has checked) for the dataset's shape."""
+def build(name: str, channels: int, size: int, num_classes: int, act: str = "relu", args: tuple = ()) -> nn.Module:
+    """The net ``name`` (a name hpo.config has checked) for the dataset's shape; ``args``: your own
+    net's [model.args]."""
+    if net_reference(name):
+        return custom.build(name, channels, size, num_classes, ACTIVATIONS[act], args)
     return NETS[name](channels, size, num_classes, act)
+
+
+def dataset_info(data: DataSpec, root=None) -> DatasetInfo:
+    """The shape a net is built for (channels, image size, classes) without loading the data: the
+    one place the checks and the size estimate look it up (an image folder's, from its cache in the
+    data folder ``root``)."""
+    return describe(data, root)
+
+
+def build_for(config: TrainConfig, info: DatasetInfo | None = None, root=None) -> nn.Module:
+    """``config``'s net for ``info`` (default: its dataset's, in the data folder ``root``)."""
+    info = info or dataset_info(config.data, root)
+    m = config.model
+    return build(m.name, info.channels, info.size, info.num_classes, m.activation, m.args)
+
+
+def net_variants(spec: StudySpec, root=None) -> list[tuple[str, TrainConfig, DatasetInfo]]:
+    """The distinct nets a study can build (base, each searched choice and range end), each once,
+    named by where it comes from, with the shape it is built for."""
+    seen, out = set(), []
+    for where, config in variants(spec):
+        info = dataset_info(config.data, root)
+        key = (config.model, info)
+        if key not in seen:
+            seen.add(key)
+            out.append((where, config, info))
+    return out
+
+
+def built(where: str, config: TrainConfig, info: DatasetInfo | None = None) -> nn.Module:
+    """``build_for``, a net that cannot be built naming the searched value (``where``) it was built for."""
+    try:
+        return build_for(config, info)
+    except HpoError as e:
+        raise HpoError(f"{e} (in {where})" if where else str(e)) from None
+
+
+def check(spec: StudySpec, root=None) -> None:
+    """Every net the study can build, built for the dataset's shape (``root``: the data folder) and
+    run on one batch of it, before any trial: each way one can fail is one HpoError (LeNet-5
+    on 64x64 images included). The global RNG is left as it was (a trial seeds its own init)."""
+    with torch.random.fork_rng(devices=[]):
+        for where, config, info in net_variants(spec, root):
+            model = built(where, config, info)
+            try:
+                custom.check_output(model, config.model.name, info.channels, info.size, info.num_classes, where)
+            except HpoError as e:
+                if net_reference(config.model.name) or info.size <= 32:
+                    raise
+                raise HpoError(
+                    f"{e}; {config.model.name} is drawn for images of at most 32 pixels: set data.image_size = 32, "
+                    f"or use simple_cnn or resnet18"
+                ) from None
 
 
 def count_parameters(model: nn.Module) -> int:
