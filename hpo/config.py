@@ -635,6 +635,14 @@ def _stop(raw: Any) -> StopSpec:
     return StopSpec(patience, min_delta)
 
 
+def value(config: TrainConfig, key: str) -> Any:
+    """The setting "section.field" (or "model.args.X", None where the args do not give it) of ``config``."""
+    if key.startswith(ARGS_PREFIX):
+        return dict(config.model.args).get(key[len(ARGS_PREFIX) :])
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
 def with_values(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """A copy of ``config`` with "section.field" keys replaced (a trial's sampled parameters)."""
     sections = {s: getattr(config, s) for s in SECTIONS}

@@ -19,6 +19,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import ParamSpec, StudySpec, active
+from hpo.config import value as setting
 from hpo.errors import HpoError
 from hpo.records import ranked
 from hpo.search.study import load_existing
@@ -49,7 +50,7 @@ def params_for(source: FrozenTrial, spec: StudySpec) -> dict:
     for p in spec.search:
         if not active(p, values):
             continue
-        value = searched.get(p.name, getattr(getattr(spec.base, p.section), p.name))
+        value = searched.get(p.name, setting(spec.base, p.key))
         if fits(p, value):
             out[p.optuna_name] = int(value) if p.is_int and not p.choices else value
             values[p.key] = value
