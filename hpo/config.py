@@ -238,16 +238,53 @@ def _coerce(value: Any, kind, where: str):
     return value
 
 
+class Problems(HpoError):
+    """Several independent problems of one study file, said together in one line, so that one run
+    shows everything to fix. ``items``: each problem's own line."""
+
+    def __init__(self, items: list[str]):
+        self.items = items
+        text = (
+            items[0]
+            if len(items) == 1
+            else f"{len(items)} problems: " + "; ".join(f"({i}) {m}" for i, m in enumerate(items, 1))
+        )
+        super().__init__(text)
+
+
+class _Collect:
+    """Runs independent checks, keeping every HpoError (each Problems' items) instead of the first."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def __call__(self, make, default=None):
+        try:
+            return make()
+        except Problems as e:
+            self.items += [m for m in e.items if m not in self.items]
+        except HpoError as e:
+            if str(e) not in self.items:
+                self.items.append(str(e))
+        return default
+
+    def done(self) -> None:
+        if self.items:
+            raise Problems(self.items)
+
+
 def _build(cls, table: dict, where: str, allowed=None):
     if not isinstance(table, dict):
         raise HpoError(f"[{where}] must be a table, got {table!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)] if allowed is None else allowed
-    values = {}
+    values, collect = {}, _Collect()
     for key, value in table.items():
         if key not in names:
-            raise HpoError(f"unknown key {where}.{key}{closest(key, names)}; known keys: {', '.join(names)}")
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
+            collect.items.append(f"unknown key {where}.{key}{closest(key, names)}; known keys: {', '.join(names)}")
+            continue
+        values[key] = collect(lambda key=key, value=value: _coerce(value, hints[key], f"{where}.{key}"))
+    collect.done()
     return cls(**values)
 
 
@@ -277,9 +314,10 @@ def _range_or_choices(full: str, key: str, raw: Any, where: str, kind) -> ParamS
     if not isinstance(raw, dict):
         raise HpoError(f"{where}.{key} must be {{ low = .., high = .. }} or {{ choices = [..] }}, got {raw!r}")
     allowed = ("low", "high", "log", "step", "choices")
+    known = (*allowed, "when")  # `when` was taken off by _branches: it is a known key all the same
     for k in raw:
         if k not in allowed:
-            raise HpoError(f"unknown key {where}.{key}.{k}{closest(k, allowed)}; known: {', '.join(allowed)}")
+            raise HpoError(f"unknown key {where}.{key}.{k}{closest(k, known)}; known: {', '.join(known)}")
     if "choices" in raw:
         if set(raw) != {"choices"}:
             raise HpoError(f"{where}.{key}: use either choices or low/high, not both")
@@ -389,46 +427,58 @@ def _named(cls, raw: Any, where: str):
 
 
 def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
-    """Turn a study file's TOML table into a validated ``StudySpec``."""
+    """Turn a study file's TOML table into a validated ``StudySpec``; every problem the file has is
+    said at once (``Problems``), as far as the parts that can be checked alone go."""
+    collect = _Collect()
     for key in raw:
         if key not in TOP_LEVEL:
-            raise HpoError(
+            collect.items.append(
                 f"unknown key {key!r} in {folder / STUDY_FILE}{closest(key, TOP_LEVEL)}; "
                 f"known: {', '.join(sorted(TOP_LEVEL))}"
             )
-    seed = _coerce(raw.get("seed", 0), int, "seed")
+    seed = collect(lambda: _coerce(raw.get("seed", 0), int, "seed"), 0)
     sections = {
-        s: _model(raw.get(s, {})) if s == "model" else _build(cls, raw.get(s, {}), s) for s, cls in SECTIONS.items()
+        s: collect(
+            lambda s=s, cls=cls: _model(raw.get(s, {})) if s == "model" else _build(cls, raw.get(s, {}), s), cls()
+        )
+        for s, cls in SECTIONS.items()
     }
-    sections["model"] = dataclasses.replace(sections["model"], name=_resolve_net(sections["model"].name, folder))
+    model = sections["model"]
+    sections["model"] = dataclasses.replace(model, name=collect(lambda: _resolve_net(model.name, folder), model.name))
     sections["data"] = _resolved(sections["data"], folder)
     base = TrainConfig(**sections, seed=seed)
     search = raw.get("search", {})
     if not isinstance(search, dict):
-        raise HpoError("[search] must be a table of parameter = { low, high } or { choices }")
-    objective = raw.get("objective", {})
+        collect.items.append("[search] must be a table of parameter = { low, high } or { choices }")
+        search = {}
+    spec = StudySpec(
+        name=name,
+        folder=folder,
+        base=base,
+        description=collect(lambda: _coerce(raw.get("description", ""), str, "description"), ""),
+        trials=collect(lambda: _coerce(raw.get("trials", 20), int, "trials"), 20),
+        search=collect(lambda: _resolve_choices(search_space(search, dict(base.model.args)), folder), ()),
+        sampler=collect(lambda: _named(SamplerSpec, raw.get("sampler"), "sampler"), SamplerSpec()),
+        pruner=collect(lambda: _named(PrunerSpec, raw.get("pruner"), "pruner"), PrunerSpec()),
+        objective=collect(lambda: _objective(raw.get("objective", {})), ObjectiveSpec(("val_acc",))),
+        stop=collect(lambda: _stop(raw.get("stop", {})), StopSpec()),
+        source=source,
+    )
+    collect.done()  # the settings below are checked on a whole spec
+    for where, config in variants(spec):  # each choice, and each range end, must itself be a valid setting
+        collect(lambda where=where, config=config: validate(config, where=where))
+    collect.done()
+    return spec
+
+
+def _objective(objective) -> ObjectiveSpec:
     metrics = objective.get("metrics", ["val_acc"]) if isinstance(objective, dict) else objective
     if isinstance(metrics, str):
         metrics = [metrics]
     if set(objective) - {"metrics"} if isinstance(objective, dict) else False:
         raise HpoError(f"unknown key in [objective]: {sorted(set(objective) - {'metrics'})}; known: metrics")
     _check_metrics(metrics)
-    spec = StudySpec(
-        name=name,
-        folder=folder,
-        base=base,
-        description=_coerce(raw.get("description", ""), str, "description"),
-        trials=_coerce(raw.get("trials", 20), int, "trials"),
-        search=_resolve_choices(search_space(search, dict(base.model.args)), folder),
-        sampler=_named(SamplerSpec, raw.get("sampler"), "sampler"),
-        pruner=_named(PrunerSpec, raw.get("pruner"), "pruner"),
-        objective=ObjectiveSpec(tuple(metrics)),
-        stop=_stop(raw.get("stop", {})),
-        source=source,
-    )
-    for where, config in variants(spec):  # each choice, and each range end, must itself be a valid setting
-        validate(config, where=where)
-    return spec
+    return ObjectiveSpec(tuple(metrics))
 
 
 def _resolved(data: DataSpec, folder: Path) -> DataSpec:
@@ -553,17 +603,21 @@ def _label(p: ParamSpec) -> str:
 def search_space(search: dict, args: dict | None = None) -> tuple[ParamSpec, ...]:
     """[search] as ParamSpecs, each after the settings its condition reads (define-by-run order);
     ``args``: the study's [model.args], whose values give searched net arguments their kinds."""
-    params, named_by = [], {}
+    params, named_by, collect = [], {}, _Collect()
     for key, raw in search.items():
-        branches = _branches(key, raw, "search", args or {})
+        branches = collect(lambda key=key, raw=raw: _branches(key, raw, "search", args or {}))
+        if branches is None:
+            continue
         full = branches[0].key
         if full in named_by:  # "optimizer" and "train.optimizer": one setting, two entries
-            raise HpoError(
+            collect.items.append(
                 f"search: {named_by[full]} and {key} name the same setting ({full}); keep one "
                 f"(several ranges of one setting go in one list, each with its `when`)"
             )
+            continue
         named_by[full] = key
         params += branches
+    collect.done()  # the conditions below read every entry
     by_key: dict[str, list[ParamSpec]] = {}
     for p in params:
         by_key.setdefault(p.key, []).append(p)
@@ -662,15 +716,16 @@ def validate(config: TrainConfig, where: str = "") -> None:
     d, t = config.data, config.train
     at = f" (in {where})" if where else ""
     _validate_net(config.model, at)
+    problems: list[str] = []
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             value, known = getattr(getattr(config, section), f.name), declared(cls, f.name)
             if (section, f.name) == ("model", "name") and net_reference(value):
                 continue  # your own net: checked by _validate_net here, built before any trial (hpo.training.custom)
             if known and value not in known:
-                raise HpoError(str(unknown(f"{section}.{f.name}", value, known)) + at)
+                problems.append(str(unknown(f"{section}.{f.name}", value, known)) + at)
             if isinstance(value, float) and not math.isfinite(value):  # inf/nan pass every range check below
-                raise HpoError(f"{section}.{f.name} must be a finite number, got {value}" + at)
+                problems.append(f"{section}.{f.name} must be a finite number, got {value}" + at)
     checks = (
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}"),
@@ -716,9 +771,9 @@ def validate(config: TrainConfig, where: str = "") -> None:
             f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
         ),
     )
-    for ok, message in checks:
-        if not ok:
-            raise HpoError(message + at)
+    problems += [message + at for ok, message in checks if not ok]
+    if problems:
+        raise Problems(problems)
 
 
 def _validate_net(model: ModelSpec, at: str) -> None:

@@ -254,3 +254,35 @@ def test_one_setting_named_twice_in_search_is_one_clear_line():
     with pytest.raises(HpoError) as e:
         config.search_space({"optimizer": {"choices": ["sgd"]}, "train.optimizer": {"choices": ["adam"]}})
     assert str(e.value).startswith("search: optimizer and train.optimizer name the same setting (train.optimizer)")
+
+
+def test_a_misspelt_when_is_named_with_when_among_the_known_keys():
+    with pytest.raises(HpoError) as e:
+        config.search_space({"momentum": {"low": 0.5, "high": 0.9, "wehn": {"optimizer": "sgd"}}})
+    assert "unknown key search.momentum.wehn (did you mean 'when'?)" in str(e.value), str(e.value)
+    assert str(e.value).endswith("known: low, high, log, step, choices, when")
+
+
+def test_a_study_file_with_several_problems_says_them_all_in_one_line(tmp_path):
+    """One run shows everything to fix: a typo'd key, a bad value, a bad search entry, an unknown sampler."""
+    raw = tomllib.loads(
+        """
+[train]
+lr = -1.0
+epoch = 3
+[search]
+momentum = { low = 0.9, high = 0.5 }
+[sampler]
+name = "tpee"
+"""
+    )
+    with pytest.raises(HpoError) as e:
+        config.parse(raw, "x", tmp_path)
+    text = str(e.value)
+    assert text.startswith("3 problems: (1) unknown key train.epoch (did you mean 'epochs'?)"), text
+    assert "(2) search.momentum: low (0.9) is greater than high (0.5); swap them" in text
+    assert "(3) unknown sampler.name 'tpee'" in text and "\n" not in text
+    raw["train"].pop("epoch"), raw["search"].clear(), raw.pop("sampler")
+    with pytest.raises(HpoError) as e:  # what needs a whole spec comes once the parts are sound
+        config.parse(raw, "x", tmp_path)
+    assert str(e.value) == "train.lr must be > 0, got -1.0"
