@@ -215,11 +215,12 @@ def inject(rng: random.Random, fault: str, proc: subprocess.Popen, pg: PrivatePo
 def soak(
     cwd: Path, seconds: float, trials: int, seed: int = 0, epochs: int = 3, train_size: int = 1500, verify: int = 0
 ) -> dict:
-    """Run the study ``trials`` trials long, faults for the first ``seconds``; the figures and checks.
-    ``verify``: retrain every trial a fault touched and this many others at random (0: all of them)."""
+    """Run the study with faults for ``seconds``, ``trials`` trials at a time (a run that finishes
+    early is followed by ``--until`` the next ``trials`` more, as a user extends a study), then the
+    checks. ``verify``: retrain every trial a fault touched and this many others at random (0: all)."""
     (cwd / "studies" / "soak").mkdir(parents=True, exist_ok=True)
     (cwd / "studies" / "soak" / "study.toml").write_text(STUDY.format(epochs=epochs, train_size=train_size))
-    rng, faults, rounds, codes = random.Random(seed), Counter(), 0, Counter()
+    rng, faults, rounds, codes, target = random.Random(seed), Counter(), 0, Counter(), trials
     pg, disk = PrivatePostgres(), SmallDisk(cwd / "models", 16)
     env = {**os.environ, **ENV}
     readers, schedule = None, []
@@ -227,7 +228,7 @@ def soak(
     try:
         while True:
             rounds += 1
-            proc = supervise(cwd, pg.url, trials, env)
+            proc = supervise(cwd, pg.url, target, env)
             while proc.poll() is None:
                 time.sleep(rng.uniform(2, 8))
                 if readers is None and "soak" in optuna.get_all_study_names(pg.url):
@@ -239,14 +240,16 @@ def soak(
                     fault = schedule.pop()
                     faults[fault] += inject(rng, fault, proc, pg, disk)
             codes[proc.returncode] += 1
-            if proc.returncode == 0:
+            if proc.returncode == 0 and time.monotonic() - start < seconds:
+                target += trials  # done before the time is up: ask for more
+            elif proc.returncode == 0:
                 break
             if rounds > 200:
                 raise RuntimeError(f"the study never finished: exit codes {dict(codes)}; see {cwd / 'runs.log'}")
         wall = time.monotonic() - start
         read = readers.close() if readers is not None else {}
         figures = {"seconds": round(wall), "rounds": rounds, "exit_codes": dict(codes), "faults": dict(faults), **read}
-        figures.update(check(cwd, pg.url, trials, random.Random(seed), verify))
+        figures.update(check(cwd, pg.url, target, random.Random(seed), verify))
         return figures
     finally:
         if readers is not None:
@@ -305,7 +308,7 @@ def check(cwd: Path, url: str, trials: int, rng: random.Random, verify: int) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=30, help="how long faults are injected (default: %(default)s)")
-    ap.add_argument("--trials", type=int, default=200, help="(default: %(default)s)")
+    ap.add_argument("--trials", type=int, default=100, help="trials asked for at a time (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=3, help="(default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the faults and their times (default: %(default)s)")
     ap.add_argument(

@@ -79,11 +79,19 @@ def open_store(url: str):
         raise HpoError(f"no store at {path}: run `python -m hpo.run --study NAME` first")
     import sqlalchemy.exc
     from optuna.exceptions import StorageInternalError
+    from optuna.storages import RDBStorage
     from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard URL` uses
 
     try:
         schema.check(url, create=False)  # any query (?timeout=5), an empty file, another program's tables
-        storage = get_storage(url)
+        if url.startswith(("postgresql", "mysql")):
+            # As optuna-dashboard opens it, plus pre_ping: a restarted server leaves dead pooled
+            # connections, and without it the next page load after a restart fails.
+            storage = RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, skip_compatibility_check=True, skip_table_creation=True
+            )
+        else:
+            storage = get_storage(url)
         storage.get_all_studies()  # fail now, not on the first page load
     except ValueError as e:  # optuna-dashboard could not tell what kind of store the URL names
         raise HpoError(

@@ -26,10 +26,11 @@ pytestmark = pytest.mark.skipif(
 def test_a_disturbed_study_loses_nothing_counts_nothing_twice_and_trains_as_undisturbed(tmp_path):
     figures = soak.soak(tmp_path, seconds=75, trials=10, seed=1)
     assert set(figures["faults"]) == set(soak.FAULTS) and all(figures["faults"].values()), figures
-    assert figures["finished"] == 10 and figures["unfinished"] == [], figures
+    assert figures["asked"] % 10 == 0 and figures["finished"] == figures["asked"], figures  # 10, more if time was left
+    assert figures["unfinished"] == [], figures
     assert figures["counted_twice"] == [], figures
     assert (
-        figures["values_equal_undisturbed"] == figures["values_checked"] == figures["complete"] == 10
+        figures["values_equal_undisturbed"] == figures["values_checked"] == figures["complete"]
         and not figures["values_differ"]
     ), figures
     assert figures["checkpoints_left"] == [], figures
