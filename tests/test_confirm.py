@@ -152,3 +152,16 @@ def test_the_report_never_pools_another_recipe_and_keeps_a_configuration_that_co
     assert "trial #0's configuration wins" in c.sentence
     assert "#1 collapsed or diverged in 2 of 2 retrainings: its mean is the search's own value alone." in c.sentence
     assert "Retrainings of #0 under another recipe (train.epochs 2 -> 3) are not pooled." in c.sentence
+
+
+def test_confirm_says_when_the_study_holds_fewer_configurations_than_it_confirms(study_dir, tmp_path):
+    hpo("--study", "tiny", "--trials", "2", "--set", "train.epochs=1", "--keep", "none", cwd=tmp_path, check=0)
+    complete = [t for t in load(tmp_path).get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2, [t.state for t in load(tmp_path).get_trials()]
+    proc = hpo("--study", "tiny", "--confirm", "1", "--set", "train.epochs=1", "--keep", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "--confirm: study 'tiny' holds 2 complete configurations, not the top 3 asked for: "
+        "retraining those with 1 new seed each" in proc.stderr
+    ), proc.stderr[-2000:]
+    assert "tiny: 2 trials added" in proc.stdout
