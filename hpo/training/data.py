@@ -55,11 +55,6 @@ def _raw(name: str, root: Path):
     return READERS[name](root)
 
 
-# An image folder, read once per process and settings (its cache file makes the next process quick):
-# the checks, the size estimate and load all ask for it.
-_folder = functools.cache(read_folder)
-
-
 def describe(spec: DataSpec, root: str | os.PathLike | None = None) -> DatasetInfo:
     """``spec``'s dataset as the nets, the loop and the report need it (channels, size, classes and
     their names, normalisation): the registry's entry for a built-in dataset; for a folder, read from
@@ -67,7 +62,7 @@ def describe(spec: DataSpec, root: str | os.PathLike | None = None) -> DatasetIn
     ``load`` puts the same info in ``Data.info``, but for a folder without test/, whose mean and
     std there are its training part's (the test share is seeded, so it is known only with the seed)."""
     if spec.dataset == FOLDER:
-        return _folder(spec.path, spec.image_size, data_dir(root).resolve()).info
+        return read_folder(spec.path, spec.image_size, data_dir(root).resolve()).info
     return DATASETS[spec.dataset]
 
 
@@ -77,7 +72,7 @@ def _sets(spec: DataSpec, root: Path, g: torch.Generator) -> tuple[DatasetInfo, 
     from ``g`` before the validation split; a built-in dataset draws nothing here, so its splits stay as they were."""
     if spec.dataset != FOLDER:
         return DATASETS[spec.dataset], *_raw(spec.dataset, root)
-    images = _folder(spec.path, spec.image_size, root)
+    images = read_folder(spec.path, spec.image_size, root)  # decoded or read once per process (hpo.training.folder)
     if images.test is not None:
         return images.info, images.train, images.test
     train, test = _stratified(images.train, spec.test_fraction, g)
