@@ -86,7 +86,7 @@ def test_as_a_callback_it_stops_optimize():
     "stop, message",
     [
         ("patience = -1", r"^stop.patience must be >= 0"),
-        ("min_delta = -0.5", r"^stop.min_delta must be >= 0"),
+        ("min_delta = -0.5", r"^stop.min_delta must be a finite number >= 0, got -0.5"),
         ("patiance = 3", r"^unknown key stop.patiance \(did you mean 'patience'\?\); known keys: patience, min_delta$"),
         ('patience = "3"', r"^stop.patience must be int"),
     ],

@@ -210,7 +210,8 @@ def test_a_cut_at_the_first_statement_of_the_store_check_is_ridden_out(options, 
         hpo("--study", name, "--trials", str(searched), "--storage", PG, cwd=tmp_path, check=0)
     workers = ["--workers", "2"] if "--workers" in options else []
     proxy = Proxy()
-    run = Run("--study", name, "--trials", "2", *options, "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=BRIEF)
+    amount = [] if searched else ["--trials", "2"]  # --confirm adds its own: 2 configurations x 1 seed
+    run = Run("--study", name, *amount, *options, "--storage", proxy.url(), "--quiet", cwd=tmp_path, env=BRIEF)
     proxy.on_fire = lambda: len(run.lines)
     first = (b"BEGIN",)  # the first statement of a process's first connection: the store check's
     triggers = [Trigger(first)]
