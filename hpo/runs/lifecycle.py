@@ -13,11 +13,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo import cli
 from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
+from hpo.records import finished, status
 from hpo.runs.outcome import report_command, summary
 from hpo.runs.plan import Plan
 from hpo.search import confirm, warmstart
 from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sampler
-from hpo.search.until import finished
 from hpo.storage import faults
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
 from hpo.training import nets
@@ -118,7 +118,7 @@ def resume_command(plan: Plan, added: list[FrozenTrial] | None) -> str:
     N when the store cannot say."""
     if plan.until is not None or added is None:
         return plan.command("N")
-    done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
+    done = sum(t.state.is_finished() and not is_lost(t) and status(t) != "interrupted" for t in added)
     return plan.command(max(plan.amount - done, 1))
 
 
@@ -133,7 +133,7 @@ def _readable_added(study: optuna.Study, before: set[int]) -> list[FrozenTrial] 
 
 def interrupted(plan: Plan, study: optuna.Study, before: set[int], executor: Executor) -> str:
     added = _readable_added(study, before)
-    marked = [t.number for t in added or () if t.user_attrs.get("status") == "interrupted" and executor.mine(t)]
+    marked = [t.number for t in added or () if status(t) == "interrupted" and executor.mine(t)]
     running = executor.left_running(added or [])
     text = f"interrupted: {'trial ' + numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
     text += left_running_text(running)
