@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import cli
-from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
+from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, counted, reason
 from hpo.records import finished, status
 from hpo.runs.outcome import report_command, summary
 from hpo.runs.plan import Plan
@@ -99,12 +99,12 @@ def open_study(plan: Plan, spec, executor: Executor):
 
 
 def start_line(plan: Plan, spec, before: int, adding: int, warm: list[str], workers: int) -> str:
-    text = f"study {spec.name!r} in {redact(plan.storage)}: {before} trials so far, "
+    text = f"study {spec.name!r} in {redact(plan.storage)}: {counted(before, 'trial')} so far, "
     if workers == 1:
         text += f"adding {adding}" + (f" (until {plan.until} are finished)" if plan.until is not None else "")
     else:
         text += f"until {adding} are finished" if plan.until is not None else f"adding {adding}"
-        text += f" with {min(workers, adding)} workers" + (" (auto)" if plan.workers == "auto" else "")
+        text += f" with {counted(min(workers, adding), 'worker')}" + (" (auto)" if plan.workers == "auto" else "")
     return text + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else "")
 
 

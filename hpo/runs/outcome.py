@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.errors import counted
 from hpo.records import count_states, counts_text, ranked
 from hpo.storage.store import DEFAULT_STORAGE, redact
 
@@ -19,7 +20,7 @@ def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
     """The end of a run: what it added, and the best trials (the Pareto front when multi-objective)."""
     trials = study.get_trials(deepcopy=False)
     lines = [
-        f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); "
+        f"{spec.name}: {counted(len(added), 'trial')} added ({counts_text(count_states(added)) or 'none'}); "
         f"{len(trials)} in the study"
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
