@@ -4,12 +4,27 @@ and how to read them."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
 CONFIRMS = "confirms"  # user attr: the number of the trial whose configuration this trial retrains
+STATUS, REASON = "status", "reason"  # user attrs: how a trial ended, in a word and in a sentence
+
+# The one home of trial states as hpo writes them, wherever it prints or reports them.
+STATE_WORDS = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+ENDED_WORDS = ("complete", "pruned", "failed")  # the states a trial ends in, in the order they are counted
+# Finished: complete or pruned. What --until counts, and what "N trials finished" means everywhere;
+# a failed trial is retried (lost, interrupted) or is a mistake to look at, never a result.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 
 
@@ -34,6 +49,39 @@ def recipe_changes(old: dict, new: dict) -> list[str]:
         elif a != b:
             out.append(f"{section} {a!r} -> {b!r}")
     return out
+
+
+def state_word(t: FrozenTrial) -> str:
+    return STATE_WORDS.get(t.state, t.state.name.lower())
+
+
+def count_states(trials: Iterable[FrozenTrial]) -> Counter:
+    """Trials by state word: ``Counter({"complete": 3, "pruned": 1})``."""
+    return Counter(state_word(t) for t in trials)
+
+
+def counts_text(counts: Counter, words: Sequence[str] = ENDED_WORDS) -> str:
+    """``3 complete, 1 pruned`` (states with no trial left out)."""
+    return ", ".join(f"{counts[w]} {w}" for w in words if counts[w])
+
+
+def finished(trials: Iterable[FrozenTrial]) -> int:
+    """How many are finished (complete or pruned: ``FINISHED``)."""
+    return sum(t.state in FINISHED for t in trials)
+
+
+def status(t: FrozenTrial) -> str:
+    """The status the objective recorded ("ok", "pruned", "diverged", "collapsed", "interrupted",
+    "failed", "surplus"), "" where none was (a trial lost with its worker)."""
+    return str(t.user_attrs.get(STATUS) or "")
+
+
+def ending(t: FrozenTrial) -> str:
+    """How a trial ended, in the one word a reader is shown: "complete" for a complete one, its
+    status for one stopped early ("pruned", "diverged", "collapsed", "interrupted"...), else its state's word."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    return status(t) or state_word(t)
 
 
 def finite(t: FrozenTrial) -> bool:

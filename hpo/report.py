@@ -20,7 +20,8 @@ from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
 from hpo.config import STUDY_FILE, find_study
 from hpo.errors import HpoError
-from hpo.runs.outcome import count_states, report_command
+from hpo.records import count_states
+from hpo.runs.outcome import report_command
 from hpo.runs.plan import Plan
 from hpo.search.study import load_existing
 from hpo.storage.store import DEFAULT_STORAGE, GRACE_ENV, GRACE_S, env_seconds, open_storage, redact

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
 
-from hpo.analysis.findings import Findings, fmt, label
+from hpo.analysis.findings import STATES, Findings, fmt, label
 
 PNG = "learning_curves.png"
 
@@ -83,7 +83,7 @@ def tables(entries: list[Entry]) -> list[tuple[str, list[str], list[list[str]]]]
     rows = []
     for e in entries:
         f = e.findings
-        states = ", ".join(f"{n} {s.lower()}" for s, n in f.counts.items())
+        states = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
         rows.append(
             [
                 f.study_name,

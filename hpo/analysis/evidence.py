@@ -14,6 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
+from hpo.records import STATUS
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def compute(
         )
         imp = importances(rungs.rung_study(rebuilt, direction), rebuilt, names, metric, 0)
         rung_importance, note = imp.by_evaluator, imp.note
-        ended = ["complete" if t.user_attrs["state"] == "COMPLETE" else t.user_attrs["status"] for t in rebuilt]
+        ended = [t.user_attrs[STATUS] for t in rebuilt]  # rungs.at_rung keeps how each ended (records.ending)
         at_rung = effects.analyse(
             [t.params for t in rebuilt],
             [t.value for t in rebuilt],

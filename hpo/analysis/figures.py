@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from hpo.analysis.effects import MIN_GROUP
 from hpo.analysis.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
 from hpo.errors import counted, reason
+from hpo.records import ending
 
 PLOTLY_JS = "plotly.min.js"
 PNG_SIZE = (900, 500)
@@ -75,7 +76,7 @@ def learning_curves(study: optuna.Study, f: Findings) -> go.Figure:
         trial = states.get(number)
         if trial is None:
             continue
-        status = trial.user_attrs.get("status") or trial.state.name.lower()
+        status = ending(trial)
         if trial.state == TrialState.PRUNED:
             trace.update(line=PRUNED_STYLE, marker={"color": PRUNED_STYLE["color"]}, opacity=0.8)
         elif trial.state == TrialState.RUNNING:

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.analysis import effects, evidence
 from hpo.config import STUDY_FILE
 from hpo.errors import reason
-from hpo.records import ranked
+from hpo.records import REASON, STATE_WORDS, ranked, status
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
@@ -37,7 +37,7 @@ EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEvaluator]] =
 TOP_N = 10
 MAX_VALUES = 6  # a numeric parameter with at most this many distinct values gets one row per value
 PROBLEM_STATUSES = {"diverged", "collapsed", "failed", "interrupted"}
-STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+STATES = {state.name: word for state, word in STATE_WORDS.items()}  # by state name, as counts and rows hold them
 METRIC_LABELS = {"val_acc": "val acc", "wall_time": "wall time", "params": "params"}
 
 
@@ -211,8 +211,8 @@ def row(t: FrozenTrial) -> TrialRow:
         state=t.state.name,
         values=tuple(t.values) if t.values else None,
         params=dict(t.params),
-        status=str(a.get("status", "")),
-        reason=str(a.get("reason", "") or ""),
+        status=status(t),
+        reason=str(a.get(REASON, "") or ""),
         val_acc=a.get("val_acc"),
         test_acc=a.get("test_acc"),
         epochs_run=a.get("epochs_run"),
@@ -368,7 +368,7 @@ def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
     own = {t.number: _own_epochs(t, epochs) for t in finished}
     run = sum(min(t.user_attrs["epochs_run"], own[t.number]) for t in finished)
     budget = sum(own.values())
-    problem = [t for t in finished if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES]
+    problem = [t for t in finished if t.state == TrialState.FAIL or status(t) in PROBLEM_STATUSES]
     pruned = [t for t in finished if t.state == TrialState.PRUNED and t.number not in {p.number for p in problem}]
     short = lambda ts: sum(max(0, own[t.number] - t.user_attrs["epochs_run"]) for t in ts)  # noqa: E731
     return Pruning(
@@ -440,9 +440,7 @@ def compute(
             )
         )
     counts = counts_by_state(trials)
-    problems = tuple(
-        row(t) for t in trials if t.state == TrialState.FAIL or t.user_attrs.get("status") in PROBLEM_STATUSES
-    )
+    problems = tuple(row(t) for t in trials if t.state == TrialState.FAIL or status(t) in PROBLEM_STATUSES)
     pareto = tuple(row(t) for t in sorted(study.best_trials, key=lambda t: t.number)) if len(directions) > 1 else ()
     findings = Findings(
         study_name=study.study_name,

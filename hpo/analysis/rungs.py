@@ -19,6 +19,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects
+from hpo.records import STATUS, ending
 
 RUNG_SHARE = 0.75  # the analysis rung: the deepest epoch that at least this share of the trials reached
 MIN_SIDE = 3  # a region of fewer trials never makes a finding
@@ -60,13 +61,7 @@ class StopRegions:
     sentence: str
 
 
-def status_of(t: FrozenTrial) -> str:
-    status = str(t.user_attrs.get("status") or "")
-    if status:
-        return status
-    return {TrialState.COMPLETE: "ok", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(
-        t.state, t.state.name.lower()
-    )
+status_of = ending  # how a trial ended, as the report words it (hpo.records)
 
 
 def stopped_early(t: FrozenTrial) -> bool:
@@ -89,7 +84,7 @@ def ladder(trials: list[FrozenTrial]) -> tuple[Rung, ...]:
     for e in epochs:
         at = [t for t in trials if e in t.intermediate_values and math.isfinite(t.intermediate_values[e])]
         values = [t.intermediate_values[e] for t in at]
-        states = Counter("complete" if t.state == TrialState.COMPLETE else status_of(t) for t in at)
+        states = Counter(status_of(t) for t in at)
         out.append(
             Rung(
                 e,
@@ -121,7 +116,7 @@ def at_rung(trials: list[FrozenTrial], epoch: int) -> list[FrozenTrial]:
             value=v,
             params=dict(t.params),
             distributions=dict(t.distributions),
-            user_attrs={"number": t.number, "state": t.state.name, "status": status_of(t)},
+            user_attrs={"number": t.number, "state": t.state.name, STATUS: status_of(t)},
         )
         out.append(rebuilt)
     return out

@@ -12,12 +12,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import cli
-from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, reason
+from hpo.errors import EXIT_INTERRUPTED, EXIT_STORE_LOST, HpoError, counted, reason
+from hpo.records import finished, status
 from hpo.runs.outcome import report_command, summary
 from hpo.runs.plan import Plan
 from hpo.search import confirm, warmstart
 from hpo.search.study import create_or_resume, grid_space, make_pruner, make_sampler
-from hpo.search.until import finished
 from hpo.storage import faults
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, redact, store_error
 from hpo.training import nets
@@ -99,12 +99,12 @@ def open_study(plan: Plan, spec, executor: Executor):
 
 
 def start_line(plan: Plan, spec, before: int, adding: int, warm: list[str], workers: int) -> str:
-    text = f"study {spec.name!r} in {redact(plan.storage)}: {before} trials so far, "
+    text = f"study {spec.name!r} in {redact(plan.storage)}: {counted(before, 'trial')} so far, "
     if workers == 1:
         text += f"adding {adding}" + (f" (until {plan.until} are finished)" if plan.until is not None else "")
     else:
         text += f"until {adding} are finished" if plan.until is not None else f"adding {adding}"
-        text += f" with {min(workers, adding)} workers" + (" (auto)" if plan.workers == "auto" else "")
+        text += f" with {counted(min(workers, adding), 'worker')}" + (" (auto)" if plan.workers == "auto" else "")
     return text + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else "")
 
 
@@ -118,7 +118,7 @@ def resume_command(plan: Plan, added: list[FrozenTrial] | None) -> str:
     N when the store cannot say."""
     if plan.until is not None or added is None:
         return plan.command("N")
-    done = sum(t.state.is_finished() and not is_lost(t) and t.user_attrs.get("status") != "interrupted" for t in added)
+    done = sum(t.state.is_finished() and not is_lost(t) and status(t) != "interrupted" for t in added)
     return plan.command(max(plan.amount - done, 1))
 
 
@@ -133,7 +133,7 @@ def _readable_added(study: optuna.Study, before: set[int]) -> list[FrozenTrial] 
 
 def interrupted(plan: Plan, study: optuna.Study, before: set[int], executor: Executor) -> str:
     added = _readable_added(study, before)
-    marked = [t.number for t in added or () if t.user_attrs.get("status") == "interrupted" and executor.mine(t)]
+    marked = [t.number for t in added or () if status(t) == "interrupted" and executor.mine(t)]
     running = executor.left_running(added or [])
     text = f"interrupted: {'trial ' + numbers(marked) + ' marked FAIL' if marked else 'no trial was running'}"
     text += left_running_text(running)

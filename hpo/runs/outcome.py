@@ -1,46 +1,26 @@
-"""What the entry points say about a study: trials counted by state, the best-trials table, and the
-command that writes its report (hpo.runs.plan builds every hpo.run command). One home for each, so
+"""What the entry points say about a study: the best-trials table, and the command that writes its
+report (hpo.runs.plan builds every hpo.run command); trials by state come from hpo.records, so
 hpo.run, the supervisor and hpo.report print the same words."""
 
 from __future__ import annotations
 
 import shlex
-from collections import Counter
 from pathlib import Path
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.records import ranked
+from hpo.errors import counted
+from hpo.records import count_states, counts_text, ranked
 from hpo.storage.store import DEFAULT_STORAGE, redact
-
-# How each state is written wherever hpo prints or reports it.
-STATE_WORDS = {
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-}
-FINISHED_WORDS = ("complete", "pruned", "failed")
-
-
-def count_states(trials) -> Counter:
-    """Trials by state word: ``Counter({"complete": 3, "pruned": 1})``."""
-    return Counter(STATE_WORDS[t.state] for t in trials)
-
-
-def counts_text(counts: Counter, words=FINISHED_WORDS) -> str:
-    """``3 complete, 1 pruned`` (states with no trial left out)."""
-    return ", ".join(f"{counts[w]} {w}" for w in words if counts[w])
 
 
 def summary(study: optuna.Study, spec, added: list[FrozenTrial]) -> str:
     """The end of a run: what it added, and the best trials (the Pareto front when multi-objective)."""
     trials = study.get_trials(deepcopy=False)
     lines = [
-        f"{spec.name}: {len(added)} trials added ({counts_text(count_states(added)) or 'none'}); "
+        f"{spec.name}: {counted(len(added), 'trial')} added ({counts_text(count_states(added)) or 'none'}); "
         f"{len(trials)} in the study"
     ]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]

@@ -8,7 +8,8 @@ import sys
 import optuna
 from tqdm import tqdm
 
-from hpo.runs.outcome import STATE_WORDS
+from hpo.errors import counted
+from hpo.records import ENDED_WORDS, REASON, state_word, status
 from hpo.training.loop import EpochStats
 
 
@@ -20,7 +21,7 @@ class StudyProgress:
     def __init__(self, total: int | None, epochs: int, multi: bool, worker: str = "", quiet: bool = False):
         self.epochs, self.multi, self.quiet, self.total = epochs, multi, quiet, total
         self.worker = worker
-        self.counts = {"complete": 0, "pruned": 0, "failed": 0}
+        self.counts = dict.fromkeys(ENDED_WORDS, 0)
         self.bar: tqdm | None = None
         self.best = ""
 
@@ -47,7 +48,7 @@ class StudyProgress:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         state = trial.state
-        self.counts[STATE_WORDS[state]] += 1
+        self.counts[state_word(trial)] += 1
         if not self.multi:
             try:
                 best = study.best_trial
@@ -57,8 +58,8 @@ class StudyProgress:
         if self.quiet:
             print(self.line(trial), file=sys.stderr, flush=True)
         elif state != optuna.trial.TrialState.COMPLETE:
-            reason = trial.user_attrs.get("reason", "")
-            if state == optuna.trial.TrialState.FAIL or reason.startswith(("diverged", "collapsed")):
+            reason = trial.user_attrs.get(REASON, "")
+            if state == optuna.trial.TrialState.FAIL or status(trial) in ("diverged", "collapsed"):
                 self.bar.write(
                     f"trial #{trial.number} {state.name.lower()}: {reason or 'see the log above'}", file=sys.stderr
                 )
@@ -67,10 +68,10 @@ class StudyProgress:
 
     def line(self, trial: optuna.trial.FrozenTrial) -> str:
         """``trial #4 complete 59.17  (3/3; best 59.17% (#4))``, with the reason when it has one."""
-        what = trial.state.name.lower()
+        what = state_word(trial)
         if trial.state == optuna.trial.TrialState.COMPLETE:
             what += " " + " ".join(f"{v:.4g}" for v in trial.values)
-        reason = trial.user_attrs.get("reason", "")
+        reason = trial.user_attrs.get(REASON, "")
         done = f"{sum(self.counts.values())}/{self.total or '?'}" + (f"; {self.best.strip()}" if self.best else "")
         return f"trial #{trial.number} {what}{': ' + reason if reason else ''}  ({done})"
 
@@ -78,7 +79,7 @@ class StudyProgress:
         """What this process added, for logs: ``done: 3 trials (2 complete, 1 pruned)``."""
         n = sum(self.counts.values())
         parts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
-        return f"done: {n} trial{'s' * (n != 1)}" + (f" ({parts})" if parts else "")
+        return f"done: {counted(n, 'trial')}" + (f" ({parts})" if parts else "")
 
     def close(self) -> None:
         if self.bar is not None:

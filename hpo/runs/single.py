@@ -8,7 +8,7 @@ import re
 
 import optuna
 
-from hpo.records import WORKER_ATTR
+from hpo.records import REASON, WORKER_ATTR
 from hpo.runs.plan import Plan
 from hpo.runs.progress import StudyProgress
 from hpo.search.interrupts import Interrupts
@@ -31,7 +31,7 @@ class FailureGuard:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.FAIL:
             self.in_a_row += 1
-            self.reason = trial.user_attrs.get("reason", "see the log above")
+            self.reason = trial.user_attrs.get(REASON, "see the log above")
             if self.in_a_row >= MAX_FAILS_IN_A_ROW:
                 study.stop()
         else:

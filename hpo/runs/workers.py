@@ -37,9 +37,8 @@ from tqdm import tqdm
 
 from hpo import cli
 from hpo.errors import EXIT_STORE_LOST, HpoError, reason
-from hpo.records import WORKER_ATTR
+from hpo.records import ENDED_WORDS, WORKER_ATTR, count_states
 from hpo.runs.lifecycle import added_trials, left_running_text, numbers
-from hpo.runs.outcome import count_states
 from hpo.runs.plan import PLAN_ENV, WORKER_FLAG, Plan, Share
 from hpo.storage.store import GRACE_ENV, GRACE_S, env_seconds, is_lost, open_storage, store_error, worker_tag
 from hpo.training import data as data_mod
@@ -365,7 +364,7 @@ class Supervisor:
         lost = sum(is_lost(t) for t in added)
         text = (
             f"[study] {len(done)}/{self.trials} trials: "
-            + ", ".join(f"{counts[w]} {w}" for w in ("complete", "pruned", "failed"))
+            + ", ".join(f"{counts[w]} {w}" for w in ENDED_WORDS)
             + (f", {lost} lost and retried" if lost else "")
         )
         if len(self.spec.objective.metrics) == 1:

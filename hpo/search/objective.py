@@ -19,7 +19,7 @@ import torchvision
 import hpo
 from hpo.config import DataSpec, StudySpec, TrainConfig
 from hpo.errors import reason
-from hpo.records import CONFIRMS, WORKER_ATTR
+from hpo.records import CONFIRMS, REASON, STATUS, WORKER_ATTR
 from hpo.search import shadow
 from hpo.search.interrupts import NO_INTERRUPTS, Interrupts, NoInterrupts
 from hpo.search.resume import TrialCheckpoint, requeue
@@ -207,8 +207,8 @@ class Objective:
 
     @staticmethod
     def _record(trial: optuna.Trial, status: str, reason: str) -> None:
-        trial.set_user_attr("status", status)
-        trial.set_user_attr("reason", reason)
+        trial.set_user_attr(STATUS, status)
+        trial.set_user_attr(REASON, reason)
 
     def _should_keep(self, trial: optuna.Trial, values: list[float]) -> bool:
         """ "best" keeps each trial that is the best so far when it finishes: the final best is

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import reason
+from hpo.records import REASON, STATUS, status
 from hpo.storage.store import store_error
 from hpo.training.checkpoints import Checkpoints
 
@@ -24,7 +25,7 @@ RESUMED_FROM, RESUMES = "resumed_from_epoch", "resumes"
 # machine); anything else means the checkpoint is not this trial's.
 MAY_DIFFER = {"threads", "device", "checkpoint_every"}
 # A retry starts afresh: these describe how the stopped run ended, not the retry.
-NOT_INHERITED = ("status", "reason")
+NOT_INHERITED = (STATUS, REASON)
 log = logging.getLogger(__name__)
 
 
@@ -119,6 +120,6 @@ class ForgetFinished:
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         origin = trial.user_attrs.get(CHECKPOINT_OF)
-        if self.checkpoints is None or origin is None or trial.user_attrs.get("status") == "interrupted":
+        if self.checkpoints is None or origin is None or status(trial) == "interrupted":
             return
         self.checkpoints.delete(self.checkpoints.path(self.study, origin))

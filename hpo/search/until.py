@@ -17,11 +17,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def finished(trials) -> int:
-    return sum(t.state in FINISHED for t in trials)
+from hpo.records import FINISHED, REASON, STATUS, finished
 
 
 def claimed(trials, below: int | None = None) -> int:
@@ -77,8 +73,8 @@ class Until:
                     f"surplus: the study had {self.n} trials finished or running when this one started "
                     f"(--until {self.n})"
                 )
-                trial.set_user_attr("status", "surplus")
-                trial.set_user_attr("reason", text)
+                trial.set_user_attr(STATUS, "surplus")
+                trial.set_user_attr(REASON, text)
                 raise Surplus(text)
             return objective(trial)
 

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import CreateEnginePlugin
 
 from hpo.errors import HpoError, reason
-from hpo.records import WORKER_ATTR
+from hpo.records import STATUS, WORKER_ATTR
 from hpo.storage import faults, schema
 from hpo.storage.schema import redact
 
@@ -507,7 +507,7 @@ def is_lost(trial: optuna.trial.FrozenTrial) -> bool:
     store mid-trial. hpo.search.objective records a status on every way a trial of its own ends, so a
     failed trial without one never reached that point. Its retry (same parameters and seed) is
     queued as a new trial; the lost one stays in the store as an extra FAIL record."""
-    return trial.state == optuna.trial.TrialState.FAIL and "status" not in trial.user_attrs
+    return trial.state == optuna.trial.TrialState.FAIL and STATUS not in trial.user_attrs
 
 
 def artifact_store(folder: Path = ARTIFACT_DIR) -> optuna.artifacts.FileSystemArtifactStore:
