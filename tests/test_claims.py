@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from processes import Watched
 
 from hpo import config, run
-from hpo.errors import HpoError
+from hpo.errors import HpoError, counted
 from hpo.search import study as study_mod
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_timeout_bounds_a_run_with_workers(study_dir, tmp_path):
     # Optuna looks at the clock between trials: each worker finishes the trial it is in, then stops.
     assert 2 <= len(trials) < 60 and all(t.state != TrialState.RUNNING for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2
-    assert f"tiny: {len(trials)} trials added" in watched.out
+    assert f"tiny: {counted(len(trials), 'trial')} added" in watched.out
 
 
 def test_a_second_ctrl_c_kills_the_workers_outright(study_dir, tmp_path):

@@ -14,6 +14,8 @@ import pytest
 from builders import sha, write_study
 from processes import hpo, start
 
+from hpo.errors import counted
+
 STORE = "storage/hpo.db"
 
 
@@ -187,4 +189,4 @@ def test_timeout_bounds_the_run(study_dir, tmp_path):
     proc = hpo_run("--study", "tiny", "--trials", "50", "--timeout", "0.5", cwd=tmp_path)
     added = len(trials_of(tmp_path))
     assert 1 <= added < 50  # Optuna checks the clock between trials: the running one finishes
-    assert f"tiny: {added} trials added" in proc.stdout
+    assert f"tiny: {counted(added, 'trial')} added" in proc.stdout
