@@ -79,7 +79,8 @@ def checks(plan: Plan, spec) -> None:
     make_sampler(spec, 0), make_pruner(spec)
     resolve_device(spec.base.train.device)
     describe(spec.base.data, plan.data_dir)  # an image folder is checked (and decoded, once per process) here
-    nets.check(spec, plan.data_dir)  # every net for the data's shape: your own net's file, class, constructor
+    if plan.worker is None:  # a supervisor's worker runs the plan its supervisor checked
+        nets.check(spec, plan.data_dir)  # every net for the data's shape: your own net's file, class, constructor
     plan.index  # noqa: B018 (a worker index from the environment that is no number fails here)
     env_seconds(GRACE_ENV, GRACE_S)
 

@@ -1,6 +1,6 @@
 """Network definitions by name (the names are declared in hpo.config), and your own nets
 ("file.py:Class", loaded by hpo.training.custom). Input channels, image size and classes come from
-the dataset (``dataset_info``)."""
+the dataset (``hpo.training.data.describe``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from hpo.config import DataSpec, StudySpec, TrainConfig, net_reference, variants
+from hpo.config import StudySpec, TrainConfig, net_reference, variants
 from hpo.errors import HpoError
 from hpo.training import custom
 from hpo.training.data import describe
@@ -106,16 +106,8 @@ def build(name: str, channels: int, size: int, num_classes: int, act: str = "rel
     return NETS[name](channels, size, num_classes, act)
 
 
-def dataset_info(data: DataSpec, root=None) -> DatasetInfo:
-    """The shape a net is built for (channels, image size, classes) without loading the data: the
-    one place the checks and the size estimate look it up (an image folder's, from its cache in the
-    data folder ``root``)."""
-    return describe(data, root)
-
-
-def build_for(config: TrainConfig, info: DatasetInfo | None = None, root=None) -> nn.Module:
-    """``config``'s net for ``info`` (default: its dataset's, in the data folder ``root``)."""
-    info = info or dataset_info(config.data, root)
+def build_for(config: TrainConfig, info: DatasetInfo) -> nn.Module:
+    """``config``'s net for a dataset of ``info``'s shape."""
     m = config.model
     return build(m.name, info.channels, info.size, info.num_classes, m.activation, m.args)
 
@@ -125,7 +117,7 @@ def net_variants(spec: StudySpec, root=None) -> list[tuple[str, TrainConfig, Dat
     named by where it comes from, with the shape it is built for."""
     seen, out = set(), []
     for where, config in variants(spec):
-        info = dataset_info(config.data, root)
+        info = describe(config.data, root)  # without loading the data: an image folder's from its cache
         key = (config.model, info)
         if key not in seen:
             seen.add(key)
@@ -133,7 +125,7 @@ def net_variants(spec: StudySpec, root=None) -> list[tuple[str, TrainConfig, Dat
     return out
 
 
-def built(where: str, config: TrainConfig, info: DatasetInfo | None = None) -> nn.Module:
+def built(where: str, config: TrainConfig, info: DatasetInfo) -> nn.Module:
     """``build_for``, a net that cannot be built naming the searched value (``where``) it was built for."""
     try:
         return build_for(config, info)
