@@ -26,6 +26,8 @@ ENDED_WORDS = ("complete", "pruned", "failed")  # the states a trial ends in, in
 # a failed trial is retried (lost, interrupted) or is a mistake to look at, never a result.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
+CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
+RETRY_HISTORY = "retry_history"  # system attr: the trials a heartbeat retry retries (Optuna's callback)
 
 
 def recipe(t: FrozenTrial) -> dict | None:
@@ -104,3 +106,29 @@ def pooled_sd(groups: Iterable[Sequence[float]]) -> float | None:
     if not dof:
         return None
     return float(math.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in repeated) / dof))
+
+
+def retried(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The failed trials whose work a later trial goes on with: an interrupted trial requeued with
+    its checkpoint (same ``checkpoint_of``), a lost one retried by the heartbeat callback. A count
+    of trials, epochs or values takes the retry alone, so nothing is counted twice."""
+    trials = list(trials)
+    out = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, ())}
+    last: dict[int, int] = {}
+    for t in trials:
+        origin = t.user_attrs.get(CHECKPOINT_OF)
+        if isinstance(origin, int):
+            last[origin] = max(last.get(origin, -1), t.number)
+    out |= {
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL and last.get(t.user_attrs.get(CHECKPOINT_OF), -1) > t.number
+    }
+    return out
+
+
+def own_epochs(t: FrozenTrial, default: int | None = None) -> int | None:
+    """The epochs a trial was given: its recorded config's (a searched ``epochs`` included), else ``default``."""
+    config = t.user_attrs.get("config")
+    epochs = config.get("train", {}).get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and epochs > 0 else default

@@ -12,7 +12,7 @@ import optuna
 import pytest
 from processes import hpo
 
-from hpo.analysis import findings
+from hpo.analysis import findings, summary
 from hpo.search import confirm
 from hpo.search.space import trial_seed
 
@@ -60,7 +60,12 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     winner = c.configs[0].source
     assert c.sentence.startswith(f"Retrained with new seeds, trial #{winner}'s configuration wins by its mean")
     assert "seed-to-seed spread is sd" in c.sentence
-    assert c.sentence in f.headline
+    # the summary's first line names the confirmed winner by its mean ± sd, as the confirmations table does
+    (use,) = [x.text for x in summary.lines(f) if x.title == "What to use"]
+    w = c.configs[0]
+    assert (
+        use.startswith(f"the configuration of trial #{winner} (") and f"{w.mean:.1f}% ± {w.sd:.2f} over 3 seeds" in use
+    )
 
     # a second --confirm draws new seeds again
     proc = hpo("--study", "tiny", "--confirm", "1", "--set", "train.epochs=1", "--keep", "none", cwd=searched)

@@ -6,7 +6,7 @@ confirmations; and the sentences the findings are built from. Plain data; hpo.an
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.study import StudyDirection
@@ -14,7 +14,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
-from hpo.records import STATUS
+from hpo.analysis.groups import Group, display, edge, value_label
+from hpo.records import STATUS, retried
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Evidence:
     stops: dict[str, rungs.StopRegions]
     confirmations: Confirmations | None
     sentences: dict[str, str]  # per parameter: what the findings say about it
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the same, one clause per basis
     missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
 
 
@@ -59,6 +61,8 @@ def compute(
     importances,
 ) -> Evidence:
     """``importances(study, trials, params, metric, index)`` is hpo.analysis.findings' evaluator runner."""
+    gone = retried(trials)  # an interrupted or lost trial and its retry count once: the retry
+    trials = [t for t in trials if t.number not in gone]
     direction = study.directions[0]
     maximize = direction == StudyDirection.MAXIMIZE
     single = len(study.directions) == 1
@@ -96,6 +100,7 @@ def compute(
             maximize,
             lambda v: fmt(metric, v),
             what,
+            tests=[t.user_attrs.get("test_acc") for t in complete],
         )
         if names
         else {}
@@ -133,24 +138,33 @@ def compute(
     return _with_sentences(ev)
 
 
-def _missing(ev: Evidence, name: str) -> str:
-    """The trials that never reached the analysis epoch, with where they sat in ``name``."""
+def missing(ev: Evidence, name: str) -> Group | None:
+    """The trials that never reached the analysis epoch, as a row of its table: where they sat in
+    ``name`` (the label) and how they ended."""
     at = [(p[name], status) for p, status in ev.missing if name in p]
     if not at:
-        return ""
-    why = ", ".join(f"{n} {s}" for s, n in Counter(s for _, s in at).most_common())
+        return None
     values = sorted(v for v, _ in at)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        where = f"{name} {values[0]:.2g}" if len(set(values)) == 1 else f"{name} {values[0]:.2g}–{values[-1]:.2g}"
+        where = value_label(values[0]) if len(set(values)) == 1 else f"{edge(values[0])}–{edge(values[-1])}"
     else:
-        where = ", ".join(f"{name} = {v} ({n})" for v, n in Counter(map(str, values)).most_common())
-    return f"; {len(at)} more stopped before epoch {ev.rung.epoch} ({why}) at {where}"
+        where = ", ".join(f"{v} ({n})" for v, n in Counter(map(str, values)).most_common())
+    ended = tuple(Counter(s for _, s in at).most_common())
+    return Group(label=f"stopped before epoch {ev.rung.epoch} (at {where})", n=len(at), mean=None, ended=ended)
+
+
+def _missing(ev: Evidence, name: str) -> str:
+    row = missing(ev, name)
+    if row is None:
+        return ""
+    why = ", ".join(f"{n} {s}" for s, n in row.ended)
+    return f"; {row.n} more trials stopped before epoch {ev.rung.epoch} ({why})"
 
 
 def _with_sentences(ev: Evidence) -> Evidence:
     """One sentence per parameter: where trials stopped early (if anywhere), then its effect at the
     analysis rung (every trial that got there) and at the final epoch (complete trials)."""
-    out = {}
+    out, clauses = {}, {}
     for name in ev.at_final or ev.at_rung:
         parts = []
         stop = ev.stops.get(name)
@@ -159,9 +173,10 @@ def _with_sentences(ev: Evidence) -> Evidence:
         rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
         if rung is not None and ev.rung is not None and not ev.rung.final:
             parts.append(
-                f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}" + _missing(ev, name)
+                f"at epoch {ev.rung.epoch} ({rung.trials} trials of all states) {rung.claim}" + _missing(ev, name)
             )
         if fin is not None:
-            parts.append(f"at the final epoch ({ev.final.trials} complete trials) {fin.claim}")
-        out[name] = f"{name}: " + "; ".join(parts) + "."
-    return replace(ev, sentences=out)
+            parts.append(f"at the final epoch ({fin.trials} complete trials) {fin.claim}")
+        out[name] = f"{display(name)}: " + "; ".join(parts) + "."
+        clauses[name] = tuple(f"{x[0].upper()}{x[1:]}." for x in parts)
+    return replace(ev, sentences=out, parts=clauses)
