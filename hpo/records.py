@@ -132,3 +132,16 @@ def own_epochs(t: FrozenTrial, default: int | None = None) -> int | None:
     config = t.user_attrs.get("config")
     epochs = config.get("train", {}).get("epochs") if isinstance(config, dict) else None
     return epochs if isinstance(epochs, int) and epochs > 0 else default
+
+
+def epoch_values(t: FrozenTrial) -> dict[int, float]:
+    """A trial's validation accuracy epoch by epoch: what it reported to the pruner or, for a
+    multi-objective trial (Optuna lets it report nothing), its recorded curve."""
+    if t.intermediate_values:
+        return {int(e): float(v) for e, v in t.intermediate_values.items()}
+    curve = t.user_attrs.get("curve")
+    return {
+        int(c["epoch"]): float(c["val_acc"])
+        for c in (curve if isinstance(curve, list) else ())
+        if isinstance(c, dict) and isinstance(c.get("epoch"), int) and isinstance(c.get("val_acc"), (int, float))
+    }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from builders import TINY_STUDY
 from processes import hpo
 
 from hpo.analysis import findings, summary
@@ -170,3 +171,21 @@ def test_confirm_says_when_the_study_holds_fewer_configurations_than_it_confirms
         "retraining those with 1 new seed each" in proc.stderr
     ), proc.stderr[-2000:]
     assert "tiny: 2 trials added" in proc.stdout
+
+
+def test_confirm_after_a_search_under_two_workers_retrains_with_their_threads(study_dir, tmp_path):
+    """The README's path: the study file leaves the threads to the machine, the search runs two
+    one-thread workers (as --workers auto does on two cores), then --confirm in one process retrains
+    with the threads the trials ran with, as the same recipe, instead of refusing."""
+    (study_dir / "study.toml").write_text(TINY_STUDY.replace("threads = 1\n", ""))
+    args = ("--study", "tiny", "--set", "train.epochs=1", "--keep", "none")
+    proc = hpo(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {t.user_attrs["config"]["train"]["threads"] for t in load(tmp_path).get_trials()} == {1}
+    proc = hpo(*args, "--confirm", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    added = [t for t in load(tmp_path).get_trials() if "confirms" in t.user_attrs]
+    assert len(added) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in added)
+    assert {t.user_attrs["config"]["train"]["threads"] for t in added} == {1}
+    f = findings.compute(load(tmp_path))
+    assert all(not c.other_recipe for c in f.evidence.confirmations.configs)  # one recipe: pooled

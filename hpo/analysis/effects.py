@@ -23,6 +23,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.inspection import partial_dependence
 
 from hpo.analysis.groups import ALPHA, MIN_GROUP, Group, display, finite, group, merge, permutation_p
+from hpo.errors import counted
 
 MIN_TRIALS = 8  # below this a study says its evidence is thin before anything else
 TREES = 60
@@ -226,18 +227,20 @@ def _effect(c: _Context, rng, seed, test, ended) -> Effect:
         trend = f"; {c.what} {pd_trend} with {name}" if pd_trend else ""
         claim = (
             f"best {where} by partial dependence ({fmt(b.pd)} at {b.label} vs {fmt(worst.pd)} at {worst.label}; "
-            f"raw means {fmt(best.mean)} ({best.n} trials) there and {fmt(worst.mean)} ({worst.n} trials) "
-            f"at {worst.label}){trend}"
+            f"raw means {fmt(best.mean)} ({counted(best.n, 'trial')}) there and "
+            f"{fmt(worst.mean)} ({counted(worst.n, 'trial')}) at {worst.label}){trend}"
         )
     elif kind == "range":
         interval = f"90% interval {fmt(best.lo)}–{fmt(best.hi)}"
-        claim = f"best {where} (mean {c.what} {fmt(best.mean)}, {interval}, {best.n} trials)"
+        claim = f"best {where} (mean {c.what} {fmt(best.mean)}, {interval}, {counted(best.n, 'trial')})"
     else:
         ties = [bands[g].label for g in near if g != top]
         claim = (
-            f"best {where} (mean {c.what} {fmt(best.mean)}, 90% interval {fmt(best.lo)}–{fmt(best.hi)}, {best.n} trials"
+            f"best {where} (mean {c.what} {fmt(best.mean)}, 90% interval {fmt(best.lo)}–{fmt(best.hi)}, "
+            f"{counted(best.n, 'trial')}"
             + (f"; not told apart from {', '.join(ties)}" if ties else "")
-            + f"); worst at {worst.label}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
+            + f"); worst at {worst.label}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, "
+            f"{counted(worst.n, 'trial')})"
         )
     claim += "".join(f"; {side} it: {_outcome(g, fmt)}" for side, g in sides)
     claim += f", p = {p:.3f}"
@@ -298,7 +301,7 @@ def _outcome(g: Group, fmt) -> str:
     how = dict(g.ended)
     ends = ", ".join(f"{n} {e}" for e, n in g.ended) if set(how) - {"complete"} else ""
     few = "; too few trials" if g.n < MIN_GROUP else ""
-    return f"{fmt(g.mean)} ({g.n} trials" + (f": {ends}" if ends else "") + few + ")"
+    return f"{fmt(g.mean)} ({counted(g.n, 'trial')}" + (f": {ends}" if ends else "") + few + ")"
 
 
 def _where(kind: str, first: Group, last: Group, bands: tuple[Group, ...]) -> str:

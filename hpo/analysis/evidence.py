@@ -15,7 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
 from hpo.analysis.groups import Group, display, edge, value_label
-from hpo.records import STATUS, retried
+from hpo.errors import counted
+from hpo.records import STATUS, epoch_values, retried
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Basis:
 
     def text(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in self.states.items())
-        return f"epoch {self.epoch}, {self.trials} trials ({states})"
+        return f"epoch {self.epoch}, {counted(self.trials, 'trial')} ({states})"
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,11 @@ def compute(
     names = list(space)
     finished = [t for t in trials if t.state.is_finished() and any(n in t.params for n in names)]
     epochs = study.user_attrs.get("epochs")
-    ladder = rungs.ladder([t for t in trials if t.state != TrialState.RUNNING]) if single else ()
-    with_curve = sum(1 for t in trials if t.intermediate_values and t.state != TrialState.RUNNING)
-    rung = rungs.analysis_rung(ladder, with_curve)
+    # every study gets the epoch table (a multi-objective one from its curves); the analysis at a
+    # rung compares one objective, so it is a single-objective study's
+    ladder = rungs.ladder([t for t in trials if t.state != TrialState.RUNNING])
+    with_curve = sum(1 for t in trials if epoch_values(t) and t.state != TrialState.RUNNING)
+    rung = rungs.analysis_rung(ladder, with_curve) if single else None
     final_epoch = epochs if isinstance(epochs, int) else (ladder[-1].epoch if ladder else 0)
     final = Basis(final_epoch, len(complete), {"complete": len(complete)}, True)
     rung_importance, note, at_rung, basis = {}, "", {}, None
@@ -118,7 +121,7 @@ def compute(
     missing = tuple(
         (dict(t.params), rungs.status_of(t))
         for t in finished
-        if basis is not None and rungs.stopped_early(t) and basis.epoch not in t.intermediate_values
+        if basis is not None and rungs.stopped_early(t) and basis.epoch not in epoch_values(t)
     )
     ev = Evidence(
         len(finished),
@@ -158,7 +161,7 @@ def _missing(ev: Evidence, name: str) -> str:
     if row is None:
         return ""
     why = ", ".join(f"{n} {s}" for s, n in row.ended)
-    return f"; {row.n} more trials stopped before epoch {ev.rung.epoch} ({why})"
+    return f"; {row.n} more {'trial' if row.n == 1 else 'trials'} stopped before epoch {ev.rung.epoch} ({why})"
 
 
 def _with_sentences(ev: Evidence) -> Evidence:
@@ -172,11 +175,10 @@ def _with_sentences(ev: Evidence) -> Evidence:
             parts.append("early stops: " + stop.sentence.rstrip("."))
         rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
         if rung is not None and ev.rung is not None and not ev.rung.final:
-            parts.append(
-                f"at epoch {ev.rung.epoch} ({rung.trials} trials of all states) {rung.claim}" + _missing(ev, name)
-            )
+            at = f"at epoch {ev.rung.epoch} ({counted(rung.trials, 'trial')} of all states)"
+            parts.append(f"{at} {rung.claim}" + _missing(ev, name))
         if fin is not None:
-            parts.append(f"at the final epoch ({fin.trials} complete trials) {fin.claim}")
+            parts.append(f"at the final epoch ({counted(fin.trials, 'complete trial')}) {fin.claim}")
         out[name] = f"{display(name)}: " + "; ".join(parts) + "."
         clauses[name] = tuple(f"{x[0].upper()}{x[1:]}." for x in parts)
     return replace(ev, sentences=out, parts=clauses)

@@ -339,7 +339,7 @@ def _best_trial(f: Findings, fig) -> list:
         Para(
             f"Trial **#{b.number}** is {what}: "
             f"{', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b), strict=False))}, "
-            f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
+            f"test acc {fmt('test_acc', b.test_acc)}, {counted(b.epochs_run or 0, 'epoch')}"
             + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "")
             + f". Parameters: {_params_text(b.params)}."
         ),
@@ -360,7 +360,7 @@ def _best_trial(f: Findings, fig) -> list:
     if f.multi_objective:
         out += [
             Heading("Pareto front", 3),
-            Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
+            Para(f"{counted(len(f.pareto), 'trial')} where no other trial is better on every objective."),
             _trial_table(f, f.pareto, rank=False),
             *fig("pareto_front"),
         ]
@@ -535,7 +535,7 @@ def _reproducibility(f: Findings) -> list:
                 f"versions (best trial): {versions}"
                 + ("; **trials ran on different versions**" if rep.versions_vary else ""),
                 "devices: "
-                + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
+                + (", ".join(f"{d} ({counted(n, 'trial')})" for d, n in rep.devices.items()) or "not recorded")
                 + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
             )
         ),
@@ -561,7 +561,7 @@ def _rung_blocks(f: Findings) -> list:
     ev = f.evidence
     if ev is None or not ev.rungs:
         return []
-    m = f.metrics[0]
+    m = "val_acc"  # what every trial records each epoch (hpo.records.epoch_values), whatever the objectives
     out = [
         Heading("Every trial, epoch by epoch", 3),
         Para(

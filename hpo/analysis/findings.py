@@ -26,7 +26,7 @@ from hpo.analysis import evidence
 from hpo.analysis.groups import Group
 from hpo.config import STUDY_FILE
 from hpo.errors import reason
-from hpo.records import REASON, STATE_WORDS, own_epochs, ranked, retried, status
+from hpo.records import REASON, STATE_WORDS, epoch_values, own_epochs, ranked, retried, status
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
@@ -369,7 +369,8 @@ def trials_table(study: optuna.Study):
     if "duration" in df.columns:
         df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
     # the learning curve, one column per epoch: what the report's epoch-by-epoch numbers are made of
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for e in sorted({int(e) for t in trials.values() for e in t.intermediate_values}):
-        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: trials[n].intermediate_values.get(e))
+    # (a multi-objective trial reports nothing to Optuna: its recorded curve gives the same columns)
+    curves = {t.number: epoch_values(t) for t in study.get_trials(deepcopy=False)}
+    for e in sorted({e for c in curves.values() for e in c}):
+        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: curves[n].get(e))
     return df

@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects
 from hpo.analysis.groups import ALPHA, PERMUTATIONS, display, edge, permutation_p, shuffles, value_label
-from hpo.records import STATUS, ending, own_epochs
+from hpo.errors import counted
+from hpo.records import STATUS, ending, epoch_values, own_epochs
 
 RUNG_SHARE = 0.75  # the analysis rung: the deepest epoch that at least this share of the trials reached
 MIN_SIDE = 3  # a region of fewer trials never makes a finding
@@ -75,17 +76,18 @@ def stopped_early(t: FrozenTrial) -> bool:
 def stop_epoch(t: FrozenTrial) -> int:
     """The epoch a trial stopped in. A diverged epoch records no value, so it is the one after the last recorded."""
     run = t.user_attrs.get("epochs_run")
-    run = run if isinstance(run, int) else max(t.intermediate_values, default=0)
+    run = run if isinstance(run, int) else max(epoch_values(t), default=0)
     return run + 1 if status_of(t) in ("diverged", "failed") else run
 
 
 def ladder(trials: list[FrozenTrial]) -> tuple[Rung, ...]:
-    """Per epoch, every trial that reached it, by its final state, with the values there."""
-    epochs = sorted({int(e) for t in trials for e in t.intermediate_values})
+    """Per epoch, every trial that reached it, by its final state, with its validation accuracy there."""
+    curves = {t.number: epoch_values(t) for t in trials}
+    epochs = sorted({e for c in curves.values() for e in c})
     out = []
     for e in epochs:
-        at = [t for t in trials if e in t.intermediate_values and math.isfinite(t.intermediate_values[e])]
-        values = [t.intermediate_values[e] for t in at]
+        at = [t for t in trials if e in curves[t.number] and math.isfinite(curves[t.number][e])]
+        values = [curves[t.number][e] for t in at]
         states = Counter(status_of(t) for t in at)
         out.append(
             Rung(
@@ -111,7 +113,7 @@ def at_rung(trials: list[FrozenTrial], epoch: int) -> list[FrozenTrial]:
     """The trials that reached ``epoch``, rebuilt as COMPLETE trials valued there, for Optuna's evaluators."""
     out = []
     for t in trials:
-        v = t.intermediate_values.get(epoch)
+        v = epoch_values(t).get(epoch)
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or v is None or not math.isfinite(v) or not t.params:
             continue
         rebuilt = optuna.create_trial(
@@ -195,7 +197,7 @@ def _phrase(r: Region) -> str:
     why = ", ".join(f"{n} {s}" for s, n in r.statuses.items())
     by = f" by epoch {r.by_epoch}" if r.stopped else ""
     few = "; too few trials" if r.trials < MIN_SIDE else ""
-    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (
+    return f"{r.label}: {r.stopped} of {counted(r.trials, 'trial')} stopped{by}" + (
         f" ({why}{few})" if why else f" ({few[2:]})" if few else ""
     )
 

@@ -70,23 +70,26 @@ def _use(f: Findings) -> Line:
 def _mattered(f: Findings) -> Line | None:
     if f.evidence is None or f.evidence.thin:
         return None
-    m = f.metrics[0]
+    m, up = f.metrics[0], _up(f)
     parts = []
     for p in f.params:
         e, basis = primary(f, p.name)
         if e is None or not e.clear or e.best is None:
             continue
-        if e.best.pd is not None:  # a joint search: the words follow the partial dependence
-            worst = min((g for g in e.groups if g.pd is not None), key=lambda g: g.pd if _up(f) else -g.pd)
+        scored = [g for g in e.groups if g.pd is not None]
+        if scored:  # a joint search: the words follow the partial dependence (a forest on all parameters)
+            top = max(scored, key=lambda g: g.pd if up else -g.pd)
+            low = min(scored, key=lambda g: g.pd if up else -g.pd)
             text = (
                 f"{display(p.name)} {where(e)} by partial dependence, {basis} "
-                f"({fmt(m, e.best.pd)} vs {fmt(m, worst.pd)} at {worst.label})"
+                f"({fmt(m, top.pd)} at {top.label} vs {fmt(m, low.pd)} at {low.label})"
             )
         else:
             text = (
                 f"{display(p.name)} {where(e)}, {basis} ({fmt(m, e.best.mean)} in {counted(e.best.n, 'trial')}, "
                 f"{_gain(e)} points over the rest)"
             )
+        if not e.disagreement:  # where the raw means mislead, the words keep to the partial dependence
             for g in e.merged:
                 if g.label.startswith(("below it", "above it")):
                     side = "smaller" if g.label.startswith("below") else "larger"
