@@ -95,6 +95,9 @@ def _mattered(f: Findings) -> Line | None:
                     side = "smaller" if g.label.startswith("below") else "larger"
                     how = ", ".join(f"{n} {s}" for s, n in g.ended if s != "complete")
                     text += f"; {side}: {fmt(m, g.mean)} ({counted(g.n, 'trial')}" + (f", {how}" if how else "") + ")"
+                    far = e.groups[g.members[0] if side == "smaller" else g.members[-1]]  # the far end of that side
+                    if len(g.members) > 1 and far.n and far.mean is not None:
+                        text += f", {fmt(m, far.mean)} at {far.label}"
         parts.append(text)
     return Line("What mattered", "; ".join(parts) + ".") if parts else None
 
