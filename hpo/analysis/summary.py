@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hpo.analysis.effects import Effect
+from hpo.analysis.effects import MIN_TRIALS, Effect
 from hpo.analysis.findings import STATES, Findings, fmt, fmt_value, label
 from hpo.analysis.groups import display
 from hpo.errors import counted
@@ -132,18 +132,28 @@ def _did_not(f: Findings) -> Line | None:
         return None
     if ev.thin:
         return Line("What did not", ev.thin)
-    none, few = [], []
+    none, few, thin = [], [], []
     for p in f.params:
         e, _ = primary(f, p.name)
         if e is None or e.clear:
             continue
-        (none if e.p_value is not None else few).append((display(p.name), e.trials))
+        if e.p_value is not None:
+            none.append((display(p.name), e.trials))
+        elif e.trials < MIN_TRIALS:
+            few.append((display(p.name), e.trials))
+        else:  # enough trials, but fewer than two of its groups hold enough of them to compare
+            thin.append((display(p.name), e.trials))
     out = []
     if none:
         n = max(t for _, t in none)
         out.append(f"no clear effect of {', '.join(x for x, _ in none)} (tested on up to {counted(n, 'trial')})")
     if few:
         out.append("too few trials to say for " + ", ".join(f"{x} ({counted(t, 'trial')})" for x, t in few))
+    if thin:
+        out.append(
+            "too few trials in all but one of its groups to compare, for "
+            + ", ".join(f"{x} ({counted(t, 'trial')} in all)" for x, t in thin)
+        )
     return Line("What did not", "; ".join(out) + ".") if out else None
 
 
