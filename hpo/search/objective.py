@@ -31,7 +31,6 @@ from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
 
 log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)
-KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
 
