@@ -16,7 +16,7 @@ from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
 from hpo.analysis.groups import Group, display, edge, value_label
 from hpo.errors import counted
-from hpo.records import STATUS, epoch_values, retried
+from hpo.records import CONFIRMS, STATUS, epoch_values, retried
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,11 @@ def compute(
 ) -> Evidence:
     """``importances(study, trials, params, metric, index)`` is hpo.analysis.findings' evaluator runner."""
     gone = retried(trials)  # an interrupted or lost trial and its retry count once: the retry
-    trials = [t for t in trials if t.number not in gone]
+    everything = trials
+    # the search's own trials: --confirm's retrainings measure the seed spread (below), they are not
+    # more samples of the search space, so the effects and the epoch table leave them out
+    trials = [t for t in trials if t.number not in gone and CONFIRMS not in t.user_attrs]
+    complete = [t for t in complete if CONFIRMS not in t.user_attrs]
     direction = study.directions[0]
     maximize = direction == StudyDirection.MAXIMIZE
     single = len(study.directions) == 1
@@ -109,7 +113,7 @@ def compute(
         else {}
     )
     stops = {n: rungs.stop_regions(n, space[n], trials, space=space) for n in names}
-    confirmations = summarise(trials, maximize, lambda v: fmt(metric, v)) if single else None
+    confirmations = summarise(everything, maximize, lambda v: fmt(metric, v)) if single else None
     n_used = max(len(complete), basis.trials if basis else 0)
     thin = ""
     if n_used < effects.MIN_TRIALS:

@@ -187,12 +187,15 @@ def _sure(f: Findings) -> Line:
     if c is not None and c.spread is not None:
         parts.append(f"seed-to-seed sd {c.spread:.2f} points (from the retrainings)")
         if len(c.configs) > 1 and "not told apart" in c.sentence:
-            parts.append(f"#{c.configs[0].source} and #{c.configs[1].source} are not told apart by their seeds")
+            parts.append(
+                f"#{c.configs[0].source} and #{c.configs[1].source} are not told apart by their seeds "
+                "(either will do; more seeds each would rank them)"
+            )
     elif not f.multi_objective:
         parts.append(
             "the seed-to-seed spread is unknown: `--confirm 3` retrains the top 3 with new seeds to measure it"
         )
-    if len(f.top) > 1 and not f.multi_objective:
+    if len(f.top) > 1 and not f.multi_objective and c is None:  # with retrainings, their spread says more
         gap = abs(f.top[0].values[0] - f.top[1].values[0])
         parts.append(f"the top two trials (#{f.top[0].number}, #{f.top[1].number}) are {gap:.2f} points apart")
     if f.counts.get("RUNNING"):
