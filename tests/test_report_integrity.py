@@ -35,7 +35,7 @@ def test_report_names_lost_trials_and_prints_a_rerun_command_with_the_overrides_
         f"note: trial #{lost.number} looks lost: RUNNING with no heartbeat for over 30 s (its worker died); "
         f"the next hpo.run fails and retries it with the same parameters"
     ) in proc.stderr
-    assert "note: 1 trials are still running" in proc.stderr
+    assert "note: 1 trial is still running" in proc.stderr
     md = (folder / "report" / "report.md").read_text()
     rerun = next(line for line in md.splitlines() if line.startswith("python -m hpo.run "))
     argv = shlex.split(rerun)[3:]
