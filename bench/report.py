@@ -1,7 +1,7 @@
 """How long `python -m hpo.report` takes on a study of N trials: the whole command (PNGs included),
 and with --no-png, in interleaved rounds, with the machine and the neighbour load printed.
 
-    .venv/bin/python bench/report.py [--trials 100] [--rounds 3]
+    .venv/bin/python bench/report.py [--trials 100] [--rounds 3] [--baseline OTHER_CHECKOUT]
 
 The study is tests/truth.py's ground-truth "cliff" study (lr with an optimum, a momentum cliff
 where trials diverge, an irrelevant batch size; 6 epochs, pruned trials among them), written into
@@ -33,7 +33,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, help="another checkout of hpo, run beside this one in every round")
     args = ap.parse_args()
+    trees = {"this": REPO, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "studies" / "cliff").mkdir(parents=True)
@@ -42,10 +44,11 @@ def main() -> int:
         truth.build(f"sqlite:///{root / 'storage' / 'hpo.db'}", "cliff", "cliff", n=args.trials)
         print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average before: {load_average()}")
         print(f"study: tests/truth.py cliff, {args.trials} trials x {truth.EPOCHS} epochs")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        runs: dict[str, list] = {"whole command": [], "--no-png": []}
-        for r in range(args.rounds):  # interleaved: a busy spell falls on both
-            for name, extra in (("whole command", []), ("--no-png", ["--no-png"])):
+        variants = {"whole command": [], "--no-png": ["--no-png"]}
+        runs: dict[str, list] = {f"{t}: {v}": [] for t in trees for v in variants}
+        for r in range(args.rounds):  # interleaved: a busy spell falls on every row
+            for (tree, path), (variant, extra) in ((t, v) for t in trees.items() for v in variants.items()):
+                name, env = f"{tree}: {variant}", {**os.environ, "PYTHONPATH": str(path)}
                 m = measure([sys.executable, "-m", "hpo.report", "studies/cliff", *extra], cwd=root, env=env)
                 if m.returncode:
                     print(m.stderr[-2000:], file=sys.stderr)
