@@ -11,6 +11,7 @@ resumable and readable while it is still being written.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -88,7 +89,7 @@ def train_one(spec: config_mod.StudySpec, params: dict, seed: int, cache: dict) 
         "status": status,
         "val_acc": [round(s.val_acc, 4) for s in curve],
         "seconds": [round(s.seconds, 3) for s in curve],
-        "cpu_seconds": [round(b - a, 3) for a, b in zip(cpu, cpu[1:])],
+        "cpu_seconds": [round(b - a, 3) for a, b in itertools.pairwise(cpu)],
     }
 
 
