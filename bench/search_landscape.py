@@ -131,14 +131,14 @@ class Surrogate:
     a k-NN classifier of whether a configuration stops early (then it collapses at epoch 2, as
     most recorded early stops did, or diverges in its first epoch where most of those diverged)."""
 
-    def __init__(self, spec: StudySpec, runs: list[dict], seeds: list[int], epochs: int):
+    def __init__(self, spec: StudySpec, runs: list[dict], seeds: list[int], epochs: int, candidates: int = 4000):
         self.spec, self.seeds, self.epochs, self.encode = spec, seeds, epochs, encoder(spec)
         self.models = {s: self._fit([r for r in runs if r["seed"] == s]) for s in seeds}
         stopped = [r for r in runs if r["status"] != "ok"]
         self.early = "diverged" if sum(r["status"] == "diverged" for r in stopped) > len(stopped) / 2 else "collapsed"
         self.chance = [min(r["val_acc"][:2]) for r in runs if r["status"] == "collapsed"] or [10.0]
         self.epoch_seconds = float(np.mean([x for r in runs if r["status"] == "ok" for x in r["cpu_seconds"]]))
-        self.best = self._space_best(runs)
+        self.best = self._space_best(runs, candidates)
 
     def _fit(self, runs: list[dict]):
         ok = [r for r in runs if r["status"] == "ok"]
@@ -169,7 +169,7 @@ class Surrogate:
             return Run((float(np.median(self.chance)),) * n, (float(secs),) * n, self.early)
         return Run(tuple(float(v) for v in values), (float(secs),) * self.epochs)
 
-    def _space_best(self, runs: list[dict], n: int = 4000) -> float:
+    def _space_best(self, runs: list[dict], n: int) -> float:
         """The best seed-mean final accuracy the surrogate gives: over the recorded configurations
         and ``n`` more from the random sampler."""
         study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=12345))
