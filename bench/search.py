@@ -176,6 +176,19 @@ def cmd_replay(args) -> None:
     for name, (s, p) in combos.items():
         sp = search_replay.with_search(spec, s, p)
         run(name, 1, lambda seed, sp=sp: search_replay.replay(sp, land, trials, 1, seed))
+
+    # The best sampler of the first sweep with the best pruner of the second, where both moved.
+    def leader(names):
+        done = [r for r in rows if r.name in names]
+        return min(done, key=lambda r: (r.epochs[1], r.epochs[2])).name if done else None
+
+    best_s = leader([f"{n} + {preset_p}" for n in samplers])
+    best_p = leader([f"{preset_s} + {n}" for n in pruners])
+    if best_s and best_p and best_s != f"{preset_s} + {preset_p}" != best_p:
+        s_name, p_name = best_s.rsplit(" + ", 1)[0], best_p.rsplit(" + ", 1)[1]
+        combos[f"{s_name} + {p_name}"] = (samplers[s_name], pruners[p_name])
+        sp = search_replay.with_search(spec, *combos[f"{s_name} + {p_name}"])
+        run(f"{s_name} + {p_name}", 1, lambda seed: search_replay.replay(sp, land, trials, 1, seed))
     top = f"one epoch, top {args.top_k} (random)"
     run(top, 1, lambda seed: search_replay.one_epoch_top_k(spec, land, trials, args.top_k, 1, seed))
     leaders = sorted((r for r in rows if r.workers == 1 and r.name != top), key=lambda r: (r.epochs[1], r.epochs[2]))
