@@ -53,7 +53,7 @@ def _n(x: float, digits: int = 0) -> str:
 def markdown(rows: list[Row]) -> str:
     head = (
         f"| combination | workers | seeds | within {GAP} of the best | epochs to it: median (p10-p90) "
-        "| CPU s to it: median (p10-p90) | final best %: median (p10-p90) | epochs spent |\n"
+        "| clock s to it: median (p10-p90) | final best %: median (p10-p90) | epochs spent |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
@@ -111,6 +111,7 @@ def plot(series: dict[str, list], space_best: float, title: str, path, until: in
         template="plotly_white",
     )
     fig.update_yaxes(range=[space_best - 6, space_best + 1])
+    fig.update_xaxes(range=[0, until / 2])  # the budget's second half only repeats the plateau
     fig.write_image(str(path))
 
 
