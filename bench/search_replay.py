@@ -58,6 +58,8 @@ def _seed_of(rng: np.random.Generator, seeds: list[int]) -> int:
 def replay(spec: StudySpec, land, trials: int, workers: int, seed: int) -> Trace:
     """``spec``'s sampler and pruner (hpo's own make_sampler / make_pruner) for ``trials`` trials."""
     study = optuna.create_study(
+        # A fixed name: Hyperband assigns trials to brackets by a hash of the study name.
+        study_name=f"replay-{seed}",
         storage=optuna.storages.InMemoryStorage(),
         sampler=make_sampler(spec, seed),
         pruner=make_pruner(spec),
