@@ -224,7 +224,7 @@ def test_each_preset_is_what_the_table_says(name):
     if name.startswith("lenet_"):
         assert b.model.name == "lenet5"
     if name.startswith("lenet_lr"):
-        assert search["lr"].log and (spec.sampler.name, spec.pruner.name) == ("tpe", "median")
+        assert search["lr"].log and (spec.sampler.name, spec.pruner.name) == ("tpe", "successive_halving")
     for param, values in (
         ("momentum", [0.5, 0.9, 0.95, 0.99]),
         ("batch_size", [32, 64, 128, 256]),
