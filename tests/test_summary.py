@@ -139,3 +139,22 @@ def test_every_number_the_summary_states_of_an_effect_is_in_that_parameters_tabl
             name = part.split(" ")[0]
         missing = measured(part) - cells(parts[name][1])
         assert not missing, (kind, name, part, missing)
+
+
+def test_how_sure_says_whether_more_trials_would_help(built):
+    study, f, _ = built("cliff")
+    s = said(f)["How sure"]
+    # the last max(10, a third) of the 80 trials against the best before them (no retraining: noise 0.1 assumed)
+    values = [t.value if t.state.name == "COMPLETE" else None for t in sorted(study.trials, key=lambda t: t.number)]
+    before, whole = max(v for v in values[:53] if v is not None), max(v for v in values if v is not None)
+    verdict = "more trials may still help" if whole - before > 0.1 else "more trials are unlikely to help"
+    assert "the last 27 of 80 trials " in s and verdict in s, s
+    assert said(built("thin")[1])["How sure"].count("too few trials (5) to say whether more would help") == 1
+
+
+def test_the_trials_that_never_reached_the_analysis_epoch_are_a_row_of_its_table(built):
+    _, f, md = built("cliff")
+    finding, tables = sections(md)["lr"]
+    n = len(f.evidence.missing)
+    assert n > 0 and f"{n} more trials stopped before epoch {f.evidence.rung.epoch}" in " ".join(finding)
+    assert any(f"| *stopped before epoch {f.evidence.rung.epoch} (at " in row and f"| {n} |" in row for row in tables)

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
 from hpo.analysis.groups import Group, display, edge, value_label
+from hpo.analysis.stopping import StoppingAdvice, last_trials_gain
 from hpo.errors import counted
 from hpo.records import CONFIRMS, STATUS, epoch_values, retried
 
@@ -49,6 +50,7 @@ class Evidence:
     sentences: dict[str, str]  # per parameter: what the findings say about it
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the same, one clause per basis
     missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
+    stopping: StoppingAdvice | None = None  # how much the last trials improved the best (single objective)
 
 
 def compute(
@@ -114,6 +116,12 @@ def compute(
     )
     stops = {n: rungs.stop_regions(n, space[n], trials, space=space) for n in names}
     confirmations = summarise(everything, maximize, lambda v: fmt(metric, v)) if single else None
+    stopping = None
+    if single:  # in trial order, a trial without a value (pruned, failed) as None
+        ended = sorted((t for t in trials if t.state.is_finished()), key=lambda t: t.number)
+        values = [t.values[0] if t.state == TrialState.COMPLETE and t.values else None for t in ended]
+        noise = confirmations.spread if confirmations is not None else None
+        stopping = last_trials_gain(values, "maximize" if maximize else "minimize", noise)
     n_used = max(len(complete), basis.trials if basis else 0)
     thin = ""
     if n_used < effects.MIN_TRIALS:
@@ -140,7 +148,8 @@ def compute(
         stops,
         confirmations,
         {},
-        missing,
+        missing=missing,
+        stopping=stopping,
     )
     return _with_sentences(ev)
 

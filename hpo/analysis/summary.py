@@ -198,6 +198,8 @@ def _sure(f: Findings) -> Line:
     if len(f.top) > 1 and not f.multi_objective and c is None:  # with retrainings, their spread says more
         gap = abs(f.top[0].values[0] - f.top[1].values[0])
         parts.append(f"the top two trials (#{f.top[0].number}, #{f.top[1].number}) are {gap:.2f} points apart")
+    if ev is not None and ev.stopping is not None:
+        parts.append(ev.stopping.sentence)  # hpo.analysis.stopping: whether more trials would help
     if f.counts.get("RUNNING"):
         parts.append(f"{counted(f.counts['RUNNING'], 'trial')} still running, left out")
     return Line("How sure", "; ".join(parts) + ".")
