@@ -26,6 +26,9 @@ ENDED_WORDS = ("complete", "pruned", "failed")  # the states a trial ends in, in
 # a failed trial is retried (lost, interrupted) or is a mistake to look at, never a result.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
+# Under a window (hpo.search.window): the trial's logical index, which a retry inherits; the number
+# of the trial that took the index (a retry's differs from its own); seconds it waited for the window.
+INDEX, INDEX_OF, WINDOW_WAIT = "index", "index_of", "window_wait_s"
 
 
 def recipe(t: FrozenTrial) -> dict | None:
