@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from processes import Watched, start
 
 from hpo.records import FINISHED, INDEX, INDEX_OF, STATUS, WINDOW_WAIT, WORKER_ATTR
+from hpo.search import shadow
 from hpo.search.resume import requeue
 from hpo.search.study import sampler_seed
 from hpo.search.window import WindowPruner, WindowSampler, ended, indices
@@ -64,13 +65,15 @@ def make_study(tmp_path, name, sampler, pruner, window, directions=("maximize",)
         p = WindowPruner(PRUNERS[pruner])
     else:  # free-running, as hpo does without a window: one sampler for the whole study
         s, p = SAMPLERS[sampler](seed), PRUNERS[pruner]()
-    return optuna.create_study(  # one name (Hyperband's brackets hash it), a store per run
+    study = optuna.create_study(  # one name (Hyperband's brackets hash it), a store per run
         study_name="window",
         storage=f"sqlite:///{tmp_path / name}.db",
         sampler=s,
         pruner=p,
         directions=list(directions),
     )
+    study.set_metric_names(["val_acc", "params"][: len(directions)])  # the shadow prunes on val_acc
+    return study
 
 
 def play(study, n: int, k: int, window: int, seed: int | None, conditional=False, interrupt=0.0):
@@ -112,9 +115,11 @@ def play(study, n: int, k: int, window: int, seed: int | None, conditional=False
             del running[number]
             continue
         value = curve(x, kind, step)
-        trial.set_user_attr("curve", trial.user_attrs.get("curve", []) + [value])
-        if multi:
-            if step + 1 == STEPS:
+        trial.set_user_attr("curve", [*trial.user_attrs["curve"], {"epoch": step, "val_acc": value}])  # as hpo's
+        if multi:  # pruned on its first objective through hpo's single-objective shadow
+            if shadow.should_prune(trial, trial.user_attrs["curve"]):
+                study.tell(trial, state=TrialState.PRUNED)
+            elif step + 1 == STEPS:
                 study.tell(trial, [value, x])
         else:
             trial.report(value, step)
@@ -172,6 +177,7 @@ def test_without_the_window_the_schedule_changes_the_study(tmp_path):
 def test_multi_objective_and_interrupted_retries_keep_their_index(tmp_path):
     n, window = 12, 2
     reference = play(make_study(tmp_path, "one", "tpe", "median", window, ("maximize", "minimize")), n, 1, window, None)
+    assert any(s == TrialState.PRUNED for s, *_ in reference.values())
     study = make_study(tmp_path, "k2", "tpe", "median", window, ("maximize", "minimize"))
     assert play(study, n, 2, window, 3, interrupt=0.2) == reference
     trials = study.get_trials(deepcopy=False)

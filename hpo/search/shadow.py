@@ -77,7 +77,7 @@ def should_prune(trial: optuna.Trial, curve: list[dict]) -> bool:
         seen = study.sampler.seen(study, study._storage.get_trial(trial._trial_id))
         gap = optuna.create_trial(state=TrialState.FAIL)  # indices it may not see keep the numbering
         current = seen.trial(study._storage.get_trial(trial._trial_id))
-        pruner, number = pruner.inner, seen.index
+        pruner, number = seen.pruner, seen.index
         trials = [*seen.visible, *[gap] * (seen.index - len(seen.visible)), current]
     shadow = optuna.create_study(study_name=study.study_name, direction=direction, pruner=pruner)
     current = None

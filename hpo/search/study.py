@@ -177,7 +177,7 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_st
     sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
     if spec.window:  # decisions from the trials of index <= i - window only (hpo.search.window)
         sampler = WindowSampler(lambda index: make_sampler(spec, sampler_seed(spec.seed, index)), spec.window)
-        pruner = WindowPruner(pruner)
+        pruner = WindowPruner(lambda: make_pruner(spec))
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,

@@ -69,25 +69,30 @@ def numbered(t: FrozenTrial, index: int) -> FrozenTrial:
     return t
 
 
-class View:
-    """The study as trial i sees it: only the trials of index <= i - L, each as it ended."""
+class Visible:
+    """The study's store as trial i sees it: a read of the study's trials gives only those of index
+    <= i - L, as they ended; everything else (the study's name and directions, what a sampler or
+    pruner writes on trial i itself) is the store's own."""
 
-    def __init__(self, study: optuna.Study, trials: list[FrozenTrial], pruner: BasePruner):
-        self._study, self._trials, self.pruner = study, trials, pruner
+    def __init__(self, storage, trials: list[FrozenTrial]):
+        self._storage, self._trials = storage, trials
 
-    def __getattr__(self, name):  # directions, the store (for a sampler's own records), the name...
-        return getattr(self._study, name)
+    def __getattr__(self, name):
+        return getattr(self._storage, name)
 
-    def _get_trials(self, deepcopy=True, states=None, use_cache=False) -> list[FrozenTrial]:
+    def get_all_trials(self, study_id, deepcopy=True, states=None) -> list[FrozenTrial]:
         trials = [t for t in self._trials if states is None or t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
 
-    def get_trials(self, deepcopy=True, states=None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy, states)
+    def get_n_trials(self, study_id, state=None) -> int:
+        states = None if state is None else (state,) if isinstance(state, TrialState) else tuple(state)
+        return len(self.get_all_trials(study_id, deepcopy=False, states=states))
 
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
+
+def view(study: optuna.Study, trials: list[FrozenTrial], pruner: BasePruner) -> optuna.Study:
+    """The study (a real ``optuna.Study``, so Hyperband's brackets and every sampler read it as they
+    read any study) over ``Visible``."""
+    return optuna.Study(study.study_name, Visible(study._storage, trials), sampler=study.sampler, pruner=pruner)
 
 
 @dataclass
@@ -97,7 +102,8 @@ class Seen:
     index: int
     visible: list[FrozenTrial]  # indices 0 .. index - L, in order
     sampler: BaseSampler
-    view: View  # for the pruner
+    pruner: BasePruner  # its own: a pruner's estimates (successive halving's min_resource) are not shared
+    view: optuna.Study  # for the pruner
     sampled: object  # for the sampler: the view, or Hyperband's bracket of it (as Optuna does)
 
     def trial(self, t: FrozenTrial) -> FrozenTrial:
@@ -135,26 +141,26 @@ class WindowSampler(BaseSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         seen = self._seen.pop(trial._trial_id, None)
-        if seen is not None:
-            seen.sampler.after_trial(seen.sampled, seen.trial(trial), state, values)
+        if seen is not None:  # the whole study: the grid stops the run once every point has run
+            seen.sampler.after_trial(study, seen.trial(trial), state, values)
 
     def _look(self, study: optuna.Study, trial: FrozenTrial) -> Seen:
         storage = study._storage
         index = indices(storage.get_all_trials(study._study_id, deepcopy=False))[trial.number]
         if INDEX not in trial.user_attrs:  # a retry inherited them
-            storage.set_trial_user_attr(trial._trial_id, INDEX, index)
-            storage.set_trial_user_attr(trial._trial_id, INDEX_OF, trial.number)
+            _set(storage, trial, INDEX, index)
+            _set(storage, trial, INDEX_OF, trial.number)
         try:
             visible, waited = self._wait(study, trial.number, index)
         except KeyboardInterrupt:
             give_back(study, trial._trial_id)
             raise
-        storage.set_trial_user_attr(trial._trial_id, WINDOW_WAIT, round(waited, 3))
-        pruner = study.pruner.inner if isinstance(study.pruner, WindowPruner) else study.pruner
-        view = View(study, visible, pruner)
+        _set(storage, trial, WINDOW_WAIT, round(waited, 3))
+        pruner = study.pruner.make() if isinstance(study.pruner, WindowPruner) else study.pruner
+        seen = view(study, visible, pruner)
         # Optuna shows a sampler under Hyperband only the trial's bracket (optuna.pruners._filter_study)
-        sampled = optuna.pruners._filter_study(view, numbered(trial, index))
-        return Seen(index, visible, self.make(index), view, sampled)
+        sampled = optuna.pruners._filter_study(seen, numbered(trial, index))
+        return Seen(index, visible, self.make(index), pruner, seen, sampled)
 
     def _wait(self, study: optuna.Study, number: int, index: int) -> tuple[list[FrozenTrial], float]:
         """The trials of index <= index - L as they ended, once they all have; and the seconds waited."""
@@ -170,7 +176,7 @@ class WindowSampler(BaseSampler):
             end = {j: ended(attempts[j]) for j in range(last + 1)}
             open_ = [j for j, t in end.items() if t is None]
             if not open_:
-                return [numbered(end[j], j) for j in range(last + 1)], time.monotonic() - start
+                return [numbered(end[j], j) for j in range(last + 1)], (time.monotonic() - start) * said
             if not said:
                 log.info(
                     f"trial #{number} (index {index}) waits for index {', '.join(map(str, open_))} "
@@ -184,15 +190,24 @@ class WindowSampler(BaseSampler):
             time.sleep(POLL_S)
 
 
-class WindowPruner(BasePruner):
-    """The study's pruner, judging trial i on the trials of index <= i - L and its own curve."""
+def _set(storage, trial: FrozenTrial, key: str, value) -> None:
+    """A user attr in the store and on ``trial``: before_trial gets the trial's cached record,
+    which ``Trial.user_attrs`` (the objective's seed, hpo.search.space) reads."""
+    storage.set_trial_user_attr(trial._trial_id, key, value)
+    trial.user_attrs[key] = value
 
-    def __init__(self, inner: BasePruner):
-        self.inner = inner
+
+class WindowPruner(BasePruner):
+    """The study's pruner, judging trial i on the trials of index <= i - L and its own curve. ``make()``
+    builds the study's pruner: each trial gets its own (one shared by a process would carry what it
+    estimated for one trial into another's decision)."""
+
+    def __init__(self, make: Callable[[], BasePruner]):
+        self.make = make
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         seen = study.sampler.seen(study, trial)
-        return self.inner.prune(seen.view, seen.trial(trial))
+        return seen.pruner.prune(seen.view, seen.trial(trial))
 
 
 def give_back(study: optuna.Study, trial_id: int) -> None:
