@@ -346,3 +346,14 @@ def test_a_bad_window_is_one_line_and_exit_2(tmp_path, fashion_mnist_system):
     line = "error: window must be >= 0 (0: free-running; L: the reproducible window), got -1"
     assert err.strip().splitlines() == [line]
     assert not (tmp_path / "w.db").exists()
+
+
+def test_under_a_window_every_trial_gets_one_thread_unless_the_study_sets_them(tmp_path):
+    from hpo.runs.plan import parse
+
+    folder = write_study(tmp_path / "tiny", WINDOW_STUDY)
+    assert parse(["--study", str(folder)]).spec.base.train.threads == 1
+    assert parse(["--study", str(folder), "--set", "train.threads=2"]).spec.base.train.threads == 2
+    assert parse(["--study", str(folder), "--set", "window=0"]).spec.base.train.threads == 0  # free: all cores
+    assert parse(["--study", str(folder), "--set", "window=0"]).spec.window == 0
+    assert parse(["--study", str(folder)]).spec.window == 2

@@ -195,8 +195,9 @@ class Plan:
         spec = config_mod.load(self.study, sets)
         if spec.window and spec.base.train.threads == 0:
             # Threads are part of a trial's recipe (1 and 2 threads give other floats): under the
-            # window every trial gets one thread, whatever the number of workers.
-            spec = config_mod.load(self.study, [*sets, f"train.threads={WINDOW_THREADS}"])
+            # window every trial gets the same, whatever the number of workers.
+            train = dataclasses.replace(spec.base.train, threads=WINDOW_THREADS)
+            spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, train=train))
         return named(spec, self.study_name) if self.study_name is not None else spec
 
     @property
