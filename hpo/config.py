@@ -22,6 +22,9 @@ from hpo.errors import HpoError, closest, unknown
 
 STUDIES_DIR = Path("studies")
 STUDY_FILE = "study.toml"
+KEEP = ("best", "all", "none")  # --keep: which trials' weights go to the artifact store
+CHECKPOINT_DIR = Path("models") / "checkpoints"  # a trial's epoch checkpoints, beside the artifact store
+CHECKPOINT_ENV = "HPO_CHECKPOINT_DIR"
 
 # The names a study file may use, each implemented where it is used (the module in the comment).
 # hpo.training.datasets.DATASETS; "folder" (images in a folder of the user's): hpo.training.folder

@@ -26,6 +26,8 @@ ENDED_WORDS = ("complete", "pruned", "failed")  # the states a trial ends in, in
 # a failed trial is retried (lost, interrupted) or is a mistake to look at, never a result.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
+CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
+RETRY_HISTORY = "retry_history"  # system attr: the trials a heartbeat retry retries (Optuna's callback)
 # Under a window (hpo.search.window): the trial's logical index, which a retry inherits; the number
 # of the trial that took the index (a retry's differs from its own); seconds it waited for the window.
 INDEX, INDEX_OF, WINDOW_WAIT = "index", "index_of", "window_wait_s"
@@ -107,3 +109,42 @@ def pooled_sd(groups: Iterable[Sequence[float]]) -> float | None:
     if not dof:
         return None
     return float(math.sqrt(sum(np.var(g, ddof=1) * (len(g) - 1) for g in repeated) / dof))
+
+
+def retried(trials: Iterable[FrozenTrial]) -> set[int]:
+    """The failed trials whose work a later trial goes on with: an interrupted trial requeued with
+    its checkpoint (same ``checkpoint_of``), a lost one retried by the heartbeat callback. A count
+    of trials, epochs or values takes the retry alone, so nothing is counted twice."""
+    trials = list(trials)
+    out = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, ())}
+    last: dict[int, int] = {}
+    for t in trials:
+        origin = t.user_attrs.get(CHECKPOINT_OF)
+        if isinstance(origin, int):
+            last[origin] = max(last.get(origin, -1), t.number)
+    out |= {
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL and last.get(t.user_attrs.get(CHECKPOINT_OF), -1) > t.number
+    }
+    return out
+
+
+def own_epochs(t: FrozenTrial, default: int | None = None) -> int | None:
+    """The epochs a trial was given: its recorded config's (a searched ``epochs`` included), else ``default``."""
+    config = t.user_attrs.get("config")
+    epochs = config.get("train", {}).get("epochs") if isinstance(config, dict) else None
+    return epochs if isinstance(epochs, int) and epochs > 0 else default
+
+
+def epoch_values(t: FrozenTrial) -> dict[int, float]:
+    """A trial's validation accuracy epoch by epoch: what it reported to the pruner or, for a
+    multi-objective trial (Optuna lets it report nothing), its recorded curve."""
+    if t.intermediate_values:
+        return {int(e): float(v) for e, v in t.intermediate_values.items()}
+    curve = t.user_attrs.get("curve")
+    return {
+        int(c["epoch"]): float(c["val_acc"])
+        for c in (curve if isinstance(curve, list) else ())
+        if isinstance(c, dict) and isinstance(c.get("epoch"), int) and isinstance(c.get("val_acc"), (int, float))
+    }

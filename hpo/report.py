@@ -19,7 +19,7 @@ from hpo.analysis import branches, compare
 from hpo.analysis.figures import write_report
 from hpo.analysis.findings import complete_trials, compute
 from hpo.config import STUDY_FILE, find_study
-from hpo.errors import HpoError
+from hpo.errors import HpoError, counted
 from hpo.records import count_states
 from hpo.runs.outcome import report_command
 from hpo.runs.plan import Plan
@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             f"the next hpo.run fails and retries "
             f"{'it' if len(lost) == 1 else 'them'} with the same parameters"
         )
-    if counts["running"] > len(lost):
+    running = counts["running"] - len(lost)
+    if running > 0:
         cli.say(
-            f"note: {counts['running'] - len(lost)} trials are still running; "
+            f"note: {counted(running, 'trial')} {'is' if running == 1 else 'are'} still running; "
             f"the report covers the {len(complete_trials(trials))} complete ones"
         )
     if written.png_error:

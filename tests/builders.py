@@ -49,6 +49,7 @@ def make_cifar(
     seed: int = 0,
     kind: type[CIFAR10] = CIFAR10,
     classes: int | None = None,
+    learnable: bool = False,
 ) -> type[CIFAR10]:
     """CIFAR-10 (or, with ``kind=CIFAR100``, CIFAR-100) files in the official on-disk format under
     ``root``, plus the tarball of them in ``root.parent / "archive"``. Returns a subclass of ``kind``
@@ -57,7 +58,8 @@ def make_cifar(
     (``classes``: the kind's own count unless a test wants labels out of range).
 
     The official files are Python 2 pickles (str keys under encoding="latin1", bytes under "bytes");
-    ``bytes_keys`` writes Python 3 bytes keys instead, as a re-pickled copy would have."""
+    ``bytes_keys`` writes Python 3 bytes keys instead, as a re-pickled copy would have. ``learnable``
+    gives each class its own colour under the noise, so a network trained on them beats chance."""
     rng = np.random.default_rng(seed)
     hundred = kind is CIFAR100
     classes = classes or (100 if hundred else 10)
@@ -68,7 +70,11 @@ def make_cifar(
     for i, name in enumerate(train_names + test_names):
         n = test if name in test_names else per_batch
         labels = [(j + i) % classes for j in range(n)]
-        entry = {key("data"): rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        if learnable:  # each class's own colour (R, G, B planes of 1024 pixels each), a little noise on it
+            colour = np.array([[(c * 97) % 256, (c * 53 + 80) % 256, (c * 29 + 160) % 256] for c in labels])
+            data = np.clip(np.repeat(colour, 1024, axis=1) + rng.integers(-20, 21, (n, 3072)), 0, 255).astype(np.uint8)
+        entry = {key("data"): data}
         if hundred:  # CIFAR-100's 20 superclasses beside the 100 fine labels, as the real files have them
             entry |= {key("fine_labels"): labels, key("coarse_labels"): [label // 5 for label in labels]}
         else:

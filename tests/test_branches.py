@@ -8,6 +8,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from hpo.analysis import branches
 from hpo.analysis.figures import render_markdown
 from hpo.analysis.findings import compute
+from hpo.analysis.groups import display
 
 OPT = CategoricalDistribution(["sgd", "adam"])
 MOM = FloatDistribution(0.5, 0.99)
@@ -68,11 +69,9 @@ def test_each_branch_has_its_trials_numbers_and_own_parameters():
     assert sgd.best_trial == 7 and abs(sgd.best - (90 - 20 * abs(0.92 - 0.9))) < 1e-9
     assert [p.name for p in adam.params] == ["lr|adam"]
     assert sorted(p.name for p in sgd.params) == ["lr|sgd", "momentum"]
-    assert (
-        sum(g.trials for p in sgd.params if p.name == "momentum" for g in p.groups) == 8
-    )  # no Adam trial in SGD's table
+    assert sum(g.n for p in sgd.params if p.name == "momentum" for g in p.groups) == 8  # no Adam trial in SGD's table
     assert set(sgd.importance.by_evaluator["PED-ANOVA"]) == {"momentum", "lr|sgd"}  # within the branch
-    assert branches.display("lr|adam/adamw") == "lr (adam/adamw)"
+    assert display("lr|adam/adamw") == "lr (adam/adamw)" and display("name") == "model"
 
 
 def test_a_branch_parameter_is_a_branch_parameter_even_when_no_other_branch_finished():
@@ -103,10 +102,12 @@ def test_the_report_shows_the_branches_and_marks_warm_started_trials():
     md = render_markdown(f, {})
     assert (
         "## Branches" in md
-        and "### Branch optimizer = sgd (8 trials)" in md
-        and "### Branch optimizer = adam (4 trials)" in md
+        and "### Branch optimizer = sgd (8 complete trials)" in md
+        and "### Branch optimizer = adam (4 complete trials)" in md
     )
-    assert "are Optuna's, on the parameters every complete trial has (optimizer)" in md
+    # the words name what the importance table above ranks, not another list
+    ranked = list(f.importances[0].by_evaluator["PED-ANOVA"])
+    assert f"The importances above rank {', '.join(map(display, ranked))};" in md
     assert "| optimizer = adam | 4 | 1 | 86.5% | 88.0% | 85.0% | #11 |" in md
     assert "#0 from `old#0`" in md
 

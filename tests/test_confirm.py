@@ -10,9 +10,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from builders import TINY_STUDY
 from processes import hpo
 
-from hpo.analysis import findings
+from hpo.analysis import findings, summary
 from hpo.search import confirm
 from hpo.search.space import trial_seed
 
@@ -60,7 +61,12 @@ def test_confirm_adds_k_new_seed_trials_per_top_configuration(searched):
     winner = c.configs[0].source
     assert c.sentence.startswith(f"Retrained with new seeds, trial #{winner}'s configuration wins by its mean")
     assert "seed-to-seed spread is sd" in c.sentence
-    assert c.sentence in f.headline
+    # the summary's first line names the confirmed winner by its mean ± sd, as the confirmations table does
+    (use,) = [x.text for x in summary.lines(f) if x.title == "What to use"]
+    w = c.configs[0]
+    assert (
+        use.startswith(f"the configuration of trial #{winner} (") and f"{w.mean:.1f}% ± {w.sd:.2f} over 3 seeds" in use
+    )
 
     # a second --confirm draws new seeds again
     proc = hpo("--study", "tiny", "--confirm", "1", "--set", "train.epochs=1", "--keep", "none", cwd=searched)
@@ -165,3 +171,21 @@ def test_confirm_says_when_the_study_holds_fewer_configurations_than_it_confirms
         "retraining those with 1 new seed each" in proc.stderr
     ), proc.stderr[-2000:]
     assert "tiny: 2 trials added" in proc.stdout
+
+
+def test_confirm_after_a_search_under_two_workers_retrains_with_their_threads(study_dir, tmp_path):
+    """The README's path: the study file leaves the threads to the machine, the search runs two
+    one-thread workers (as --workers auto does on two cores), then --confirm in one process retrains
+    with the threads the trials ran with, as the same recipe, instead of refusing."""
+    (study_dir / "study.toml").write_text(TINY_STUDY.replace("threads = 1\n", ""))
+    args = ("--study", "tiny", "--set", "train.epochs=1", "--keep", "none")
+    proc = hpo(*args, "--trials", "4", "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {t.user_attrs["config"]["train"]["threads"] for t in load(tmp_path).get_trials()} == {1}
+    proc = hpo(*args, "--confirm", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    added = [t for t in load(tmp_path).get_trials() if "confirms" in t.user_attrs]
+    assert len(added) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in added)
+    assert {t.user_attrs["config"]["train"]["threads"] for t in added} == {1}
+    f = findings.compute(load(tmp_path))
+    assert all(not c.other_recipe for c in f.evidence.confirmations.configs)  # one recipe: pooled

@@ -13,7 +13,7 @@ import optuna
 import pytest
 import truth
 
-from hpo.analysis import findings
+from hpo.analysis import findings, summary
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -34,8 +34,14 @@ def computed(tmp_path_factory):
 
 
 def line(f, start: str) -> str:
-    (hit,) = [x for x in f.headline if x.startswith(start)]
+    """The report's sentence about a parameter (its section's words)."""
+    (hit,) = [x for x in f.evidence.sentences.values() if x.startswith(start)]
     return hit
+
+
+def said(f) -> dict[str, str]:
+    """The summary block: title -> line."""
+    return {x.title: x.text for x in summary.lines(f)}
 
 
 def test_cliff_study_states_the_truth(computed):
@@ -45,9 +51,11 @@ def test_cliff_study_states_the_truth(computed):
     # lr is ranked first where every state still counts, by both evaluators
     assert ev.rung is not None and not ev.rung.final and ev.rung.epoch == 2
     assert all(next(iter(v)) == "lr" for v in ev.rung_importance.values())
-    assert any(
-        x.startswith("At epoch 2, where 63 trials of all states can be compared, lr matters most") for x in f.headline
-    )
+    # the summary names lr as what mattered, the cliff as what broke, and nothing else as an effect
+    top = said(f)
+    assert top["What mattered"].startswith("lr best between") and "momentum" not in top["What mattered"]
+    assert "batch_size" not in top["What mattered"] and "momentum, batch_size" in top["What did not"]
+    assert "momentum ≥ 0.9:" in top["What broke"] and "diverged" in top["What broke"]
     # its best range holds the optimum, at the rung and at the final epoch
     lr = line(f, "lr:")
     for lo, hi in re.findall(r"best between ([\d.]+) and ([\d.]+)", lr):
@@ -79,7 +87,7 @@ def test_an_irrelevant_parameter_is_no_clear_effect_however_its_means_fall(compu
     }
     assert max(means.values()) - min(means.values()) > 5  # the sampled means do differ
     eff = f.evidence.at_final["batch_size"]
-    assert {b.value: round(b.mean, 6) for b in eff.bands} == {b: round(m, 6) for b, m in means.items()}
+    assert {b.value: round(b.mean, 6) for b in eff.groups} == {b: round(m, 6) for b, m in means.items()}
     assert not eff.clear and eff.p_value >= 0.01
     assert "batch_size: " in line(f, "batch_size:") and "best" not in line(f, "batch_size:")
     assert "no clear effect" in line(f, "momentum:")
@@ -91,7 +99,7 @@ def test_joint_study_gets_the_partial_dependence_direction(computed):
     assert sum(t.params["momentum"] > 0.8 for t in trials if t.params["lr"] > 0.01) > 10  # the sampler paired them
     m = f.evidence.at_final["momentum"]
     assert m.clear and m.pd_trend == "falls"  # the truth: momentum lowers accuracy
-    raw = [b.mean for b in m.bands if b.n >= 3]
+    raw = [b.mean for b in m.groups if b.n >= 3]
     assert raw[-1] > raw[0]  # while its raw means rise
     assert m.disagreement and "partial dependence disagree" in line(f, "momentum:")
     assert "val acc falls with momentum" in line(f, "momentum:")
@@ -100,20 +108,21 @@ def test_joint_study_gets_the_partial_dependence_direction(computed):
 
 def test_a_five_trial_study_says_its_evidence_is_thin_first(computed):
     _, f = computed("thin")
-    assert f.headline[0].startswith("Thin evidence: 5 finished trials")
-    assert not any("matters most" in x or "best between" in x for x in f.headline)
+    top = said(f)
+    assert top["What did not"].startswith("Thin evidence: 5 finished trials")
+    assert "What mattered" not in top and not any("best between" in x for x in top.values())
     assert all(not e.clear for e in f.evidence.at_final.values())
 
 
 def test_group_numbers_match_the_trials(computed):
     study, f = computed("cliff")
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
-    for b in f.evidence.at_final["lr"].bands:
+    for b in f.evidence.at_final["lr"].groups:
         vals = [
             t.value
             for t in done
             if b.low <= t.params["lr"] < b.high
-            or (b is f.evidence.at_final["lr"].bands[-1] and t.params["lr"] == b.high)
+            or (b is f.evidence.at_final["lr"].groups[-1] and t.params["lr"] == b.high)
         ]
         assert b.n == len(vals) and math.isclose(b.mean, sum(vals) / len(vals))
         assert b.lo <= b.mean <= b.hi

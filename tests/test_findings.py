@@ -11,7 +11,7 @@ from builders import REPORT_BEST_LR, REPORT_DIVERGED_REASON, REPORT_EPOCHS, REPO
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hpo.analysis import findings
+from hpo.analysis import findings, groups, summary
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -44,7 +44,8 @@ def test_best_and_top_ten(full):
     assert [r.number for r in f.top] == order
     assert f.counts == {"COMPLETE": 16, "PRUNED": 3, "FAIL": 1}
     assert f.metrics == ("val_acc",) and f.directions == ("maximize",)
-    assert f"trial {best.number}" in f.headline[1]
+    (use,) = [x.text for x in summary.lines(f) if x.title == "What to use"]
+    assert use.startswith(f"trial #{best.number} (") and f"val acc {best.value:.1f}%" in use
 
 
 def test_importances_rank_the_formula_driver_first(full):
@@ -66,31 +67,31 @@ def test_categorical_table_matches_the_trials(full):
     assert [g.value for g in momentum.groups] == [0.5, 0.9, 0.99]
     for g in momentum.groups:
         ts = [t for t in complete(study) if t.params["momentum"] == g.value]
-        assert g.trials == len(ts)
+        assert g.n == len(ts)
         assert g.mean == pytest.approx(np.mean([t.value for t in ts]))
         assert g.best == max(t.value for t in ts) and g.worst == min(t.value for t in ts)
         assert g.mean_test == pytest.approx(np.mean([t.user_attrs["test_acc"] for t in ts]))
-    best = max((g for g in momentum.groups if g.trials), key=lambda g: g.mean)
-    assert momentum.summary.startswith(f"momentum: {best.label} reaches {best.mean:.1f}%")
+    # the table is the final-epoch analysis itself, so its sentence is about these very groups
+    assert momentum.groups == f.evidence.at_final["momentum"].groups
+    assert f.evidence.sentences["momentum"].startswith("momentum: at the final epoch (16 complete trials) ")
 
 
 def test_log_bins_find_the_best_range(full):
     study, f = full
     lr = f.params[0]
     assert (lr.kind, lr.log) == ("range", True)
-    assert 4 <= len(lr.groups) <= 5
-    assert sum(g.trials for g in lr.groups) == len(complete(study))
+    assert len(lr.groups) == min(groups.MAX_BINS, max(2, len(complete(study)) // groups.PER_BIN))  # the one binning
+    assert sum(g.n for g in lr.groups) == len(complete(study))
     edges = [g.low for g in lr.groups] + [lr.groups[-1].high]
     assert np.allclose(np.diff(np.log(edges)), np.log(edges[1] / edges[0]))  # log-spaced
     for i, g in enumerate(lr.groups):
         last = i == len(lr.groups) - 1
         ts = [t for t in complete(study) if g.low <= t.params["lr"] < g.high or (last and t.params["lr"] == g.high)]
-        assert g.trials == len(ts)
+        assert g.n == len(ts)
         if ts:
             assert g.mean == pytest.approx(np.mean([t.value for t in ts]))
-    best = max((g for g in lr.groups if g.trials), key=lambda g: g.mean)
+    best = max((g for g in lr.groups if g.n), key=lambda g: g.mean)
     assert best.low <= REPORT_BEST_LR <= best.high
-    assert lr.summary.startswith("lr: best between") and "drops to" in lr.summary
 
 
 def test_pruning_savings_and_problems(full):
@@ -158,7 +159,7 @@ def test_too_few_trials_for_importance():
     assert one.importances[0].note.startswith("not enough trials for importance")
     same = findings.compute(_memory_study([(80.0, {"lr": 0.01, "momentum": 0.9})] * 3))
     assert same.importances[0].note.startswith("not enough trials for importance")
-    assert "no spread" in same.params[0].summary
+    assert "too few trials (3) to tell an effect from noise" in same.evidence.sentences["lr"]
 
 
 def test_few_integer_values_get_one_row_each():
@@ -166,8 +167,9 @@ def test_few_integer_values_get_one_row_each():
     trials = [
         optuna.create_trial(value=float(v), params={"layers": v}, distributions={"layers": dist}) for v in (1, 2, 2, 8)
     ]
-    kind, rows = findings.groups("layers", dist, trials, optuna.study.StudyDirection.MAXIMIZE)
-    assert kind == "value" and [(g.value, g.trials) for g in rows] == [(1, 1), (2, 2), (8, 1)]
+    y = np.array([t.value for t in trials])
+    kind, _, rows = groups.group(dist, [t.params["layers"] for t in trials], y, True, np.random.default_rng(0))
+    assert kind == "value" and [(g.value, g.n) for g in rows] == [(1, 1), (2, 2), (8, 1)]
 
 
 def test_compute_needs_a_complete_trial():

@@ -17,6 +17,8 @@ through hpo.cli.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,10 @@ def test_config_imports_nothing_of_hpo_but_its_errors():
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if layer(m) not in ENTRY_POINTS | {"runs", "cli"}))
 def test_only_entry_points_and_runs_print_through_the_cli_module(module):
     assert "cli" not in GRAPH[module]
+
+
+def test_the_report_and_the_dashboard_load_no_torch():
+    """They only read a store: importing torch and torchvision would cost every report seconds."""
+    code = "import sys, hpo.report, hpo.dashboard; print(sorted({'torch', 'torchvision'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

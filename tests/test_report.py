@@ -85,7 +85,7 @@ def test_report_writes_page_markdown_csv_and_pngs(tmp_path, report_study):
     assert "cdn.plot.ly" not in page and not re.search(r'<script[^>]+src="https?://', page)
     assert (out / "plotly.min.js").stat().st_size > 1_000_000
     assert figure_ids(page) == FULL_FIGURES
-    assert "lr: at the final epoch (16 complete trials) best above" in page and REPORT_FAIL_REASON in page
+    assert "At the final epoch (16 complete trials) best above" in page and REPORT_FAIL_REASON in page
 
     md = (out / "report.md").read_text()
     for name in FULL_FIGURES:
@@ -187,8 +187,8 @@ def test_running_study_reports_the_complete_trials(tmp_path, monkeypatch, report
         )
     )
     assert report.main(["studies/lenet_lr", "--no-png"]) == 0
-    assert "note: 1 trials are still running; the report covers the 16 complete ones" in capsys.readouterr().err
-    assert "still running: 1 trials are not finished" in (tmp_path / "studies/lenet_lr/report/report.md").read_text()
+    assert "note: 1 trial is still running; the report covers the 16 complete ones" in capsys.readouterr().err
+    assert "1 trial still running, left out." in (tmp_path / "studies/lenet_lr/report/report.md").read_text()
 
 
 def test_png_failure_warns_and_writes_the_pages(tmp_path, monkeypatch, report_study, capsys):

@@ -7,6 +7,8 @@ with effects the test knows, for checking the report's words against the truth.
   so its raw mean looks better although batch size does nothing.
 - ``confounded``: lr raises accuracy, momentum lowers it, and the sampler paired high momentum
   with high lr, so raw momentum means rise while its true effect falls.
+- ``choice``: a real categorical effect: gelu trains 4 points better than relu and tanh (which
+  are alike), lr as in ``cliff`` (no cliff), and an irrelevant ``width`` (16, 32, 64).
 - ``thin``: five trials of ``cliff``.
 """
 
@@ -26,6 +28,8 @@ CLIFF_MOMENTUM = 0.9
 EPOCHS = 6
 BATCHES = [32, 64, 128, 256]
 NOISE = 0.6  # seed-to-seed sd of the final accuracy, in points
+ACTIVATIONS = {"relu": 0.0, "tanh": 0.0, "gelu": 4.0}  # the true gain of each activation, in points
+WIDTHS = [16, 32, 64]
 
 
 def lr_acc(lr: float) -> float:
@@ -97,9 +101,22 @@ def build(url: str, name: str, kind: str = "cliff", n: int = 80, seed: int = 0) 
     }
     if kind == "confounded":
         dists = {"lr": FloatDistribution(1e-4, 0.1, log=True), "momentum": FloatDistribution(0.5, 0.99)}
+    if kind == "choice":
+        dists = {
+            "lr": FloatDistribution(1e-4, 1.0, log=True),
+            "activation": CategoricalDistribution(list(ACTIVATIONS)),
+            "width": CategoricalDistribution(WIDTHS),
+        }
     rows = []
     for number in range(n):
-        if kind == "confounded":
+        if kind == "choice":
+            params = {
+                "lr": float(10 ** rng.uniform(-3, -0.5)),
+                "activation": list(ACTIVATIONS)[int(rng.integers(3))],
+                "width": WIDTHS[int(rng.integers(3))],
+            }
+            acc = lr_acc(params["lr"]) + ACTIVATIONS[params["activation"]] - 4.0 + rng.normal(0, NOISE)
+        elif kind == "confounded":
             u = rng.uniform()
             params = {
                 "lr": float(10 ** (-4 + 3 * u)),
@@ -120,7 +137,9 @@ def build(url: str, name: str, kind: str = "cliff", n: int = 80, seed: int = 0) 
     # The pruner stops the worst of the trials that did not diverge, at epoch 2 or 3.
     alive = [r for r in rows if not (kind == "cliff" and r[1]["momentum"] >= CLIFF_MOMENTUM)]
     pruned = (
-        {r[0] for r in sorted(alive, key=lambda r: r[2])[: int(0.27 * len(alive))]} if kind != "confounded" else set()
+        {r[0] for r in sorted(alive, key=lambda r: r[2])[: int(0.27 * len(alive))]}
+        if kind not in ("confounded", "choice")
+        else set()
     )
     start = dt.datetime(2026, 1, 5, 9, 0, 0)
     for number, params, acc in rows:

@@ -13,20 +13,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.analysis import effects
 from hpo.analysis.findings import (
     Findings,
     Importances,
     ParamEffect,
     complete_trials,
-    effect_sentence,
-    groups,
+    fmt,
     importances,
+    label,
     metric_names,
     searched_params,
 )
+from hpo.analysis.groups import display, summarise
 
 
 @dataclass(frozen=True)
@@ -49,24 +52,6 @@ class Branches:
     branches: tuple[Branch, ...]
     shared: tuple[str, ...]  # parameters no condition restricts
     ranked: tuple[str, ...] = ()  # parameters every complete trial has: all Optuna's study-wide importance can rank
-
-
-def _stats(trials: list[FrozenTrial], direction) -> dict:
-    values = [t.values[0] for t in trials]
-    high, low = max(values), min(values)
-    maximize = direction == optuna.study.StudyDirection.MAXIMIZE
-    return dict(
-        trials=len(values),
-        mean=sum(values) / len(values),
-        best=high if maximize else low,
-        worst=low if maximize else high,
-    )
-
-
-def display(name: str) -> str:
-    """An Optuna name as a reader says it: "lr|adam/adamw" -> "lr (adam/adamw)"."""
-    base, _, branch = name.partition("|")
-    return f"{base} ({branch})" if branch else base
 
 
 def _base_params(t: FrozenTrial) -> dict:
@@ -100,11 +85,11 @@ def compute(study: optuna.Study) -> Branches | None:
     out = []
     for key, trials in sorted(keyed.items(), key=lambda kv: [str(v) for v in kv[0]]):
         values = {k: v for k, v in zip(by, key, strict=True) if v is not None}
-        label = ", ".join(f"{k} = {v}" for k, v in values.items()) or "none of the conditions set"
+        text = ", ".join(f"{display(k)} = {v}" for k, v in values.items()) or "none of the conditions set"
         if not trials:  # every trial of this branch was pruned
             out.append(
                 Branch(
-                    label=label,
+                    label=text,
                     values=values,
                     trials=0,
                     mean=None,
@@ -117,33 +102,39 @@ def compute(study: optuna.Study) -> Branches | None:
                 )
             )
             continue
-        own = [n for n in space if n not in shared and any(n in t.params for t in trials)]
-        effects = []
-        for name in own:
-            kind, rows = groups(name, space[name], trials, direction)
-            effects.append(
-                ParamEffect(
-                    name=name,
-                    kind=kind,
-                    log=bool(getattr(space[name], "log", False)),
-                    importance={},
-                    groups=rows,
-                    summary=effect_sentence(display(name), kind, rows, metric, direction),
-                )
-            )
+        own = {n: space[n] for n in space if n not in shared and any(n in t.params for t in trials)}
+        maximize = direction == optuna.study.StudyDirection.MAXIMIZE
+        # the same analysis as the study-wide one (hpo.analysis.effects), on this branch's trials alone
+        found = effects.analyse(
+            [t.params for t in trials],
+            [t.values[0] for t in trials],
+            own,
+            maximize,
+            lambda v: fmt(metric, v),
+            label(metric),
+            tests=[t.user_attrs.get("test_acc") for t in trials],
+        )
+        params = tuple(
+            ParamEffect(name=n, kind=e.kind, log=e.log, importance={}, groups=e.groups, sentence=e.sentence)
+            for n, e in found.items()
+        )
         names = [n for n in searched_params(trials) if all(n in t.params for t in trials) and n not in by]
         imp = importances(_branch_study(trials, study.directions), trials, names, metric, 0)
-        stats = _stats(trials, direction)
-        best = min((t for t in trials if t.values[0] == stats["best"]), key=lambda t: t.number)
+        y = np.array([t.values[0] for t in trials], dtype=float)
+        stats = summarise({"label": text}, np.ones(len(y), dtype=bool), y, maximize, np.random.default_rng(0))
+        best = min((t for t in trials if t.values[0] == stats.best), key=lambda t: t.number)
         out.append(
             Branch(
-                label=label,
+                label=text,
                 values=values,
+                trials=stats.n,
+                mean=stats.mean,
+                best=stats.best,
+                worst=stats.worst,
                 best_trial=best.number,
-                params=tuple(effects),
+                params=params,
                 importance=imp,
                 pruned=pruned.count(key),
-                **stats,
             )
         )
     ranked = tuple(n for n in space if all(n in t.params for t in complete))

@@ -7,7 +7,6 @@ The numbers come from each study's own ``hpo.analysis.findings``; this module la
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,14 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import plotly.offline
 
+from hpo.analysis import pages, summary
 from hpo.analysis.findings import STATES, Findings, fmt, label
+from hpo.analysis.groups import display
+from hpo.analysis.pages import Bullets, Figure, Heading, Table
+from hpo.errors import counted, reason
 
-PNG = "learning_curves.png"
+FIGURE = "learning_curves"
+PNG = f"{FIGURE}.png"
 
 
 @dataclass(frozen=True)
@@ -32,15 +36,11 @@ class Entry:
 
 
 def _line(f: Findings) -> str:
-    ev = f.evidence
+    """What the study found, in one line: its summary's what to use and what mattered (hpo.analysis.summary)."""
+    said = {x.title: x.text for x in summary.lines(f)}
     best = f"best {label(f.metrics[0])} {fmt(f.metrics[0], f.best.values[0])} (trial #{f.best.number})"
-    if ev is not None and ev.thin:
-        return f"{best}; too few trials to tell any effect from noise."
-    for p in f.params:
-        for eff in (ev.at_rung.get(p.name), ev.at_final.get(p.name)) if ev is not None else ():
-            if eff is not None and eff.clear:
-                return f"{best}; {eff.sentence}"
-    return f"{best}; no parameter showed a clear effect." if f.params else f"{best}; nothing was searched."
+    found = said.get("What mattered") or said.get("What did not") or "nothing was searched."
+    return f"{best}; {found}"
 
 
 def entry(folder: str, study: optuna.Study, f: Findings) -> Entry:
@@ -77,6 +77,21 @@ def curves_figure(entries: list[Entry]) -> go.Figure:
     return fig
 
 
+def base(name: str) -> str:
+    """A parameter as studies share it: "lr|sgd" and "lr" are both lr."""
+    return name.split("|")[0]
+
+
+def _said(f: Findings, name: str) -> str:
+    """One parameter's finding in a study, short: the summary's reading of it (hpo.analysis.summary)."""
+    e, basis = summary.primary(f, name)
+    if e is None:
+        return "not analysed"
+    if not e.clear:
+        return f"{e.claim.split(' (')[0]} ({counted(e.trials, 'trial')}, {basis})"
+    return f"{summary.where(e)} ({fmt(f.metrics[0], e.best.mean)} in {counted(e.best.n, 'trial')}, {basis})"
+
+
 def tables(entries: list[Entry]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for each table of the comparison."""
     best = ["study", "best trial", "val acc", "test acc", "trials", "epochs trained", "time spent"]
@@ -97,65 +112,33 @@ def tables(entries: list[Entry]) -> list[tuple[str, list[str], list[list[str]]]]
         )
     out = [("Best per study", best, rows)]
     names = [e.findings.study_name for e in entries]
-    shared = [
-        p
-        for p in dict.fromkeys(n for e in entries for n in e.findings.param_names)
-        if sum(p in e.findings.param_names for e in entries) >= 2
-    ]
+    # shared by base name: lenet_lr's lr and lenet_optimizer's lr|sgd and lr|adam are all lr
+    bases = list(dict.fromkeys(base(n) for e in entries for n in e.findings.param_names))
+    shared = [b for b in bases if sum(any(base(n) == b for n in e.findings.param_names) for e in entries) >= 2]
     if shared:
         side = []
-        for p in shared:
+        for b in shared:
             cells = []
             for e in entries:
-                ev = e.findings.evidence
-                text = ev.sentences.get(p, "") if ev is not None else ""
-                cells.append(text.removeprefix(f"{p}: ") if text else "not searched")
-            side.append([p, *cells])
+                mine = [n for n in e.findings.param_names if base(n) == b]
+                cells.append(
+                    "; ".join(f"{display(n)}: {_said(e.findings, n)}" for n in mine) if mine else "not searched"
+                )
+            side.append([display(b), *cells])
         out.append(("Shared parameters, side by side", ["parameter", *names], side))
     return out
 
 
-def markdown(entries: list[Entry], png: bool) -> str:
-    lines = ["# Comparison: " + " vs ".join(e.findings.study_name for e in entries), "", "## What each study found", ""]
-    lines += [f"- **{e.findings.study_name}** (`{e.folder}`): {e.line}" for e in entries] + [""]
-    for title, header, rows in tables(entries):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows] + [""]
-    lines += ["## Learning curves", ""]
-    lines += (
-        [f"![Learning curves of each study's best trial]({PNG})", ""] if png else ["The figure is in `index.html`.", ""]
-    )
-    return "\n".join(lines)
-
-
-def page(entries: list[Entry], fig: go.Figure) -> str:
-    """index.html: the same words and tables, the figure interactive; plotly.js loaded once, locally."""
-    esc = html.escape
-    parts = [
-        f"<h1>Comparison: {esc(' vs '.join(e.findings.study_name for e in entries))}</h1>",
-        "<h2>What each study found</h2><ul>",
+def blocks(entries: list[Entry]) -> list:
+    """The comparison as page blocks (hpo.analysis.pages), for report.md and index.html alike."""
+    out: list = [
+        Heading("Comparison: " + " vs ".join(e.findings.study_name for e in entries), 1),
+        Heading("What each study found"),
+        Bullets(tuple(f"**{e.findings.study_name}** (`{e.folder}`): {e.line}" for e in entries)),
     ]
-    parts += [
-        f"<li><strong>{esc(e.findings.study_name)}</strong> (<code>{esc(e.folder)}</code>): {esc(e.line)}</li>"
-        for e in entries
-    ]
-    parts.append("</ul>")
     for title, header, rows in tables(entries):
-        parts.append(
-            f"<h2>{esc(title)}</h2><table><thead><tr>"
-            + "".join(f"<th>{esc(h)}</th>" for h in header)
-            + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-            + "</tbody></table>"
-        )
-    parts.append(
-        "<h2>Learning curves</h2>"
-        + pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id="fig-learning_curves")
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Comparison</title>'
-        '<script src="plotly.min.js"></script></head>\n<body>\n' + "\n".join(parts) + "\n</body></html>\n"
-    )
+        out += [Heading(title), Table(tuple(header), tuple(tuple(r) for r in rows))]
+    return out + [Heading("Learning curves"), Figure(FIGURE, "Learning curves of each study's best trial")]
 
 
 def write(entries: list[Entry], out: Path, png: bool = True) -> tuple[Path, str]:
@@ -167,8 +150,9 @@ def write(entries: list[Entry], out: Path, png: bool = True) -> tuple[Path, str]
         try:
             pio.write_images([fig], [out / PNG], width=[900], height=[500], scale=1)
         except Exception as e:  # kaleido/Chromium missing: the pages still get written
-            error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
-    (out / "report.md").write_text(markdown(entries, png=png and not error), encoding="utf-8")
-    (out / "plotly.min.js").write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
-    (out / "index.html").write_text(page(entries, fig), encoding="utf-8")
+            error = reason(e, typed=True, limit=200)
+    page = blocks(entries)
+    (out / "report.md").write_text(pages.markdown(page, {FIGURE: PNG} if png and not error else {}), encoding="utf-8")
+    (out / pages.PLOTLY_JS).write_text(plotly.offline.get_plotlyjs(), encoding="utf-8")
+    (out / "index.html").write_text(pages.html_page("Comparison", page, {FIGURE: fig}), encoding="utf-8")
     return out / "index.html", error

@@ -13,40 +13,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution
 from scipy.stats import spearmanr
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.inspection import partial_dependence
 
-LEVEL = 0.90  # the intervals' coverage
-BOOTSTRAP = 1000
-PERMUTATIONS = 1000
-ALPHA = 0.01  # a difference is claimed only when shuffled labels match it this rarely
-MIN_GROUP = 3  # a smaller group is shown but never makes a finding
+from hpo.analysis.groups import ALPHA, MIN_GROUP, Group, display, finite, group, merge, permutation_p
+from hpo.errors import counted
+
 MIN_TRIALS = 8  # below this a study says its evidence is thin before anything else
-MAX_VALUES = 6  # a numeric parameter with at most this many values gets a row per value
 TREES = 60
-
-
-@dataclass(frozen=True)
-class Band:
-    """One group of trials: a choice, a value, or a bin [low, high)."""
-
-    label: str
-    n: int
-    mean: float | None
-    lo: float | None  # the mean's 90% interval
-    hi: float | None
-    pd: float | None = None  # partial dependence of the surrogate there (joint searches)
-    value: Any = None
-    low: float | None = None
-    high: float | None = None
-    ended: tuple[tuple[str, int], ...] = ()  # how its trials ended: (("complete", 3), ("pruned", 5))
 
 
 @dataclass(frozen=True)
@@ -55,25 +35,27 @@ class Effect:
     kind: str  # "choice", "value", "range"
     log: bool
     trials: int
-    bands: tuple[Band, ...]
+    groups: tuple[Group, ...]
     p_value: float | None  # None: not tested (too few trials)
     clear: bool
     claim: str  # what the trials say, without the parameter's name
-    raw_trend: str = ""  # numeric: "rises", "falls" or "" (neither) across the bands, by raw mean
+    raw_trend: str = ""  # numeric: "rises", "falls" or "" (neither) across the groups, by raw mean
     pd_trend: str = ""  # the same by partial dependence
     disagreement: str = ""
+    best: Group | None = None  # the row the words call best: a group, or the merged best region
+    rest: Group | None = None  # every other trial the comparison used, merged
+    merged: tuple[Group, ...] = ()  # the merged rows the words state (best region, below it, above it, the rest)
 
     @property
     def sentence(self) -> str:
-        return f"{self.name}: {self.claim}."
+        return f"{display(self.name)}: {self.claim}."
 
-
-def bootstrap_interval(values: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    if len(values) < 2:
-        return float(values[0]), float(values[0])
-    means = rng.choice(values, size=(BOOTSTRAP, len(values)), replace=True).mean(axis=1)
-    tail = (1 - LEVEL) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+    @property
+    def gain(self) -> float | None:
+        """The best row's mean less the rest's (points of the metric); None where not both are known."""
+        if self.best is None or self.rest is None or self.best.mean is None or self.rest.mean is None:
+            return None
+        return self.best.mean - self.rest.mean
 
 
 def encode(dist, value) -> float:
@@ -83,44 +65,6 @@ def encode(dist, value) -> float:
     if isinstance(dist, CategoricalDistribution):
         return float(dist.choices.index(value)) if value in dist.choices else math.nan
     return math.log10(value) if getattr(dist, "log", False) and value > 0 else float(value)
-
-
-def _edge(x: float) -> str:
-    return f"{x:.2g}" if abs(x) < 1 else f"{x:.3g}"
-
-
-def _label(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def bins(dist, xs: list) -> tuple[str, list[int], list[dict]]:
-    """Each value's group index (-1: parameter not set), and the groups: choices, values or ~2-5 bins."""
-    present = [x for x in xs if x is not None]
-    if isinstance(dist, CategoricalDistribution):
-        index = [dist.choices.index(x) if x is not None and x in dist.choices else -1 for x in xs]
-        return "choice", index, [{"label": _label(c), "value": c} for c in dist.choices]
-    if not present:  # a conditional parameter that none of these trials has (another branch ran)
-        return "range", [-1] * len(xs), []
-    distinct = sorted(set(float(x) for x in present))
-    if len(distinct) <= MAX_VALUES and (
-        isinstance(dist, IntDistribution) or getattr(dist, "step", None) is not None or len(present) > 2 * len(distinct)
-    ):
-        cast = int if isinstance(dist, IntDistribution) else float
-        index = [distinct.index(float(x)) if x is not None else -1 for x in xs]
-        return "value", index, [{"label": _label(cast(v)), "value": cast(v)} for v in distinct]
-    n_bins = min(5, max(2, len(present) // 6))
-    lo, hi = min(map(float, present)), max(map(float, present))
-    log = bool(getattr(dist, "log", False)) and lo > 0
-    edges = np.geomspace(lo, hi, n_bins + 1) if log else np.linspace(lo, hi, n_bins + 1)
-    index = [
-        int(np.clip(np.searchsorted(edges, float(x), side="right") - 1, 0, n_bins - 1)) if x is not None else -1
-        for x in xs
-    ]
-    groups = [
-        {"label": f"{_edge(edges[i])}–{_edge(edges[i + 1])}", "low": float(edges[i]), "high": float(edges[i + 1])}
-        for i in range(n_bins)
-    ]
-    return "range", index, groups
 
 
 def _forest(seed: int, oob: bool = False) -> RandomForestRegressor:
@@ -137,22 +81,6 @@ def residuals(X: np.ndarray, y: np.ndarray, j: int, seed: int) -> np.ndarray:
         rf = _forest(seed, oob=True).fit(others, y)
     pred = np.where(np.isfinite(rf.oob_prediction_), rf.oob_prediction_, y.mean())
     return y - pred
-
-
-def permutation_p(index: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> float:
-    """How often shuffled group labels give group means as far apart (between-group sum of squares)."""
-    k = int(index.max()) + 1
-    onehot = np.eye(k)[index]  # (n, k)
-    counts = onehot.sum(axis=0)
-    keep = counts > 0
-
-    def stat(values: np.ndarray) -> np.ndarray:  # values: (P, n)
-        means = values @ onehot / np.where(keep, counts, 1)
-        return ((means - values.mean(axis=1, keepdims=True)) ** 2 * counts)[:, keep].sum(axis=1)
-
-    observed = stat(r[None, :])[0]
-    shuffled = np.array([rng.permutation(r) for _ in range(PERMUTATIONS)])
-    return float((1 + np.sum(stat(shuffled) >= observed - 1e-9)) / (PERMUTATIONS + 1))
 
 
 def _trend(values: list[float | None]) -> str:
@@ -173,16 +101,18 @@ def analyse(
     what: str,
     seed: int = 0,
     ended: list[str] | None = None,
+    tests: list | None = None,
 ) -> dict[str, Effect]:
     """Effects of every parameter in ``space`` on ``values`` (one per trial, with its ``params``).
     ``fmt`` formats a value (88.1%); ``what`` names the metric in the words ("val acc"); ``ended``
-    says how each trial ended (complete, pruned, diverged...), for the words about the worse regions."""
+    says how each trial ended (complete, pruned, diverged...), for the words about the worse regions;
+    ``tests`` holds each trial's test accuracy (None where not recorded), for the tables."""
     names = list(space)
     y = np.asarray(values, dtype=float)
+    test = finite(tests) if tests is not None else None
     X = np.array([[encode(space[n], p.get(n)) for n in names] for p in params], dtype=float).reshape(
         len(params), len(names)
     )
-    sign = 1.0 if maximize else -1.0
     surrogate = None
     if len(names) > 1 and len(y) >= MIN_TRIALS:
         with warnings.catch_warnings():
@@ -191,65 +121,73 @@ def analyse(
     out = {}
     for j, name in enumerate(names):
         rng = np.random.default_rng([seed, j])
-        kind, index, groups = bins(space[name], [p.get(name) for p in params])
-        index = np.asarray(index, dtype=int)
-        bands = []
-        for g, meta in enumerate(groups):
-            vals = y[index == g]
-            lo, hi = bootstrap_interval(vals, rng) if len(vals) else (None, None)
-            how = Counter(e for e, k in zip(ended or [], index, strict=False) if k == g)
-            bands.append(
-                dict(
-                    meta,
-                    n=int(len(vals)),
-                    mean=float(vals.mean()) if len(vals) else None,
-                    lo=lo,
-                    hi=hi,
-                    ended=tuple(how.most_common()),
-                )
-            )
+        kind, index, groups = group(space[name], [p.get(name) for p in params], y, maximize, rng, test, ended)
         if surrogate is not None:
-            at = [j_ for j_, b in enumerate(bands) if b["n"]]
+            at = [g for g, b in enumerate(groups) if b.n]
             grid = np.array([float(np.median(X[index == g, j])) for g in at])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 pd = partial_dependence(surrogate, X, [j], custom_values={j: grid}, method="brute")["average"][0]
             order = np.argsort(grid, kind="stable")
+            groups = list(groups)
             for g, v in zip(np.asarray(at)[order], pd[order], strict=False):
-                bands[g]["pd"] = float(v)
-        bands = tuple(Band(**b) for b in bands)
-        out[name] = _effect(
-            name, kind, bool(getattr(space[name], "log", False)), bands, index, X, y, j, sign, fmt, what, rng, seed
+                groups[g] = dataclasses.replace(groups[g], pd=float(v))
+            groups = tuple(groups)
+        ctx = _Context(
+            name, kind, bool(getattr(space[name], "log", False)), groups, index, X, y, j, maximize, fmt, what
         )
+        out[name] = _effect(ctx, rng, seed, test, ended)
     return out
 
 
-def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) -> Effect:
+@dataclass(frozen=True)
+class _Context:
+    name: str
+    kind: str
+    log: bool
+    groups: tuple[Group, ...]
+    index: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    j: int
+    maximize: bool
+    fmt: Any
+    what: str
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.maximize else -1.0
+
+
+def _effect(c: _Context, rng, seed, test, ended) -> Effect:
+    bands, index, y, sign, fmt, kind = c.groups, c.index, c.y, c.sign, c.fmt, c.kind
+    name = display(c.name)  # as the words say it
     n = int((index >= 0).sum())
-    make = lambda p, clear, claim, **kw: Effect(name, kind, log, n, bands, p, clear, claim, **kw)  # noqa: E731
+    make = lambda p, clear, claim, **kw: Effect(c.name, kind, c.log, n, bands, p, clear, claim, **kw)  # noqa: E731
     if n < MIN_TRIALS:
         return make(None, False, f"too few trials ({n}) to tell an effect from noise")
     eligible = [g for g, b in enumerate(bands) if b.n >= MIN_GROUP]
     unit = {"choice": "choices", "value": "values", "range": "ranges"}[kind]
     if len(eligible) < 2:
-        return make(
-            None,
-            False,
-            f"too few trials to compare its {unit} (only {len(eligible)} of {len(bands)} has {MIN_GROUP} or more)",
-        )
+        return make(None, False, f"too few trials to compare its {unit} (fewer than two have enough trials)")
     rows = np.isin(index, eligible)
-    r = residuals(X, y, j, seed)
+    r = residuals(c.X, y, c.j, seed)
     remap = {g: i for i, g in enumerate(eligible)}
-    p = permutation_p(np.array([remap[g] for g in index[rows]]), r[rows], rng)
+    labels = np.array([remap[g] for g in index[rows]])
+    p = permutation_p(labels, r[rows], rng)
     means = [bands[g].mean for g in eligible]
     has_pd = bands[eligible[0]].pd is not None
     numeric = kind != "choice"
     raw_trend = _trend(means) if numeric else ""
     pd_trend = _trend([bands[g].pd for g in eligible]) if numeric and has_pd else ""
+    low, high = min(eligible, key=lambda g: bands[g].mean), max(eligible, key=lambda g: bands[g].mean)
     if p >= ALPHA:
-        claim = f"no clear effect (means {fmt(min(means))}–{fmt(max(means))} across its {unit}, p = {p:.2f})"
+        claim = (
+            f"no clear effect (means {fmt(bands[low].mean)} at {bands[low].label} to {fmt(bands[high].mean)} "
+            f"at {bands[high].label}, p = {p:.3f})"
+        )
         note = ""
-        if has_pd and permutation_p(np.array([remap[g] for g in index[rows]]), y[rows] - y[rows].mean(), rng) < ALPHA:
+        if has_pd and permutation_p(labels, y[rows] - y[rows].mean(), rng) < ALPHA:
             note = (
                 f"raw means and partial dependence disagree: the raw means differ across {name}, but not once the "
                 "other parameters are accounted for: the difference comes from parameters the sampler paired with it"
@@ -260,29 +198,52 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
     by_raw = max(eligible, key=lambda g: sign * bands[g].mean)
     top = max(eligible, key=score)
     worst = bands[min(eligible, key=score)]
+    near = _near(bands, eligible, top, sign)
+    if kind == "range":
+        if has_pd:  # neighbours the surrogate puts nearer the top than the bottom
+            mid = (bands[top].pd + worst.pd) / 2
+            near = [g for g in near if sign * bands[g].pd >= sign * mid]
+        span = _span(near, top)
+    else:
+        span = [top]
+    merge_ = lambda label, members: merge(label, members, index, y, c.maximize, rng, test, ended)  # noqa: E731
+    seen = [g for g, b in enumerate(bands) if b.n]
+    best = bands[top] if len(span) == 1 else merge_(f"best region {_ends(bands, span)}", span)
+    rest = merge_("the rest", [g for g in seen if g not in span])
+    merged = [best] if len(span) > 1 else []
+    sides = []
+    if kind == "range":
+        for side, members in (
+            ("below", [g for g in seen if g < span[0]]),
+            ("above", [g for g in seen if g > span[-1]]),
+        ):
+            if members:
+                sides.append((side, merge_(f"{side} it {_ends(bands, members)}", members)))
+        merged += [g for _, g in sides]
+    merged.append(rest)
+    where = _where(kind, bands[span[0]], bands[span[-1]], bands)
     if has_pd:  # joint search: the words follow the partial dependence, the raw numbers stand beside it
         b = bands[top]
-        if (
-            kind == "range"
-        ):  # neighbours the raw intervals cannot tell apart and the surrogate puts nearer the top than the bottom
-            mid = (b.pd + worst.pd) / 2
-            span = _span(bands, [g for g in _near(bands, eligible, top, sign) if sign * bands[g].pd >= sign * mid], top)
-            vals = y[np.isin(index, span)]
-            b = dataclasses.replace(b, mean=float(vals.mean()), n=int(len(vals)))
-            where = _where(kind, bands[span[0]], bands[span[-1]], bands)
-        else:
-            where = _where(kind, b, b, bands)
-        trend = f"; {what} {pd_trend} with {name}" if pd_trend else ""
+        trend = f"; {c.what} {pd_trend} with {name}" if pd_trend else ""
         claim = (
-            f"best {where} by partial dependence ({fmt(b.pd)} there vs {fmt(worst.pd)} "
-            f"{_where(kind, worst, worst, bands)}; raw means {fmt(b.mean)} ({b.n} trials) "
-            f"and {fmt(worst.mean)} ({worst.n} trials)){trend}"
+            f"best {where} by partial dependence ({fmt(b.pd)} at {b.label} vs {fmt(worst.pd)} at {worst.label}; "
+            f"raw means {fmt(best.mean)} ({counted(best.n, 'trial')}) there and "
+            f"{fmt(worst.mean)} ({counted(worst.n, 'trial')}) at {worst.label}){trend}"
         )
-        if kind == "range":
-            claim += _outside(bands, span, fmt)
-        claim += f", p = {p:.3f}"
+    elif kind == "range":
+        interval = f"90% interval {fmt(best.lo)}–{fmt(best.hi)}"
+        claim = f"best {where} (mean {c.what} {fmt(best.mean)}, {interval}, {counted(best.n, 'trial')})"
     else:
-        claim = _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) + f", p = {p:.3f}"
+        ties = [bands[g].label for g in near if g != top]
+        claim = (
+            f"best {where} (mean {c.what} {fmt(best.mean)}, 90% interval {fmt(best.lo)}–{fmt(best.hi)}, "
+            f"{counted(best.n, 'trial')}"
+            + (f"; not told apart from {', '.join(ties)}" if ties else "")
+            + f"); worst at {worst.label}: {fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, "
+            f"{counted(worst.n, 'trial')})"
+        )
+    claim += "".join(f"; {side} it: {_outcome(g, fmt)}" for side, g in sides)
+    claim += f", p = {p:.3f}"
     disagreement = ""
     clearly_better = (lambda a, b: bands[a].lo > bands[b].hi) if sign > 0 else (lambda a, b: bands[a].hi < bands[b].lo)  # noqa: E731
     if has_pd and (
@@ -301,11 +262,21 @@ def _effect(name, kind, log, bands, index, X, y, j, sign, fmt, what, rng, seed) 
             f"(a random forest on all parameters) {pd}; the raw means mix in the parameters the sampler paired with it"
         )
         claim += f". {disagreement[0].upper()}{disagreement[1:]}"
-    return make(p, True, claim, raw_trend=raw_trend, pd_trend=pd_trend, disagreement=disagreement)
+    return make(
+        p,
+        True,
+        claim,
+        raw_trend=raw_trend,
+        pd_trend=pd_trend,
+        disagreement=disagreement,
+        best=best,
+        rest=rest,
+        merged=tuple(merged),
+    )
 
 
-def _span(bands, near: list[int], top: int) -> list[int]:
-    """The top band and the contiguous neighbours among ``near``."""
+def _span(near: list[int], top: int) -> list[int]:
+    """The top group and its contiguous neighbours among ``near``."""
     span = [top]
     for step in (-1, 1):
         g = top + step
@@ -316,60 +287,31 @@ def _span(bands, near: list[int], top: int) -> list[int]:
 
 
 def _near(bands, eligible, top, sign) -> list[int]:
-    """Bands whose 90% interval reaches the top band's: the trials cannot tell them from it."""
+    """Groups whose 90% interval reaches the top group's: the trials cannot tell them from it."""
     return [g for g in eligible if (bands[g].hi >= bands[top].lo if sign > 0 else bands[g].lo <= bands[top].hi)]
 
 
-def _raw_claim(kind, bands, eligible, top, worst, index, y, sign, fmt, what) -> str:
-    """The best region (the top band and the neighbours its interval cannot tell from it) and the worst band."""
-    near = _near(bands, eligible, top, sign)
-    if kind == "range":
-        span = _span(bands, near, top)
-        first, last = bands[span[0]], bands[span[-1]]
-        vals = y[np.isin(index, span)]
-        best = f"best {_where(kind, first, last, bands)} (mean {what} {fmt(float(vals.mean()))}, {len(vals)} trials"
-        best += f", 90% interval {fmt(first.lo)}–{fmt(first.hi)})" if len(span) == 1 else ")"
-        return best + _outside(bands, span, fmt)
-    else:
-        b = bands[top]
-        ties = [bands[g].label for g in near if g != top]
-        best = (
-            f"best at {b.label} (mean {what} {fmt(b.mean)}, 90% interval {fmt(b.lo)}–{fmt(b.hi)}, {b.n} trials"
-            + (f"; not told apart from {', '.join(ties)}" if ties else "")
-            + ")"
-        )
-    return (
-        f"{best}; worst {_where(kind, worst, worst, bands)}: "
-        f"{fmt(worst.mean)} ({fmt(worst.lo)}–{fmt(worst.hi)}, {worst.n} trials)"
-    )
+def _ends(bands: tuple[Group, ...], members: list[int]) -> str:
+    """The span of range groups, as their labels write its ends: "0.0054–0.16"."""
+    return f"{bands[members[0]].label.split('–')[0]}–{bands[members[-1]].label.split('–')[-1]}"
 
 
-def _outside(bands: tuple[Band, ...], span: list[int], fmt) -> str:
-    """Below and above the best region, band by band: what too small and too large values did."""
-    parts, sides = [], set()
-    for g, b in enumerate(bands):
-        if g in span or not b.n:
-            continue
-        side = "below it" if g < span[0] else "above it"
-        lead = f"{side}: " if side not in sides else ""
-        sides.add(side)
-        how = dict(b.ended)
-        ends = ", ".join(f"{n} {e}" for e, n in b.ended) if set(how) - {"complete"} else ""
-        interval = f"{fmt(b.lo)}–{fmt(b.hi)}, " if b.n >= MIN_GROUP else ""
-        few = "; too few trials" if b.n < MIN_GROUP else ""
-        parts.append(
-            f"{lead}{b.label} {fmt(b.mean)} ({interval}{b.n} trials" + (f": {ends}" if ends else "") + few + ")"
-        )
-    return ("; " + "; ".join(parts)) if parts else ""
+def _outcome(g: Group, fmt) -> str:
+    """A merged row in words: its mean, trials and how they ended."""
+    how = dict(g.ended)
+    ends = ", ".join(f"{n} {e}" for e, n in g.ended) if set(how) - {"complete"} else ""
+    few = "; too few trials" if g.n < MIN_GROUP else ""
+    return f"{fmt(g.mean)} ({counted(g.n, 'trial')}" + (f": {ends}" if ends else "") + few + ")"
 
 
-def _where(kind: str, first: Band, last: Band, bands: tuple[Band, ...]) -> str:
+def _where(kind: str, first: Group, last: Group, bands: tuple[Group, ...]) -> str:
     if kind != "range":
         return f"at {first.label}"
+    low, high = first.label.split("–")[0], last.label.split("–")[-1]
     if first is bands[0] and last is bands[-1]:
         return "across the range"
     if first is bands[0]:
-        return f"below {_edge(last.high)}"
+        return f"below {high}"
     if last is bands[-1]:
-        return f"above {_edge(first.low)}"
-    return f"between {_edge(first.low)} and {_edge(last.high)}"
+        return f"above {low}"
+    return f"between {low} and {high}"

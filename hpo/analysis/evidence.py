@@ -6,7 +6,7 @@ confirmations; and the sentences the findings are built from. Plain data; hpo.an
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.study import StudyDirection
@@ -14,7 +14,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects, rungs
 from hpo.analysis.confirmations import Confirmations, summarise
-from hpo.records import STATUS
+from hpo.analysis.groups import Group, display, edge, value_label
+from hpo.errors import counted
+from hpo.records import STATUS, epoch_values, retried
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class Basis:
 
     def text(self) -> str:
         states = ", ".join(f"{n} {s}" for s, n in self.states.items())
-        return f"epoch {self.epoch}, {self.trials} trials ({states})"
+        return f"epoch {self.epoch}, {counted(self.trials, 'trial')} ({states})"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Evidence:
     stops: dict[str, rungs.StopRegions]
     confirmations: Confirmations | None
     sentences: dict[str, str]  # per parameter: what the findings say about it
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the same, one clause per basis
     missing: tuple[tuple[dict, str], ...] = ()  # (params, status) of trials that stopped before the analysis rung
 
 
@@ -59,15 +62,19 @@ def compute(
     importances,
 ) -> Evidence:
     """``importances(study, trials, params, metric, index)`` is hpo.analysis.findings' evaluator runner."""
+    gone = retried(trials)  # an interrupted or lost trial and its retry count once: the retry
+    trials = [t for t in trials if t.number not in gone]
     direction = study.directions[0]
     maximize = direction == StudyDirection.MAXIMIZE
     single = len(study.directions) == 1
     names = list(space)
     finished = [t for t in trials if t.state.is_finished() and any(n in t.params for n in names)]
     epochs = study.user_attrs.get("epochs")
-    ladder = rungs.ladder([t for t in trials if t.state != TrialState.RUNNING]) if single else ()
-    with_curve = sum(1 for t in trials if t.intermediate_values and t.state != TrialState.RUNNING)
-    rung = rungs.analysis_rung(ladder, with_curve)
+    # every study gets the epoch table (a multi-objective one from its curves); the analysis at a
+    # rung compares one objective, so it is a single-objective study's
+    ladder = rungs.ladder([t for t in trials if t.state != TrialState.RUNNING])
+    with_curve = sum(1 for t in trials if epoch_values(t) and t.state != TrialState.RUNNING)
+    rung = rungs.analysis_rung(ladder, with_curve) if single else None
     final_epoch = epochs if isinstance(epochs, int) else (ladder[-1].epoch if ladder else 0)
     final = Basis(final_epoch, len(complete), {"complete": len(complete)}, True)
     rung_importance, note, at_rung, basis = {}, "", {}, None
@@ -96,6 +103,7 @@ def compute(
             maximize,
             lambda v: fmt(metric, v),
             what,
+            tests=[t.user_attrs.get("test_acc") for t in complete],
         )
         if names
         else {}
@@ -113,7 +121,7 @@ def compute(
     missing = tuple(
         (dict(t.params), rungs.status_of(t))
         for t in finished
-        if basis is not None and rungs.stopped_early(t) and basis.epoch not in t.intermediate_values
+        if basis is not None and rungs.stopped_early(t) and basis.epoch not in epoch_values(t)
     )
     ev = Evidence(
         len(finished),
@@ -133,24 +141,33 @@ def compute(
     return _with_sentences(ev)
 
 
-def _missing(ev: Evidence, name: str) -> str:
-    """The trials that never reached the analysis epoch, with where they sat in ``name``."""
+def missing(ev: Evidence, name: str) -> Group | None:
+    """The trials that never reached the analysis epoch, as a row of its table: where they sat in
+    ``name`` (the label) and how they ended."""
     at = [(p[name], status) for p, status in ev.missing if name in p]
     if not at:
-        return ""
-    why = ", ".join(f"{n} {s}" for s, n in Counter(s for _, s in at).most_common())
+        return None
     values = sorted(v for v, _ in at)
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        where = f"{name} {values[0]:.2g}" if len(set(values)) == 1 else f"{name} {values[0]:.2g}–{values[-1]:.2g}"
+        where = value_label(values[0]) if len(set(values)) == 1 else f"{edge(values[0])}–{edge(values[-1])}"
     else:
-        where = ", ".join(f"{name} = {v} ({n})" for v, n in Counter(map(str, values)).most_common())
-    return f"; {len(at)} more stopped before epoch {ev.rung.epoch} ({why}) at {where}"
+        where = ", ".join(f"{v} ({n})" for v, n in Counter(map(str, values)).most_common())
+    ended = tuple(Counter(s for _, s in at).most_common())
+    return Group(label=f"stopped before epoch {ev.rung.epoch} (at {where})", n=len(at), mean=None, ended=ended)
+
+
+def _missing(ev: Evidence, name: str) -> str:
+    row = missing(ev, name)
+    if row is None:
+        return ""
+    why = ", ".join(f"{n} {s}" for s, n in row.ended)
+    return f"; {row.n} more {'trial' if row.n == 1 else 'trials'} stopped before epoch {ev.rung.epoch} ({why})"
 
 
 def _with_sentences(ev: Evidence) -> Evidence:
     """One sentence per parameter: where trials stopped early (if anywhere), then its effect at the
     analysis rung (every trial that got there) and at the final epoch (complete trials)."""
-    out = {}
+    out, clauses = {}, {}
     for name in ev.at_final or ev.at_rung:
         parts = []
         stop = ev.stops.get(name)
@@ -158,10 +175,10 @@ def _with_sentences(ev: Evidence) -> Evidence:
             parts.append("early stops: " + stop.sentence.rstrip("."))
         rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
         if rung is not None and ev.rung is not None and not ev.rung.final:
-            parts.append(
-                f"at epoch {ev.rung.epoch} ({ev.rung.trials} trials of all states) {rung.claim}" + _missing(ev, name)
-            )
+            at = f"at epoch {ev.rung.epoch} ({counted(rung.trials, 'trial')} of all states)"
+            parts.append(f"{at} {rung.claim}" + _missing(ev, name))
         if fin is not None:
-            parts.append(f"at the final epoch ({ev.final.trials} complete trials) {fin.claim}")
-        out[name] = f"{name}: " + "; ".join(parts) + "."
-    return replace(ev, sentences=out)
+            parts.append(f"at the final epoch ({counted(fin.trials, 'complete trial')}) {fin.claim}")
+        out[name] = f"{display(name)}: " + "; ".join(parts) + "."
+        clauses[name] = tuple(f"{x[0].upper()}{x[1:]}." for x in parts)
+    return replace(ev, sentences=out, parts=clauses)

@@ -7,7 +7,6 @@ rendered from one list of blocks, so report.md and index.html always say the sam
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,14 @@ import plotly.io as pio
 import plotly.offline
 from optuna.trial import TrialState
 
-from hpo.analysis.effects import MIN_GROUP
+from hpo.analysis import evidence, pages, summary
 from hpo.analysis.findings import STATES, Findings, Importances, TrialRow, fmt, fmt_value, label, trials_table
+from hpo.analysis.groups import MIN_GROUP, Group, display
+from hpo.analysis.pages import Bullets, Code, Figure, Heading, Para, Table
 from hpo.errors import counted, reason
 from hpo.records import ending
 
-PLOTLY_JS = "plotly.min.js"
+PLOTLY_JS = pages.PLOTLY_JS
 PNG_SIZE = (900, 500)
 PNG_SIZES = {"contour_matrix": (900, 900), "parallel_coordinate": (1000, 500)}
 PRUNED_STYLE = {"color": "#b0b0b0", "dash": "dash", "width": 1}
@@ -48,7 +49,7 @@ def importance_figure(imp: Importances) -> go.Figure:
         [
             go.Bar(
                 name=e,
-                y=names,
+                y=[display(n) for n in names],
                 x=[v.get(n, 0.0) for n in names],
                 orientation="h",
                 text=[f"{v.get(n, 0.0):.2f}" for n in names],
@@ -142,40 +143,6 @@ def write_pngs(figs: dict[str, go.Figure], out: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- the document, as blocks
 
 
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str  # may hold `code` and **bold**
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str
-    lang: str = ""
-
-
-@dataclass(frozen=True)
-class Figure:
-    name: str
-    caption: str
-
-
 CAPTIONS = {
     "history": "Optimization history",
     "pareto_front": "Pareto front",
@@ -221,7 +188,14 @@ def _values(f: Findings, r: TrialRow) -> tuple[str, ...]:
 
 def _trial_table(f: Findings, rows: tuple[TrialRow, ...], rank: bool = True) -> Table:
     names = list(f.param_names)
-    header = (("rank",) if rank else ()) + ("trial", *(label(m) for m in f.metrics), "test acc", "epochs", *names)
+    # "epochs run": a study may search `epochs`, and that column holds its value
+    header = (("rank",) if rank else ()) + (
+        "trial",
+        *(label(m) for m in f.metrics),
+        "test acc",
+        "epochs run",
+        *map(display, names),
+    )
     return Table(
         header,
         tuple(
@@ -253,13 +227,13 @@ def branch_blocks(f: Findings) -> list:
     b, m = f.branches, f.metrics[0]
     if not b:
         return out
+    ranked = list(dict.fromkeys(n for v in f.importances[0].by_evaluator.values() for n in v))  # what the table shows
     out += [
         Heading("Branches"),
         Para(
-            f"The search is conditional on {', '.join(b.by)}: some parameters exist only in some trials. "
-            f"The importances above are Optuna's, on the parameters every complete trial has "
-            f"({', '.join(b.ranked) or 'none'}); each branch below has its own, on its trials alone "
-            f"(complete trials; pruned ones are counted apart)."
+            f"The search is conditional on {', '.join(map(display, b.by))}: some parameters exist only in some "
+            f"trials. The importances above rank {', '.join(map(display, ranked)) or 'no parameter'}; "
+            "each branch below has its own, on its trials alone (complete trials; pruned ones are counted apart)."
         ),
         Table(
             ("branch", "complete", "pruned", f"mean {label(m)}", f"best {label(m)}", f"worst {label(m)}", "best trial"),
@@ -278,15 +252,15 @@ def branch_blocks(f: Findings) -> list:
         ),
     ]
     for x in (x for x in b.branches if x.trials):
-        out.append(Heading(f"Branch {x.label} ({x.trials} trial{'s' * (x.trials != 1)})", 3))
+        out.append(Heading(f"Branch {x.label} ({counted(x.trials, 'complete trial')})", 3))
         for p in x.params:
-            out.append(Para(p.summary))
-            if sum(1 for g in p.groups if g.trials) < 2:  # one value or one bin: the sentence says it all
+            out.append(Para(p.sentence))
+            if sum(1 for g in p.groups if g.n) < 2:  # one value or one bin: the sentence says it all
                 continue
             out.append(
                 Table(
                     ("value" if p.kind != "range" else "range", "trials", f"mean {label(m)}", f"best {label(m)}"),
-                    tuple((g.label, str(g.trials), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups),
+                    tuple((g.label, str(g.n), fmt(m, g.mean), fmt(m, g.best)) for g in p.groups),
                 )
             )
         imp = x.importance
@@ -296,7 +270,7 @@ def branch_blocks(f: Findings) -> list:
                 Table(
                     ("parameter (in this branch)", *imp.by_evaluator),
                     tuple(
-                        (n.split("|")[0], *(f"{v[n]:.3f}" if n in v else "—" for v in imp.by_evaluator.values()))
+                        (display(n), *(f"{v[n]:.3f}" if n in v else "—" for v in imp.by_evaluator.values()))
                         for n in names
                     ),
                 )
@@ -333,7 +307,12 @@ def _overview(f: Findings) -> list:
     out: list = [Heading(f"Study {f.study_name}", 1)]
     if f.description:
         out.append(Para(f.description))
-    out += [Heading("Findings"), Bullets(f.headline), Heading("Study")]
+    out += [
+        Heading("Summary"),
+        Bullets(tuple(f"**{x.title}:** {x.text}" for x in summary.lines(f))),
+        Para("Each line is read from the tables below, where every number it states is shown with its evidence."),
+        Heading("Study"),
+    ]
     states = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
     objective = ", ".join(f"{m_} ({d})" for m_, d in zip(f.metrics, f.directions, strict=True))
     out.append(
@@ -360,7 +339,7 @@ def _best_trial(f: Findings, fig) -> list:
         Para(
             f"Trial **#{b.number}** is {what}: "
             f"{', '.join(f'{label(x)} {v}' for x, v in zip(f.metrics, _values(f, b), strict=False))}, "
-            f"test acc {fmt('test_acc', b.test_acc)}, {b.epochs_run} epochs"
+            f"test acc {fmt('test_acc', b.test_acc)}, {counted(b.epochs_run or 0, 'epoch')}"
             + (f", {b.duration_s:.0f} s" if b.duration_s is not None else "")
             + f". Parameters: {_params_text(b.params)}."
         ),
@@ -381,7 +360,7 @@ def _best_trial(f: Findings, fig) -> list:
     if f.multi_objective:
         out += [
             Heading("Pareto front", 3),
-            Para(f"{len(f.pareto)} trials where no other trial is better on every objective."),
+            Para(f"{counted(len(f.pareto), 'trial')} where no other trial is better on every objective."),
             _trial_table(f, f.pareto, rank=False),
             *fig("pareto_front"),
         ]
@@ -404,7 +383,10 @@ def _importance(f: Findings, fig) -> list:
                 Table(
                     ("parameter", *(f"{e} ({label(imp.metric)})" for e in evaluators)),
                     tuple(
-                        (n, *(f"{imp.by_evaluator[e][n]:.3f}" if n in imp.by_evaluator[e] else "—" for e in evaluators))
+                        (
+                            display(n),
+                            *(f"{imp.by_evaluator[e][n]:.3f}" if n in imp.by_evaluator[e] else "—" for e in evaluators),
+                        )
                         for n in names
                     ),
                 )
@@ -424,54 +406,78 @@ def _importance(f: Findings, fig) -> list:
 def _parameters(f: Findings, fig) -> list:
     if not f.params:
         return []
-    m, ev = f.metrics[0], f.evidence
+    ev = f.evidence
     out: list = [Heading("Each parameter")]
     for p in f.params:
         scores = ", ".join(f"{e} {v:.2f}" for e, v in p.importance.items())
-        out.append(Heading(f"{p.name}" + (f" (importance: {scores})" if scores else ""), 3))
-        out.append(Para(ev.sentences.get(p.name, p.summary) if ev is not None else p.summary))
-        first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if p.log else "")}[p.kind]
-        if ev is not None:
-            out.append(Para(f"Final epoch, the {ev.final.trials} complete trials:"))
-        out.append(
-            Table(
-                (
-                    first,
-                    "trials",
-                    f"mean {label(m)}",
-                    "90% interval",
-                    f"best {label(m)}",
-                    f"worst {label(m)}",
-                    "mean test acc",
-                ),
-                tuple(
-                    (
-                        g.label,
-                        str(g.trials),
-                        fmt(m, g.mean),
-                        _interval(m, g.lo, g.hi, g.trials),
-                        fmt(m, g.best),
-                        fmt(m, g.worst),
-                        fmt("test_acc", g.mean_test),
-                    )
-                    if g.trials
-                    else (g.label, "0", "—", "—", "—", "—", "—")
-                    for g in p.groups
-                ),
-            )
-        )
+        out.append(Heading(f"{display(p.name)}" + (f" (importance: {scores})" if scores else ""), 3))
+        if ev is None:
+            continue
+        out.append(Bullets(ev.parts.get(p.name, ())))
         out += _param_evidence(f, p.name)
     return out + fig("slice") + fig("parallel_coordinate")
+
+
+def _cell_gain(e, g: Group) -> str:
+    """The best row's lead over the rest, on that row only."""
+    return f"{e.gain:+.1f} points" if e.best is g and e.gain is not None else ""
+
+
+def group_table(f: Findings, e, final: bool, extra: tuple[Group, ...] = ()) -> Table:
+    """One parameter's groups at one epoch, with the merged rows its sentence states (the best region,
+    below and above it, the rest) and, in a joint search, the partial dependence at each group."""
+    m = f.metrics[0]
+    pd = any(g.pd is not None for g in e.groups)
+    gain = e.best is not None and e.gain is not None
+    first = {"choice": "value", "value": "value", "range": "range" + (" (log bins)" if e.log else "")}[e.kind]
+    header = (
+        first,
+        "trials",
+        f"mean {label(m)}",
+        "90% interval",
+        f"best {label(m)}",
+        f"worst {label(m)}",
+        "mean test acc" if final else "how they ended",
+        *(("partial dependence",) if pd else ()),
+        *(("vs the rest",) if gain else ()),
+    )
+    rows = []
+    for g in (*e.groups, *e.merged, *extra):
+        merged = g.members or g in extra
+        cells = (
+            (f"*{g.label}*" if merged else g.label),
+            str(g.n),
+            fmt(m, g.mean) if g.n and g.mean is not None else "—",
+            _interval(m, g.lo, g.hi, g.n) if g.n else "—",
+            fmt(m, g.best) if g.best is not None else "—",
+            fmt(m, g.worst) if g.worst is not None else "—",
+            (fmt("test_acc", g.mean_test) if g.mean_test is not None else "—")
+            if final
+            else (", ".join(f"{n} {s}" for s, n in g.ended) or "—"),
+            *((fmt(m, g.pd) if g.pd is not None else "—",) if pd else ()),
+            *((_cell_gain(e, g) or "—",) if gain else ()),
+        )
+        rows.append(cells)
+    return Table(header, tuple(rows))
+
+
+def _verdict(e) -> str:
+    if e.p_value is None:
+        return "too few trials"
+    return "clear effect" if e.clear else "no clear effect"
 
 
 def _pruning(f: Findings, fig) -> list:
     out: list = [Heading("Learning curves and pruning")]
     pr = f.pruning
     if pr:
+        each = " or ".join(map(str, pr.budgets or (pr.epochs,)))
+        each = f"{each} epochs each" + (", as searched" if len(pr.budgets) > 1 else "")
         text = (
-            f"{pr.trials} finished trials had a budget of {pr.epochs} epochs each ({pr.budget} epochs); they trained "
-            f"{pr.run}, so stopping early saved **{pr.saved} epochs ({pr.saved_pct:.0f}%)**. "
-            f"The pruner stopped {pr.pruned} trials ({pr.pruned_saved} epochs saved)"
+            f"{counted(pr.trials, 'finished trial')} had a budget of {pr.budget} epochs ({each}; a trial and its "
+            f"resumed retry count once); they trained {pr.run}, so stopping early saved "
+            f"**{pr.saved} epochs ({pr.saved_pct:.0f}%)**. "
+            f"The pruner stopped {counted(pr.pruned, 'trial')} ({pr.pruned_saved} epochs saved)"
         )
         text += (
             f"; {pr.stopped} more stopped on their own (divergence, collapse, failure: {pr.stopped_saved} epochs)."
@@ -529,7 +535,7 @@ def _reproducibility(f: Findings) -> list:
                 f"versions (best trial): {versions}"
                 + ("; **trials ran on different versions**" if rep.versions_vary else ""),
                 "devices: "
-                + (", ".join(f"{d} ({n} trials)" for d, n in rep.devices.items()) or "not recorded")
+                + (", ".join(f"{d} ({counted(n, 'trial')})" for d, n in rep.devices.items()) or "not recorded")
                 + (f"; CPU threads: {', '.join(map(str, rep.threads))}" if rep.threads else ""),
             )
         ),
@@ -555,7 +561,7 @@ def _rung_blocks(f: Findings) -> list:
     ev = f.evidence
     if ev is None or not ev.rungs:
         return []
-    m = f.metrics[0]
+    m = "val_acc"  # what every trial records each epoch (hpo.records.epoch_values), whatever the objectives
     out = [
         Heading("Every trial, epoch by epoch", 3),
         Para(
@@ -605,7 +611,7 @@ def _rung_blocks(f: Findings) -> list:
                 ),
                 tuple(
                     (
-                        n,
+                        display(n),
                         *(f"{v[n]:.3f}" if n in v else "—" for v in ev.rung_importance.values()),
                         *(f"{v[n]:.3f}" if n in v else "—" for v in final.values()),
                     )
@@ -619,39 +625,33 @@ def _rung_blocks(f: Findings) -> list:
 
 
 def _param_evidence(f: Findings, name: str) -> list:
-    """The parameter at the analysis epoch (all states) and where its trials stopped early."""
-    ev, m = f.evidence, f.metrics[0]
-    if ev is None:
-        return []
-    out = []
-    eff = ev.at_rung.get(name)
-    if eff is not None and ev.rung is not None and not ev.rung.final:
-        pd = any(b.pd is not None for b in eff.bands)
-        out.append(Para(f"At epoch {ev.rung.epoch}, every trial that reached it ({ev.rung.text()}):"))
-        out.append(
-            Table(
-                (
-                    "value" if eff.kind != "range" else "range",
-                    "trials",
-                    f"mean {label(m)}",
-                    "90% interval",
-                    *(("partial dependence",) if pd else ()),
-                ),
-                tuple(
-                    (b.label, str(b.n), fmt(m, b.mean), _interval(m, b.lo, b.hi, b.n), *((fmt(m, b.pd),) if pd else ()))
-                    for b in eff.bands
-                ),
-            )
+    """The tables behind a parameter's sentence: the tests, the final epoch's groups, the groups at
+    the analysis epoch (all states) and where its trials stopped early."""
+    ev = f.evidence
+    rung, fin = ev.at_rung.get(name), ev.at_final.get(name)
+    at_rung = rung is not None and ev.rung is not None and not ev.rung.final
+    tests = []
+    if at_rung:
+        tests.append((f"epoch {ev.rung.epoch}, every trial that reached it", rung))
+    if fin is not None:
+        tests.append(("final epoch, complete trials", fin))
+    out: list = [
+        Table(
+            ("read at", "trials", "p-value", "verdict"),
+            tuple(
+                (where, str(e.trials), f"{e.p_value:.3f}" if e.p_value is not None else "—", _verdict(e))
+                for where, e in tests
+            ),
         )
-    fin = ev.at_final.get(name)
-    if fin is not None and any(b.pd is not None for b in fin.bands):
-        out.append(
-            Para(
-                "Partial dependence at the final epoch (a random forest on all parameters, the others as sampled): "
-                + ", ".join(f"{b.label}: {fmt(m, b.pd)}" for b in fin.bands if b.pd is not None)
-                + "."
-            )
-        )
+    ]
+    if fin is not None:
+        out += [Para(f"Final epoch, the {counted(fin.trials, 'complete trial')}:"), group_table(f, fin, final=True)]
+    if at_rung:
+        missing = evidence.missing(ev, name)
+        out += [
+            Para(f"At epoch {ev.rung.epoch}, every trial that reached it ({ev.rung.text()}):"),
+            group_table(f, rung, final=False, extra=(missing,) if missing is not None else ()),
+        ]
     stop = ev.stops.get(name)
     if stop is not None and stop.regions and sum(r.stopped for r in stop.regions):
         out.append(
@@ -709,77 +709,14 @@ def _confirmation_blocks(f: Findings) -> list:
 # ---------------------------------------------------------------- rendering
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(f: Findings, pngs: dict[str, str]) -> str:
     """report.md: the blocks, each figure as its PNG ({figure name: file name}); no PNGs, no figures."""
-    lines: list[str] = []
-    for block in document(f, list(pngs)):
-        if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + block.text, ""]
-        elif isinstance(block, Para):
-            lines += [block.text, ""]
-        elif isinstance(block, Bullets):
-            lines += [f"- {item}" for item in block.items] + [""]
-        elif isinstance(block, Table):
-            lines += ["| " + " | ".join(map(_md_cell, block.header)) + " |", "|" + "---|" * len(block.header)]
-            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in block.rows] + [""]
-        elif isinstance(block, Code):
-            lines += [f"```{block.lang}", block.text, "```", ""]
-        elif isinstance(block, Figure):
-            lines += [f"![{block.caption}]({pngs[block.name]})", ""]
-    if not pngs:
-        lines += ["The figures are in `index.html` (interactive; no PNGs were written).", ""]
-    return "\n".join(lines)
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f3f3f3}pre{background:#f6f6f6;padding:.8em;overflow-x:auto}code{font-size:90%}
-figure{margin:1em 0}figcaption{color:#555;font-size:90%}"""
+    return pages.markdown(document(f, list(pngs)), pngs)
 
 
 def render_html(f: Findings, figs: dict[str, go.Figure]) -> str:
     """index.html: the same blocks, each figure as an interactive div; plotly.js loaded once, locally."""
-    parts: list[str] = []
-    for block in document(f, list(figs)):
-        if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{_inline(block.text)}</h{block.level}>")
-        elif isinstance(block, Para):
-            parts.append(f"<p>{_inline(block.text)}</p>")
-        elif isinstance(block, Bullets):
-            parts.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block.items) + "</ul>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{_inline(h)}</th>" for h in block.header)
-            head = f"<thead><tr>{head}</tr></thead>" if any(block.header) else ""  # a key/value table has none
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in block.rows)
-            parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
-        elif isinstance(block, Code):
-            parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
-        elif isinstance(block, Figure):
-            div = pio.to_html(
-                figs[block.name],
-                full_html=False,
-                include_plotlyjs=False,
-                div_id=f"fig-{block.name}",
-                default_width="100%",
-                default_height=f"{png_size(block.name)[1] + 50}px",
-            )
-            parts.append(f"<figure>{div}<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {html.escape(f.study_name)}</title>'
-        f'<style>{STYLE}</style><script src="{PLOTLY_JS}"></script></head>\n<body>\n'
-        + "\n".join(parts)
-        + "\n</body></html>\n"
-    )
+    return pages.html_page(f"Study {f.study_name}", document(f, list(figs)), figs, png_size)
 
 
 @dataclass

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.analysis import effects, evidence
+from hpo.analysis import evidence
+from hpo.analysis.groups import Group
 from hpo.config import STUDY_FILE
 from hpo.errors import reason
-from hpo.records import REASON, STATE_WORDS, ranked, status
+from hpo.records import REASON, STATE_WORDS, epoch_values, own_epochs, ranked, retried, status
 
 # Importance evaluators, the report shows both: PED-ANOVA is Optuna 5's default (and the
 # dashboard's); fANOVA (a random forest, needs scikit-learn) is the classic one.
@@ -35,7 +35,6 @@ EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEvaluator]] =
     "fANOVA": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
 }
 TOP_N = 10
-MAX_VALUES = 6  # a numeric parameter with at most this many distinct values gets one row per value
 PROBLEM_STATUSES = {"diverged", "collapsed", "failed", "interrupted"}
 STATES = {state.name: word for state, word in STATE_WORDS.items()}  # by state name, as counts and rows hold them
 METRIC_LABELS = {"val_acc": "val acc", "wall_time": "wall time", "params": "params"}
@@ -57,30 +56,13 @@ class TrialRow:
 
 
 @dataclass(frozen=True)
-class Group:
-    """One row of a per-parameter table: a choice, a value, or a bin [low, high)."""
-
-    label: str
-    trials: int
-    mean: float | None
-    best: float | None
-    worst: float | None
-    mean_test: float | None
-    value: Any = None
-    low: float | None = None
-    high: float | None = None
-    lo: float | None = None  # the mean's 90% bootstrap interval
-    hi: float | None = None
-
-
-@dataclass(frozen=True)
 class ParamEffect:
     name: str
     kind: str  # "choice" (categorical), "value" (few numeric values), "range" (binned)
     log: bool
     importance: dict[str, float]  # evaluator -> importance for the first objective
-    groups: tuple[Group, ...]
-    summary: str
+    groups: tuple[Group, ...]  # the final epoch's groups of its complete trials (hpo.analysis.groups)
+    sentence: str = ""  # what the words say of it (a branch's own parameter; study-wide: evidence.sentences)
 
 
 @dataclass(frozen=True)
@@ -102,6 +84,7 @@ class Pruning:
     pruned_saved: int  # epochs they did not train
     stopped: int  # trials that stopped early on their own: diverged, collapsed, failed
     stopped_saved: int
+    budgets: tuple[int, ...] = ()  # the distinct budgets (several where `epochs` is searched)
 
 
 @dataclass(frozen=True)
@@ -133,7 +116,6 @@ class Findings:
     pruning: Pruning | None
     problems: tuple[TrialRow, ...]
     reproducibility: Reproducibility
-    headline: tuple[str, ...]
     study_toml: str = ""
     # hpo.analysis.branches.Branches for a study with conditional parameters (set by hpo.analysis.branches.extend)
     branches: Any = None
@@ -264,108 +246,21 @@ def importances(
     return Importances(metric, out, "; ".join(notes))
 
 
-def _stats(trials: list[FrozenTrial], direction: StudyDirection) -> dict:
-    values = [t.values[0] for t in trials]
-    tests = [t.user_attrs["test_acc"] for t in trials if isinstance(t.user_attrs.get("test_acc"), (int, float))]
-    if not values:
-        return dict(trials=0, mean=None, best=None, worst=None, mean_test=None)
-    key = lambda v: _sign(direction) * v  # noqa: E731
-    lo, hi = effects.bootstrap_interval(np.asarray(values, dtype=float), np.random.default_rng(0))
-    return dict(
-        trials=len(values),
-        mean=float(np.mean(values)),
-        best=float(min(values, key=key)),
-        worst=float(max(values, key=key)),
-        mean_test=float(np.mean(tests)) if tests else None,
-        lo=lo,
-        hi=hi,
-    )
-
-
-def _edge(x: float, digits: int) -> str:
-    return f"{x:.{digits}g}"
-
-
-def groups(name: str, dist, trials: list[FrozenTrial], direction: StudyDirection) -> tuple[str, tuple[Group, ...]]:
-    """Split the trials that set ``name`` into choices, values or ~4-5 bins (log-spaced for log ranges)."""
-    trials = [t for t in trials if name in t.params]
-    if isinstance(dist, CategoricalDistribution):
-        rows = [
-            Group(label=fmt_value(c), value=c, **_stats([t for t in trials if t.params[name] == c], direction))
-            for c in dist.choices
-        ]
-        return "choice", tuple(rows)
-    xs = np.array([float(t.params[name]) for t in trials])
-    distinct = sorted(set(xs.tolist()))
-    if len(distinct) <= MAX_VALUES and (
-        isinstance(dist, IntDistribution) or dist.step is not None or len(trials) > 2 * len(distinct)
-    ):
-        cast = int if isinstance(dist, IntDistribution) else float
-        rows = [
-            Group(
-                label=fmt_value(cast(v)),
-                value=cast(v),
-                **_stats([t for t, x in zip(trials, xs, strict=True) if x == v], direction),
-            )
-            for v in distinct
-        ]
-        return "value", tuple(rows)
-    n_bins = min(5, max(2, len(trials) // 4))
-    lo, hi = float(xs.min()), float(xs.max())
-    log = bool(getattr(dist, "log", False)) and lo > 0
-    edges = np.geomspace(lo, hi, n_bins + 1) if log else np.linspace(lo, hi, n_bins + 1)
-    index = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, n_bins - 1)
-    digits = 2
-    while digits < 6 and len({_edge(e, digits) for e in edges}) < len(edges):
-        digits += 1
-    rows = [
-        Group(
-            label=f"{_edge(edges[i], digits)}–{_edge(edges[i + 1], digits)}",
-            low=float(edges[i]),
-            high=float(edges[i + 1]),
-            **_stats([t for t, k in zip(trials, index, strict=True) if k == i], direction),
-        )
-        for i in range(n_bins)
-    ]
-    return "range", tuple(rows)
-
-
-def effect_sentence(name: str, kind: str, rows: tuple[Group, ...], metric: str, direction: StudyDirection) -> str:
-    """ "lr: best between 0.012 and 0.05 (mean val acc 88.1%, 4 trials); below 0.0012 it drops to 61.0%"."""
-    seen = [g for g in rows if g.trials]
-    if len(seen) < 2:
-        where = f"= {seen[0].label}" if seen and kind != "range" else "in one range"
-        return f"{name}: all {seen[0].trials if seen else 0} complete trials {where}; no spread to compare."
-    order = sorted(seen, key=lambda g: _sign(direction) * g.mean)
-    best, worst = order[0], order[-1]
-    lab = label(metric)
-    if kind == "range":
-        where_best = f"between {_edge(best.low, 2)} and {_edge(best.high, 2)}"
-        if worst is seen[0]:
-            where_worst = f"below {_edge(worst.high, 2)}"
-        elif worst is seen[-1]:
-            where_worst = f"above {_edge(worst.low, 2)}"
-        else:
-            where_worst = f"between {_edge(worst.low, 2)} and {_edge(worst.high, 2)}"
-        move = "drops to" if direction == StudyDirection.MAXIMIZE else "rises to"
-        return (
-            f"{name}: best {where_best} (mean {lab} {fmt(metric, best.mean)}, {best.trials} trials); "
-            f"{where_worst} it {move} {fmt(metric, worst.mean)} ({worst.trials} trials)."
-        )
-    return (
-        f"{name}: {best.label} reaches {fmt(metric, best.mean)} mean {lab} ({best.trials} trials) "
-        f"vs {fmt(metric, worst.mean)} at {worst.label} ({worst.trials} trials)."
-    )
-
-
 def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
-    """Epochs trained vs the full budget of every finished trial; None where the store lacks either."""
-    finished = [t for t in trials if t.state.is_finished() and isinstance(t.user_attrs.get("epochs_run"), int)]
+    """Epochs trained vs the full budget of every finished trial; None where the store lacks either.
+    A trial and its retry count once: the retry (records.retried), whose epochs run include those
+    it resumed from its checkpoint."""
+    gone = retried(trials)
+    finished = [
+        t
+        for t in trials
+        if t.state.is_finished() and t.number not in gone and isinstance(t.user_attrs.get("epochs_run"), int)
+    ]
     epochs = study.user_attrs.get("epochs")
     if not isinstance(epochs, int) or epochs <= 0 or not finished:
         return None
-    # Each trial against its own budget: a study resumed with another train.epochs mixes budgets.
-    own = {t.number: _own_epochs(t, epochs) for t in finished}
+    # Each trial against its own budget: a searched `epochs`, or a study resumed with another train.epochs.
+    own = {t.number: own_epochs(t, epochs) for t in finished}
     run = sum(min(t.user_attrs["epochs_run"], own[t.number]) for t in finished)
     budget = sum(own.values())
     problem = [t for t in finished if t.state == TrialState.FAIL or status(t) in PROBLEM_STATUSES]
@@ -382,14 +277,8 @@ def pruning(study: optuna.Study, trials: list[FrozenTrial]) -> Pruning | None:
         pruned_saved=short(pruned),
         stopped=sum(1 for t in problem if t.user_attrs["epochs_run"] < own[t.number]),
         stopped_saved=short(problem),
+        budgets=tuple(sorted(set(own.values()))),
     )
-
-
-def _own_epochs(trial: FrozenTrial, study_epochs: int) -> int:
-    """The epochs a trial was given: its recorded config's, else the study's."""
-    config = trial.user_attrs.get("config")
-    epochs = config.get("train", {}).get("epochs") if isinstance(config, dict) else None
-    return epochs if isinstance(epochs, int) and epochs > 0 else study_epochs
 
 
 def reproducibility(
@@ -426,23 +315,23 @@ def compute(
     first = imps[0].by_evaluator
     ped = first.get("PED-ANOVA", {})
     order = sorted(space, key=lambda p: (-ped.get(p, 0.0), -first.get("fANOVA", {}).get(p, 0.0), p))
-    effects = []
-    for name in order:
-        kind, rows = groups(name, space[name], complete, directions[0])
-        effects.append(
-            ParamEffect(
-                name=name,
-                kind=kind,
-                log=bool(getattr(space[name], "log", False)),
-                importance={e: v[name] for e, v in first.items() if name in v},
-                groups=rows,
-                summary=effect_sentence(name, kind, rows, metrics[0], directions[0]),
-            )
+    ev = evidence.compute(
+        study, trials, complete, {n: space[n] for n in order}, metrics[0], fmt, label(metrics[0]), importances
+    )
+    effects = [
+        ParamEffect(
+            name=name,
+            kind=ev.at_final[name].kind,
+            log=ev.at_final[name].log,
+            importance={e: v[name] for e, v in first.items() if name in v},
+            groups=ev.at_final[name].groups,
         )
+        for name in order
+    ]
     counts = counts_by_state(trials)
     problems = tuple(row(t) for t in trials if t.state == TrialState.FAIL or status(t) in PROBLEM_STATUSES)
     pareto = tuple(row(t) for t in sorted(study.best_trials, key=lambda t: t.number)) if len(directions) > 1 else ()
-    findings = Findings(
+    return Findings(
         study_name=study.study_name,
         storage=storage,
         folder=folder,
@@ -459,76 +348,9 @@ def compute(
         pruning=pruning(study, trials),
         problems=problems,
         reproducibility=reproducibility(study, trials, best, folder, command),
-        headline=(),
         study_toml=str(study.user_attrs.get("study_toml") or study_toml),
-        evidence=evidence.compute(
-            study, trials, complete, {n: space[n] for n in order}, metrics[0], fmt, label(metrics[0]), importances
-        ),
+        evidence=ev,
     )
-    return _with_headline(findings)
-
-
-def _with_headline(f: Findings) -> Findings:
-    """The few sentences a reader wants first."""
-    m = f.metrics[0]
-    done = ", ".join(f"{n} {STATES.get(s, s.lower())}" for s, n in f.counts.items())
-    test = f", test {fmt('test_acc', f.best.test_acc)}" if f.best.test_acc is not None else ""
-    ev = f.evidence
-    lines = [ev.thin] if ev is not None and ev.thin else []
-    lines += [
-        f"{sum(f.counts.values())} trials ({done}).",
-        f"Best {label(m)} {fmt(m, f.best.values[0])} in trial {f.best.number}{test}.",
-    ]
-    if f.counts.get("RUNNING"):
-        lines.append(f"The study is still running: {f.counts['RUNNING']} trials are not finished and are left out.")
-    if f.multi_objective:
-        lines.append(f"{len(f.pareto)} trials on the Pareto front of {' and '.join(label(x) for x in f.metrics)}.")
-    ranking = f.importances[0].by_evaluator
-    if len(f.params) == 1:
-        lines.append(f"{f.params[0].name} is the only searched parameter.")
-    elif (
-        f.params
-        and ranking
-        and not (ev is not None and ev.rung is not None and not ev.rung.final and ev.rung_importance)
-    ):
-        tops = {e: next(iter(v)) for e, v in ranking.items() if v}
-        p = f.params[0]
-        scores = ", ".join(f"{e} {p.importance[e]:.2f}" for e in ranking if p.importance.get(e) is not None)
-        text = f"{p.name} matters most ({scores})"
-        if len(set(tops.values())) > 1:
-            text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
-        lines.append(text + ".")
-    if ev is not None and ev.thin:
-        lines = [x for x in lines if "matters most" not in x]  # a ranking of noise is no finding
-    elif ev is not None:
-        lines += _evidence_lines(f, ev)
-    else:
-        lines += [p.summary for p in f.params[:3]]
-    if f.pruning and f.pruning.saved:
-        lines.append(
-            f"Stopping early saved {f.pruning.saved} of {f.pruning.budget} epochs ({f.pruning.saved_pct:.0f}%)."
-        )
-    return dataclasses.replace(f, headline=tuple(lines))
-
-
-def _evidence_lines(f: Findings, ev) -> list[str]:
-    """Importances at the analysis rung, then per parameter what every trial says, then the seeds."""
-    lines = []
-    if ev.rung is not None and not ev.rung.final and ev.rung_importance and len(f.params) > 1:
-        tops = {e: next(iter(v)) for e, v in ev.rung_importance.items() if v}
-        name = next(iter(tops.values()))
-        scores = ", ".join(f"{e} {v[name]:.2f}" for e, v in ev.rung_importance.items() if name in v)
-        text = (
-            f"At epoch {ev.rung.epoch}, where {ev.rung.trials} trials of all states can be compared, "
-            f"{name} matters most ({scores})"
-        )
-        if len(set(tops.values())) > 1:
-            text += "; the evaluators disagree: " + ", ".join(f"{e} ranks {n} first" for e, n in tops.items())
-        lines.append(text + ".")
-    lines += [ev.sentences[p.name] for p in f.params if ev.sentences.get(p.name)]
-    if ev.confirmations is not None:
-        lines.append(ev.confirmations.sentence)
-    return lines
 
 
 def trials_table(study: optuna.Study):
@@ -547,7 +369,8 @@ def trials_table(study: optuna.Study):
     if "duration" in df.columns:
         df["duration"] = df["duration"].map(lambda d: d.total_seconds() if hasattr(d, "total_seconds") else d)
     # the learning curve, one column per epoch: what the report's epoch-by-epoch numbers are made of
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for e in sorted({int(e) for t in trials.values() for e in t.intermediate_values}):
-        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: trials[n].intermediate_values.get(e))
+    # (a multi-objective trial reports nothing to Optuna: its recorded curve gives the same columns)
+    curves = {t.number: epoch_values(t) for t in study.get_trials(deepcopy=False)}
+    for e in sorted({e for c in curves.values() for e in c}):
+        df[f"intermediate_value_{e}"] = df["number"].map(lambda n, e=e: curves[n].get(e))
     return df

@@ -19,12 +19,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.analysis import effects
-from hpo.records import STATUS, ending
+from hpo.analysis.groups import ALPHA, PERMUTATIONS, display, edge, permutation_p, shuffles, value_label
+from hpo.errors import counted
+from hpo.records import STATUS, ending, epoch_values, own_epochs
 
 RUNG_SHARE = 0.75  # the analysis rung: the deepest epoch that at least this share of the trials reached
 MIN_SIDE = 3  # a region of fewer trials never makes a finding
-ALPHA = 0.01  # a region is named only when label permutations beat its contrast this rarely
-PERMUTATIONS = 1000
 STOP_STATUSES = ("pruned", "diverged", "collapsed", "failed")
 
 
@@ -66,24 +66,28 @@ status_of = ending  # how a trial ended, as the report words it (hpo.records)
 
 def stopped_early(t: FrozenTrial) -> bool:
     """Finished before its budget for a reason of its own: interrupted and lost trials say nothing of
-    their parameters."""
+    their parameters, and a trial stopped after its last epoch trained it all."""
+    run, budget = t.user_attrs.get("epochs_run"), own_epochs(t)
+    if isinstance(run, int) and budget is not None and run >= budget:
+        return False
     return t.state in (TrialState.PRUNED, TrialState.FAIL) and status_of(t) in STOP_STATUSES
 
 
 def stop_epoch(t: FrozenTrial) -> int:
     """The epoch a trial stopped in. A diverged epoch records no value, so it is the one after the last recorded."""
     run = t.user_attrs.get("epochs_run")
-    run = run if isinstance(run, int) else max(t.intermediate_values, default=0)
+    run = run if isinstance(run, int) else max(epoch_values(t), default=0)
     return run + 1 if status_of(t) in ("diverged", "failed") else run
 
 
 def ladder(trials: list[FrozenTrial]) -> tuple[Rung, ...]:
-    """Per epoch, every trial that reached it, by its final state, with the values there."""
-    epochs = sorted({int(e) for t in trials for e in t.intermediate_values})
+    """Per epoch, every trial that reached it, by its final state, with its validation accuracy there."""
+    curves = {t.number: epoch_values(t) for t in trials}
+    epochs = sorted({e for c in curves.values() for e in c})
     out = []
     for e in epochs:
-        at = [t for t in trials if e in t.intermediate_values and math.isfinite(t.intermediate_values[e])]
-        values = [t.intermediate_values[e] for t in at]
+        at = [t for t in trials if e in curves[t.number] and math.isfinite(curves[t.number][e])]
+        values = [curves[t.number][e] for t in at]
         states = Counter(status_of(t) for t in at)
         out.append(
             Rung(
@@ -109,7 +113,7 @@ def at_rung(trials: list[FrozenTrial], epoch: int) -> list[FrozenTrial]:
     """The trials that reached ``epoch``, rebuilt as COMPLETE trials valued there, for Optuna's evaluators."""
     out = []
     for t in trials:
-        v = t.intermediate_values.get(epoch)
+        v = epoch_values(t).get(epoch)
         if t.state in (TrialState.RUNNING, TrialState.WAITING) or v is None or not math.isfinite(v) or not t.params:
             continue
         rebuilt = optuna.create_trial(
@@ -145,7 +149,7 @@ def _split_p(r: np.ndarray, observed: float, valid: np.ndarray, rng: np.random.G
     n, s = len(r), float(r.sum())
     cuts = np.arange(MIN_SIDE, n - MIN_SIDE + 1)
     cuts = cuts[valid[cuts - 1]]
-    perms = np.array([rng.permutation(r) for _ in range(PERMUTATIONS)])
+    perms = shuffles(r, rng)
     cum = np.cumsum(perms, axis=1)[:, cuts - 1]
     chi = _gap(cuts[None, :].astype(float), cum.astype(float), n, s).max(axis=1)
     return float((1 + np.sum(chi >= observed - 1e-9)) / (PERMUTATIONS + 1))
@@ -189,19 +193,11 @@ def _numeric_split(
     return _cut_value(xs[cut - 1], xs[cut], log), p, ts
 
 
-def _fmt_cut(x: float) -> str:
-    return f"{x:.2g}" if abs(x) < 1 else f"{x:.3g}"
-
-
-def _fmt_choice(c) -> str:
-    return f"{c:.3g}" if isinstance(c, float) else str(c)
-
-
 def _phrase(r: Region) -> str:
     why = ", ".join(f"{n} {s}" for s, n in r.statuses.items())
     by = f" by epoch {r.by_epoch}" if r.stopped else ""
     few = "; too few trials" if r.trials < MIN_SIDE else ""
-    return f"{r.label}: {r.stopped} of {r.trials} trials stopped{by}" + (
+    return f"{r.label}: {r.stopped} of {counted(r.trials, 'trial')} stopped{by}" + (
         f" ({why}{few})" if why else f" ({few[2:]})" if few else ""
     )
 
@@ -226,28 +222,29 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
         if name in t.params and t.state.is_finished() and (t.state == TrialState.COMPLETE or stopped_early(t))
     ]
     rng = np.random.default_rng(seed)
+    shown = display(name)
     total = sum(stopped_early(t) for t in ts)
     if not total or len(ts) < 2 * MIN_SIDE:
-        return StopRegions(name, (_region(f"{name} (all)", ts),), None, False, "")
+        return StopRegions(name, (_region(f"{shown} (all)", ts),), None, False, "")
     resid = stop_residuals(name, space or {name: dist}, ts, seed)
     if isinstance(dist, CategoricalDistribution):
         return _categorical(name, dist, ts, rng, resid)
     log = bool(getattr(dist, "log", False))
     cut, p, ordered = _numeric_split(name, ts, log, rng, resid)
     if cut is None or p >= ALPHA:
-        region = _region(f"{name} (all)", ts)
+        region = _region(f"{shown} (all)", ts)
         return StopRegions(
             name,
             (region,),
             p if cut is not None else None,
             False,
-            f"{name}: no region where trials stop early stands out ({region.stopped} of {region.trials} stopped early"
+            f"{shown}: no region where trials stop early stands out ({region.stopped} of {region.trials} stopped early"
             + (f", p = {p:.2f}" if cut is not None else "")
             + ").",
         )
     low = [t for t in ordered if float(t.params[name]) < cut]
     high = [t for t in ordered if float(t.params[name]) >= cut]
-    parts = [(f"{name} < {_fmt_cut(cut)}", low), (f"{name} ≥ {_fmt_cut(cut)}", high)]
+    parts = [(f"{shown} < {edge(cut)}", low), (f"{shown} ≥ {edge(cut)}", high)]
     calm_low = _region("", low).rate <= _region("", high).rate
     calm = low if calm_low else high
     cut2, p2, calm_sorted = _numeric_split(name, calm, log, rng, resid)
@@ -255,9 +252,9 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
         a = [t for t in calm_sorted if float(t.params[name]) < cut2]
         b = [t for t in calm_sorted if float(t.params[name]) >= cut2]
         if calm_low:
-            parts = [(f"{name} < {_fmt_cut(cut2)}", a), (f"{_fmt_cut(cut2)} ≤ {name} < {_fmt_cut(cut)}", b), parts[1]]
+            parts = [(f"{shown} < {edge(cut2)}", a), (f"{edge(cut2)} ≤ {shown} < {edge(cut)}", b), parts[1]]
         else:
-            parts = [parts[0], (f"{_fmt_cut(cut)} ≤ {name} < {_fmt_cut(cut2)}", a), (f"{name} ≥ {_fmt_cut(cut2)}", b)]
+            parts = [parts[0], (f"{edge(cut)} ≤ {shown} < {edge(cut2)}", a), (f"{shown} ≥ {edge(cut2)}", b)]
     regions = tuple(_region(label, group) for label, group in parts)
     # the regions where trials stopped most come first: they are the finding
     order = sorted(regions, key=lambda r: -r.rate)
@@ -268,7 +265,8 @@ def stop_regions(name: str, dist, trials: list[FrozenTrial], seed: int = 0, spac
 def _categorical(
     name: str, dist: CategoricalDistribution, ts: list[FrozenTrial], rng, resid: dict[int, float]
 ) -> StopRegions:
-    groups = [(f"{name} = {_fmt_choice(c)}", [t for t in ts if t.params[name] == c]) for c in dist.choices]
+    shown = display(name)
+    groups = [(f"{shown} = {value_label(c)}", [t for t in ts if t.params[name] == c]) for c in dist.choices]
     groups = [(label, g) for label, g in groups if g]
     regions = tuple(_region(label, g) for label, g in groups)
     eligible = [i for i, r in enumerate(regions) if r.trials >= MIN_SIDE]
@@ -277,9 +275,8 @@ def _categorical(
     index = np.concatenate([[k] * regions[i].trials for k, i in enumerate(eligible)])  # 0..k-1: no empty group
     r = np.concatenate([[resid[t.number] for t in groups[i][1]] for i in eligible]).astype(float)
     raw = np.concatenate([[float(stopped_early(t)) for t in groups[i][1]] for i in eligible])
-    p = max(
-        _spread_p(index, r, rng), _spread_p(index, raw, rng)
-    )  # the raw rates must differ too, not only the residuals
+    # the raw rates must differ too, not only the residuals
+    p = max(permutation_p(index, r, rng), permutation_p(index, raw, rng))
     if p >= ALPHA:
         rates = [regions[i].rate for i in eligible]
         return StopRegions(
@@ -287,22 +284,8 @@ def _categorical(
             regions,
             p,
             False,
-            f"{name}: no choice where trials stop early stands out ({min(rates):.0%}–{max(rates):.0%} "
+            f"{shown}: no choice where trials stop early stands out ({min(rates):.0%}–{max(rates):.0%} "
             f"stopped early per choice, p = {p:.2f}).",
         )
     order = sorted(regions, key=lambda r: -r.rate)
     return StopRegions(name, regions, p, True, "; ".join(_phrase(r) for r in order) + ".")
-
-
-def _spread_p(index: np.ndarray, stops: np.ndarray, rng) -> float:
-    """Permutation p-value of the spread of (residual) stop rates across groups (between-group sum of squares)."""
-    k = int(index.max()) + 1
-    counts = np.bincount(index, minlength=k)
-
-    def stat(s):
-        rates = np.bincount(index, weights=s, minlength=k) / counts
-        return float(np.sum(counts * (rates - s.mean()) ** 2))
-
-    observed = stat(stops)
-    beats = sum(stat(rng.permutation(stops)) >= observed - 1e-12 for _ in range(PERMUTATIONS))
-    return (1 + beats) / (PERMUTATIONS + 1)

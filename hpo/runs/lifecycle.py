@@ -49,7 +49,7 @@ def run(plan: Plan, executor: Executor) -> int:
     if plan.warm_start and plan.worker is None:
         warm_plan = warmstart.plan(plan.storage, plan.warm_start, spec, min(plan.warm_start_trials, plan.trials))
     if plan.confirm is not None:
-        confirm.require_store(plan.storage, spec)
+        spec = confirm.retrain_spec(plan.storage, spec)  # the recipe the trials ran with, threads included
     executor.prepare(spec, cli.say)
     spec, adding, study, before = open_study(plan, spec, executor)
     warm = warmstart.enqueue(study, warm_plan)

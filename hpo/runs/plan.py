@@ -23,11 +23,10 @@ from typing import Any
 
 from hpo import cli
 from hpo import config as config_mod
+from hpo.config import CHECKPOINT_DIR, CHECKPOINT_ENV, KEEP
 from hpo.errors import HpoError
-from hpo.search.objective import KEEP
 from hpo.search.recipe import named
 from hpo.storage.store import DEFAULT_STORAGE, STORAGE_ENV, redact
-from hpo.training.checkpoints import CHECKPOINT_DIR, CHECKPOINT_ENV
 
 PLAN_ENV = "HPO_PLAN"  # a worker's plan, as JSON: in the environment (readable by this user only), never in argv
 WORKER_FLAG = "--worker-of-plan"  # a supervisor's worker: `python -m hpo.run --worker-of-plan` reads $HPO_PLAN

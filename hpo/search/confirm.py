@@ -17,7 +17,7 @@ from hpo.errors import HpoError, counted
 from hpo.records import CONFIRMS, finite, ranked, recipe, recipe_changes
 from hpo.search.space import trial_config, trial_seed
 from hpo.search.study import load_existing
-from hpo.storage.store import will_create
+from hpo.storage.store import open_storage, will_create
 
 TOP = 3  # configurations confirmed
 log = logging.getLogger(__name__)
@@ -59,14 +59,32 @@ def same_recipe(source: FrozenTrial, spec: StudySpec) -> None:
         )
 
 
+def _their_threads(spec: StudySpec, sources: list[FrozenTrial]) -> StudySpec:
+    """Where the study file leaves the CPU threads to the machine, retrain with the threads the
+    trials ran with (a search under --workers auto gives each worker one): the thread count is part
+    of a recipe (other threads, other floats), and this one process is free to use it."""
+    if spec.base.train.threads:
+        return spec
+    ran = {(recipe(s) or {}).get("train", {}).get("threads") for s in sources}
+    if len(ran) != 1 or not isinstance(threads := ran.pop(), int) or threads <= 0:
+        return spec  # several, or none recorded: same_recipe says what differs
+    train = dataclasses.replace(spec.base.train, threads=threads)
+    return dataclasses.replace(spec, base=dataclasses.replace(spec.base, train=train))
+
+
 def _not_searched(spec: StudySpec) -> str:
     return f"--confirm: no study {spec.name!r} in the store yet; run the search first"
 
 
-def require_store(url: str, spec: StudySpec) -> None:
-    """Confirmations retrain what a search found: with no store yet, say so before one is created."""
+def retrain_spec(url: str, spec: StudySpec) -> StudySpec:
+    """The spec the confirmations train with, before anything is written or any objective built:
+    with no store yet, say so before one is created; where the study file leaves the threads to the
+    machine, the threads the top trials ran with (``_their_threads``)."""
     if will_create(url):
         raise HpoError(_not_searched(spec))
+    study = load_existing(open_storage(url, create=False), spec.name, missing=_not_searched(spec))
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return _their_threads(spec, top_sources(study.get_trials(deepcopy=False), maximize))
 
 
 def prepare(storage, spec: StudySpec, k: int, top: int = TOP) -> tuple[StudySpec, int]:

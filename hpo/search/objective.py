@@ -31,7 +31,6 @@ from hpo.training.checkpoints import Checkpoints
 from hpo.training.loop import EpochStats, TrainResult, fit, resolve_device
 
 log = logging.getLogger(__name__)  # the entry points print these lines (hpo.cli)
-KEEP = ("best", "all", "none")  # which trials' weights go to the artifact store
 COLLAPSE_EPOCH = 2  # from this epoch on, chance-level validation accuracy means the model collapsed
 COLLAPSE_MARGIN = 1.2  # "chance level": below 1.2 x 100/classes percent
 
@@ -134,7 +133,7 @@ class Objective:
                 result, model = fit(
                     config,
                     data,
-                    self._epoch_hook(trial, data.info.num_classes, resume),
+                    self._epoch_hook(trial, data.info.num_classes, config.train.epochs, resume),
                     resume=resume,
                     on_checkpoint=saved.save if saved.path else None,
                 )
@@ -169,7 +168,7 @@ class Objective:
             log.warning(f"warning: trial #{trial.number}: its weights were not kept ({why}); its result is")
 
     def _epoch_hook(
-        self, trial: optuna.Trial, num_classes: int, resume: dict | None = None
+        self, trial: optuna.Trial, num_classes: int, epochs: int, resume: dict | None = None
     ) -> Callable[[EpochStats], None]:
         """What each epoch does: record the curve, report to the pruner, stop a pruned or collapsed trial."""
         curve: list[dict] = list(resume["curve"]) if resume else []  # a resumed trial's curve is the whole curve
@@ -190,6 +189,8 @@ class Objective:
                 # A confirmation's full value is the point: never pruned, whichever run pops it (a
                 # resumed --confirm run is an ordinary run with the study file's pruner).
                 prune = prune and CONFIRMS not in trial.user_attrs
+                # After the last epoch a stop saves nothing and would throw a full result away.
+                prune = prune and stats.epoch < epochs
             if stats.epoch >= COLLAPSE_EPOCH and stats.val_acc < COLLAPSE_MARGIN * chance:
                 raise StopTrial(
                     "collapsed",

@@ -25,7 +25,6 @@ from optuna.distributions import (
 
 from hpo.config import STUDY_FILE, ParamSpec, StudySpec, net_reference, variants
 from hpo.errors import HpoError
-from hpo.training import custom
 
 # study user attr: [{from_trial, study_file, study_toml, overrides[, nets]}, ...], oldest first; nets:
 # your own nets' files and their sha256 ({path: hash}), there only for a study that has one
@@ -179,6 +178,10 @@ def recipes(study: optuna.Study, spec: StudySpec, trials_so_far: int) -> list[di
 def net_files(spec: StudySpec) -> dict[str, str]:
     """Your own nets' files (every one the study can build) and their sha256: part of the recipe."""
     names = {config.model.name for _, config in variants(spec) if net_reference(config.model.name)}
+    if not names:
+        return {}
+    from hpo.training import custom  # torch: only a study with its own net pays for it here (hpo.report need not)
+
     return dict(sorted((s.path, s.sha256) for s in map(custom.source, names)))
 
 

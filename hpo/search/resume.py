@@ -15,11 +15,10 @@ from optuna.trial import TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import reason
-from hpo.records import REASON, STATUS, status
+from hpo.records import CHECKPOINT_OF, REASON, STATUS, status
 from hpo.storage.store import store_error
 from hpo.training.checkpoints import Checkpoints
 
-CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
 RESUMED_FROM, RESUMES = "resumed_from_epoch", "resumes"
 # Settings a resumed run may change without changing what it trains (a requeued job on another
 # machine); anything else means the checkpoint is not this trial's.

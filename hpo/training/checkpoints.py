@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
+from hpo.config import CHECKPOINT_DIR, CHECKPOINT_ENV  # noqa: F401  (read here and by hpo.runs.plan)
 from hpo.errors import reason
 
-CHECKPOINT_DIR = Path("models") / "checkpoints"  # beside the artifact store
-CHECKPOINT_ENV = "HPO_CHECKPOINT_DIR"
 log = logging.getLogger(__name__)
 
 
