@@ -187,6 +187,7 @@ class StudySpec:
     stop: StopSpec = field(default_factory=lambda: StopSpec())
     source: str = ""  # the study file's text, stored with the study so the recipe travels
     overrides: tuple[str, ...] = ()  # the --set texts applied on top of it, stored beside it
+    window: int = 0  # 0: free-running; L: trial i decides from trials <= i - L only (hpo.search.window)
 
     @property
     def seed(self) -> int:
@@ -199,6 +200,7 @@ TOP_LEVEL = {
     "description",
     "seed",
     "trials",
+    "window",
     "data",
     "model",
     "train",
@@ -429,6 +431,13 @@ def _named(cls, raw: Any, where: str):
     return cls(name=name, options=raw)
 
 
+def _window(value) -> int:
+    window = _coerce(value, int, "window")
+    if window < 0:
+        raise HpoError(f"window must be >= 0 (0: free-running; L: the reproducible window), got {window}")
+    return window
+
+
 def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
     """Turn a study file's TOML table into a validated ``StudySpec``; every problem the file has is
     said at once (``Problems``), as far as the parts that can be checked alone go."""
@@ -466,6 +475,7 @@ def parse(raw: dict, name: str, folder: Path, source: str = "") -> StudySpec:
         objective=collect(lambda: _objective(raw.get("objective", {})), ObjectiveSpec(("val_acc",))),
         stop=collect(lambda: _stop(raw.get("stop", {})), StopSpec()),
         source=source,
+        window=collect(lambda: _window(raw.get("window", 0)), 0),
     )
     collect.done()  # the settings below are checked on a whole spec
     for where, config in variants(spec):  # each choice, and each range end, must itself be a valid setting

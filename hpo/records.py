@@ -28,6 +28,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WORKER_ATTR = "worker"  # user attr: the host:pid that runs (or ran, or lost) the trial
 CHECKPOINT_OF = "checkpoint_of"  # user attr: whose checkpoint file this trial (and its retries) writes
 RETRY_HISTORY = "retry_history"  # system attr: the trials a heartbeat retry retries (Optuna's callback)
+# Under a window (hpo.search.window): the trial's logical index, which a retry inherits; the number
+# of the trial that took the index (a retry's differs from its own); seconds it waited for the window.
+INDEX, INDEX_OF, WINDOW_WAIT = "index", "index_of", "window_wait_s"
 
 
 def recipe(t: FrozenTrial) -> dict | None:

@@ -106,6 +106,7 @@ def start_line(plan: Plan, spec, before: int, adding: int, warm: list[str], work
     else:
         text += f"until {adding} are finished" if plan.until is not None else f"adding {adding}"
         text += f" with {counted(min(workers, adding), 'worker')}" + (" (auto)" if plan.workers == "auto" else "")
+    text += f", window {spec.window}" if spec.window else ""  # hpo.search.window
     return text + (f", first {len(warm)} warm-started from {', '.join(warm)}" if warm else "")
 
 

@@ -37,6 +37,7 @@ WORKERS_ENV = "HPO_WORKERS"  # --workers when not given: a default for every run
 # bit-identical rerun (proposals do not depend on which trial finished first).
 DEFAULT_WORKERS = "auto"
 DEFAULT_TRIALS = 20  # when neither --trials nor the study file's `trials` says
+WINDOW_THREADS = 1  # under a window, a study that leaves train.threads at 0 trains every trial with this many
 
 # How the printed resume command treats an option. The amount is worked out anew; what the first run
 # did once is not done again (its trials are queued already); every other option the user gave is
@@ -191,6 +192,11 @@ class Plan:
         if self.worker and self.worker.device:
             sets.append(f"train.device={self.worker.device}")
         spec = config_mod.load(self.study, sets)
+        if spec.window and spec.base.train.threads == 0:
+            # Threads are part of a trial's recipe (1 and 2 threads give other floats): under the
+            # window every trial gets the same, whatever the number of workers.
+            train = dataclasses.replace(spec.base.train, threads=WINDOW_THREADS)
+            spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, train=train))
         return named(spec, self.study_name) if self.study_name is not None else spec
 
     @property

@@ -16,6 +16,7 @@ from hpo.search.objective import Objective
 from hpo.search.plateau import Plateau
 from hpo.search.resume import ForgetFinished
 from hpo.search.until import Until
+from hpo.search.window import watch
 from hpo.storage.store import HEARTBEAT_ENV, HEARTBEAT_S, artifact_store, env_seconds, worker_tag
 from hpo.training.checkpoints import Checkpoints, checkpoint_dir
 
@@ -110,6 +111,7 @@ class InProcess:
         """Trials to run: ``adding``, or with --until those left once other processes' trials count (0: none)."""
         self.callbacks = [self.progress, ForgetFinished(self.checkpoints, study.study_name)]
         self.interrupts.install()
+        watch(study, self.interrupts.check)  # a signal reaches a worker waiting for the window
         if self.plan.until is None:
             return adding
         until = Until(self.plan.until)

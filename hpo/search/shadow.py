@@ -15,6 +15,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.search.window import WindowPruner
+
 METRIC = "val_acc"  # the metric the shadow prunes on; the study must optimise it
 
 
@@ -70,10 +72,17 @@ def should_prune(trial: optuna.Trial, curve: list[dict]) -> bool:
     """What the study's pruner says about ``trial``, given its curve so far, on validation accuracy."""
     study = trial.study
     direction = study.directions[_metrics(study).index(METRIC)]
-    shadow = optuna.create_study(study_name=study.study_name, direction=direction, pruner=study.pruner)
+    pruner, trials, number = study.pruner, study.get_trials(deepcopy=False), trial.number
+    if isinstance(pruner, WindowPruner):  # the window's trials only, numbered by index (hpo.search.window)
+        seen = study.sampler.seen(study, study._storage.get_trial(trial._trial_id))
+        gap = optuna.create_trial(state=TrialState.FAIL)  # indices it may not see keep the numbering
+        current = seen.trial(study._storage.get_trial(trial._trial_id))
+        pruner, number = seen.pruner, seen.index
+        trials = [*seen.visible, *[gap] * (seen.index - len(seen.visible)), current]
+    shadow = optuna.create_study(study_name=study.study_name, direction=direction, pruner=pruner)
     current = None
-    for t in study.get_trials(deepcopy=False):  # in number order, so the shadow's numbers match
-        if t.number == trial.number:
+    for t in trials:  # in number order, so the shadow's numbers match
+        if t.number == number:
             current = _add_running(shadow, t, curve_values(curve))
         elif t.state == TrialState.RUNNING:
             _add_running(shadow, t, curve_values(t.user_attrs.get("curve") or []))
@@ -82,7 +91,7 @@ def should_prune(trial: optuna.Trial, curve: list[dict]) -> bool:
     if current is None:
         return False
     frozen = shadow._storage.get_trial(current)
-    prune = study.pruner.prune(shadow, frozen)
+    prune = pruner.prune(shadow, frozen)
     for key, value in shadow._storage.get_trial(current).system_attrs.items():  # rung records, for the next epoch
         if frozen.system_attrs.get(key) != value:
             study._storage.set_trial_system_attr(trial._trial_id, key, value)

@@ -7,6 +7,7 @@ import dataclasses
 import optuna
 
 from hpo.config import ParamSpec, StudySpec, TrainConfig, active, with_values
+from hpo.records import INDEX
 
 
 def suggest(trial: optuna.Trial, param: ParamSpec):
@@ -33,8 +34,9 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrainConfig:
         if active(p, values):
             values[p.key] = suggest(trial, p)
     # A trial re-queued after its worker died inherits the user attrs, seed included, of the
-    # trial it retries, so the retry trains exactly as the original would have.
-    seed = trial.user_attrs.get("seed", trial_seed(spec.seed, trial.number))
+    # trial it retries, so the retry trains exactly as the original would have. Under a window the
+    # seed follows the trial's logical index, not the store's number (hpo.search.window).
+    seed = trial.user_attrs.get("seed", trial_seed(spec.seed, trial.user_attrs.get(INDEX, trial.number)))
     config = dataclasses.replace(with_values(spec.base, values), seed=seed)
     if config.data.split_seed < 0:  # the split is the study seed's: name it, so the recorded config reruns alone
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=spec.seed))

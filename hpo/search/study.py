@@ -12,6 +12,7 @@ from optuna.storages import RDBStorage
 from hpo.config import STUDY_FILE, StudySpec
 from hpo.errors import HpoError, closest
 from hpo.search.recipe import RECIPES_ATTR, branches, check_resume, recipes, study_path
+from hpo.search.window import WindowPruner, WindowSampler
 from hpo.storage import faults
 from hpo.storage.store import redact
 
@@ -115,7 +116,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def sampler_seed(study_seed: int, trials_so_far: int, worker: int = 0) -> int:
     """Fresh runs of one study file with one seed propose the same parameters; a resumed run or a
     second worker must not replay the same proposals, so the store's trial count and the worker
-    index are mixed in."""
+    index are mixed in. Under a window the sampler of trial i is seeded with (study seed, i) alone."""
     return (study_seed * 1_000_003 + trials_so_far * 7919 + worker * 104_729) % 2**31
 
 
@@ -174,6 +175,9 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_st
     trials_so_far = existing[spec.name].n_trials if spec.name in existing else 0
     pruner = make_pruner(spec)
     sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
+    if spec.window:  # decisions from the trials of index <= i - window only (hpo.search.window)
+        sampler = WindowSampler(lambda index: make_sampler(spec, sampler_seed(spec.seed, index)), spec.window)
+        pruner = WindowPruner(lambda: make_pruner(spec))
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
