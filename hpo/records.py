@@ -113,20 +113,19 @@ def pooled_sd(groups: Iterable[Sequence[float]]) -> float | None:
 
 def retried(trials: Iterable[FrozenTrial]) -> set[int]:
     """The failed trials whose work a later trial goes on with: an interrupted trial requeued with
-    its checkpoint (same ``checkpoint_of``), a lost one retried by the heartbeat callback. A count
-    of trials, epochs or values takes the retry alone, so nothing is counted twice."""
+    its checkpoint (same ``checkpoint_of``) or its window index (same ``index``), a lost one retried
+    by the heartbeat callback. A count of trials, epochs or values takes the retry alone, so nothing
+    is counted twice."""
     trials = list(trials)
     out = {n for t in trials for n in t.system_attrs.get(RETRY_HISTORY, ())}
-    last: dict[int, int] = {}
-    for t in trials:
-        origin = t.user_attrs.get(CHECKPOINT_OF)
-        if isinstance(origin, int):
-            last[origin] = max(last.get(origin, -1), t.number)
-    out |= {
-        t.number
-        for t in trials
-        if t.state == TrialState.FAIL and last.get(t.user_attrs.get(CHECKPOINT_OF), -1) > t.number
-    }
+    for key in (CHECKPOINT_OF, INDEX):  # the attrs a retry inherits from the trial it retries
+        last: dict[int, int] = {}
+        for t in trials:
+            if isinstance(t.user_attrs.get(key), int):
+                last[t.user_attrs[key]] = max(last.get(t.user_attrs[key], -1), t.number)
+        out |= {
+            t.number for t in trials if t.state == TrialState.FAIL and last.get(t.user_attrs.get(key), -1) > t.number
+        }
     return out
 
 

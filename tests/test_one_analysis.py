@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from hpo.analysis import findings
 from hpo.analysis.figures import render_markdown
+from hpo.records import retried
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpo"
 
@@ -140,3 +141,13 @@ def test_a_multi_objective_study_has_its_epochs_in_the_csv_and_the_report():
     assert df.loc[df["number"] == 4, "intermediate_value_1"].item() == 64.0  # the stopped trial's one epoch
     md = render_markdown(findings.compute(study), {})
     assert "| 1 | 5 | 4 complete, 1 pruned | " in md and "| 4 | 4 | 4 complete | " in md
+
+
+def test_a_trial_interrupted_while_waiting_for_the_window_and_its_retry_count_once():
+    """Under a window a retry inherits its trial's index (hpo.search.window), with or without a checkpoint."""
+    waited = optuna.create_trial(state=TrialState.FAIL, user_attrs={"status": "interrupted", "index": 3})
+    retry = optuna.create_trial(value=80.0, params={"lr": 0.1}, distributions=LR, user_attrs={"index": 3})
+    other = optuna.create_trial(state=TrialState.FAIL, user_attrs={"status": "failed", "index": 4})
+    for number, t in enumerate((waited, retry, other)):
+        t.number = number
+    assert retried([waited, retry, other]) == {0}
