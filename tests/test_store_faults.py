@@ -221,7 +221,12 @@ def test_a_cut_at_the_first_statement_of_the_store_check_is_ridden_out(options, 
     proxy.cuts_on(triggers)
     ride_out(run, proxy, len(triggers))
     assert run.finish() == 0, run.err
-    assert run.count("cut off while opening") == len(triggers), run.err
+    said = [line for line in run.err.splitlines() if "cut off while opening" in line]
+    # the supervisor's (or the lone process's) check once; with workers, each cut drops every open
+    # connection, so a worker opening at the same moment as the one that tripped it rides it out too
+    assert sum(not line.startswith("[worker") for line in said) == 1, run.err
+    by_workers = sum(line.startswith("[worker") for line in said)
+    assert (1 <= by_workers <= 2) if workers else by_workers == 0, run.err
     assert "Traceback" not in run.err and "error" not in run.err
     assert_exactly(trials_of(name), searched + 2, lost=0, clean=True)  # confirm: 2 configurations x 1 seed
 
