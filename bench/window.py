@@ -1,14 +1,18 @@
 """What the reproducible window costs: the peers study free-running and under ``window = L``.
 
     .venv/bin/python bench/window.py [--trials 30] [--epochs 6] [--train-size 0] [--seeds 0,1,2,3,4] [--window 2]
+        [--modes free2,window2,free1] [--busy N]
 
 The study is bench/peers.py's (LeNet-5 on Fashion-MNIST, SGD lr, momentum and batch size, TPE,
-median pruner with 5 startup trials), every trial on one thread. For each study seed, three whole
-commands on fresh SQLite stores, interleaved in this order:
-1. free-running, ``--workers 2 --set window=0`` (today's default on 2 cores);
-2. the window, ``--workers 2 --set window=L``;
-3. full-information TPE, ``--workers 1 --set window=0`` (one process: each trial sees all before it).
-For each: wall time of the whole command, CPU seconds, the cores other processes used meanwhile
+median pruner with 5 startup trials). For each study seed, up to three whole commands on fresh
+SQLite stores, interleaved in this order (``--modes`` picks them):
+1. ``free2``: free-running, ``--workers 2 --set window=0`` (today's default on 2 cores), one thread a trial;
+2. ``window2``: the window, ``--workers 2 --set window=L``, one thread a trial (the window's rule);
+3. ``free1``: full-information TPE, ``--workers 1 --set window=0`` (one process: each trial sees all
+   before it), with torch's threads, as ``--workers 1`` runs: the quality reference, not a timed pair.
+``--busy N`` starts N processes that each keep a core busy for the whole benchmark: a neighbour
+load that is the same for every row, on top of whatever else the machine runs. For each: wall
+time of the whole command, CPU seconds, the cores other processes used meanwhile
 (bench/machine.py), epochs trained, trials pruned, the seconds trials waited for the window (the
 sum of their ``window_wait_s``) and the best validation accuracy. The wall times of 1 and 2 are
 compared seed by seed (same seed, neighbouring runs); the quality over all seeds. A benchmark, not
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import os
 import platform
 import statistics
@@ -40,11 +45,16 @@ from peers import STUDY  # noqa: E402  (bench/peers.py: the same study)
 
 from hpo.config import STUDY_FILE, cpu_count  # noqa: E402
 
-MODES = {  # label: extra arguments (the window's value is filled in)
-    "free, 2 workers": ["--workers", "2", "--set", "window=0"],
-    "window, 2 workers": ["--workers", "2", "--set", "window={window}"],
-    "free, 1 worker": ["--workers", "1", "--set", "window=0"],
+MODES = {  # key: (label, extra arguments; the window's value is filled in)
+    "free2": ("free, 2 workers", ["--workers", "2", "--set", "window=0", "--set", "train.threads=1"]),
+    "window2": ("window, 2 workers", ["--workers", "2", "--set", "window={window}", "--set", "train.threads=1"]),
+    "free1": ("free, 1 worker", ["--workers", "1", "--set", "window=0", "--set", "train.threads=0"]),
 }
+
+
+def spin() -> None:  # a neighbour: one core kept busy until it is killed
+    while True:
+        pass
 
 
 def run(extra: list[str], seed: int, args, folder: Path) -> dict:
@@ -60,8 +70,6 @@ def run(extra: list[str], seed: int, args, folder: Path) -> dict:
         *extra,
         "--set",
         f"seed={seed}",
-        "--set",
-        "train.threads=1",
         "--storage",
         f"sqlite:///{store}",
         "--keep",
@@ -91,8 +99,25 @@ def main() -> int:
     p.add_argument("--train-size", type=int, default=0, help="training images, 0 for all 54,000 (default: 0)")
     p.add_argument("--seeds", default="0,1,2,3,4", help="study seeds, comma-separated (default: 0,1,2,3,4)")
     p.add_argument("--window", type=int, default=2, help="the window L (default: 2, the worker count)")
+    every = ",".join(MODES)
+    p.add_argument("--modes", default=every, help=f"which commands, comma-separated (default: {every})")
+    p.add_argument("--busy", type=int, default=0, help="processes that each keep a core busy meanwhile (default: 0)")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    if unknown := [m for m in modes if m not in MODES]:
+        p.error(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(args.busy)]
+    for s in spinners:
+        s.start()
+    try:
+        return bench(args, seeds, modes)
+    finally:
+        for s in spinners:
+            s.kill()
+
+
+def bench(args, seeds: list[int], modes: list[str]) -> int:
     print(f"machine: {cpu_model()}, {cpu_count()} cores usable, load average {load_average()}")
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, optuna {optuna.__version__}, "
@@ -100,9 +125,10 @@ def main() -> int:
     )
     print(
         f"study: bench/peers.py's, {args.train_size or 'all'} training images, {args.epochs} epochs, "
-        f"{args.trials} trials, 1 thread a trial, window {args.window}, seeds {seeds}\n"
+        f"{args.trials} trials, window {args.window}, seeds {seeds}, modes {modes}, "
+        f"{args.busy} busy neighbour process(es)\n"
     )
-    results: dict[str, list[dict]] = {label: [] for label in MODES}
+    results: dict[str, list[dict]] = {MODES[m][0]: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "studies" / "bench").mkdir(parents=True)
@@ -110,7 +136,7 @@ def main() -> int:
             STUDY.format(train_size=args.train_size, epochs=args.epochs)
         )
         for seed in seeds:
-            for label, extra in MODES.items():
+            for label, extra in (MODES[m] for m in modes):
                 r = run([a.format(window=args.window) for a in extra], seed, args, folder)
                 results[label].append(r)
                 others = f"{r['others']:.2f}" if r["others"] is not None else "n/a"
@@ -120,17 +146,22 @@ def main() -> int:
                     f"best {r['best']:.2f}%",
                     flush=True,
                 )
-    free, window = results["free, 2 workers"], results["window, 2 workers"]
-    ratios = [w["wall"] / f["wall"] for f, w in zip(free, window, strict=True)]
-    print(f"\nwall time, window / free at 2 workers, per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
-    print(f"  mean {statistics.mean(ratios):.2f}, median {statistics.median(ratios):.2f}")
+    free, window = results.get("free, 2 workers"), results.get("window, 2 workers")
+    if free and window:
+        ratios = [w["wall"] / f["wall"] for f, w in zip(free, window, strict=True)]
+        per_epoch = [(w["wall"] / w["epochs"]) / (f["wall"] / f["epochs"]) for f, w in zip(free, window, strict=True)]
+        print(f"\nwall time, window / free at 2 workers, per seed: {', '.join(f'{r:.2f}' for r in ratios)}")
+        print(f"  mean {statistics.mean(ratios):.2f}, median {statistics.median(ratios):.2f}")
+        print(f"  per epoch trained: {', '.join(f'{r:.2f}' for r in per_epoch)}, mean {statistics.mean(per_epoch):.2f}")
     for label, rs in results.items():
         best = [r["best"] for r in rs]
         spread = f" (sd {statistics.stdev(best):.2f})" if len(best) > 1 else ""
         epochs, waited = statistics.mean(r["epochs"] for r in rs), statistics.mean(r["waited"] for r in rs)
         print(
-            f"{label:18} best val acc mean {statistics.mean(best):.2f}%{spread}; epochs mean {epochs:.1f}; "
-            f"waited mean {waited:.1f} s"
+            f"{label:18} wall mean {statistics.mean(r['wall'] for r in rs):.1f} s; "
+            f"best val acc mean {statistics.mean(best):.2f}%{spread}; epochs mean {epochs:.1f}; "
+            f"waited mean {waited:.1f} s; others {min(r['others'] or 0 for r in rs):.2f}-"
+            f"{max(r['others'] or 0 for r in rs):.2f} cores"
         )
     return 0
 

@@ -6,7 +6,7 @@ their epochs in a random order (and interrupting some trials, whose retries are 
 queues them). Every trial's parameters, curve and end must be those of the same study run one trial
 at a time; the same schedules without the window must not be (so the test can fail). Then real
 ``python -m hpo.run`` runs: one process against two workers, one of them stopped with SIGSTOP
-mid-run, a SIGTERM and resume, a kill -9 and the heartbeat retry.
+mid-run, a SIGTERM and resume, a kill -9 and the heartbeat retry, two commands sharing a PostgreSQL study.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 
 import optuna
 import pytest
-from builders import TINY_STUDY, write_study
+from builders import PG, TINY_STUDY, write_study
 from optuna.trial import TrialState
 from processes import Watched, start
 
@@ -238,9 +239,9 @@ def run_dir(root) -> None:
     write_study(root / "studies" / "tiny", WINDOW_STUDY)
 
 
-def rows(root, db="w.db") -> dict:
+def rows(root, db="w.db", study=None) -> dict:
     """What each logical trial did: state, parameters, curve, value, seed and recipe, by index."""
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / db}")
+    study = study or optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / db}")
     out = {}
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         assert t.user_attrs[INDEX] not in out, f"index {t.user_attrs[INDEX]} finished twice"
@@ -336,6 +337,27 @@ def test_kill_9_of_a_worker_and_its_retry_give_the_one_process_study(reference, 
     assert rows(tmp_path) == reference
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'w.db'}")
     assert any(t.state == TrialState.FAIL and STATUS not in t.user_attrs for t in study.trials), "no trial was lost"
+
+
+def test_two_commands_sharing_a_postgresql_study_give_the_one_process_study(reference, tmp_path):
+    """Two supervisors (separate commands, one worker each) on one PostgreSQL study: the study of
+    one process on SQLite, index by index (the store, the supervisors and the schedule all differ)."""
+    run_dir(tmp_path)
+    name = f"w{uuid.uuid4().hex[:10]}"  # others share the server: a study of our own, deleted after
+    both = ("--study", "tiny", "--storage", PG, "--study-name", name, "--keep", "none", "--quiet", "--workers", "1")
+    try:
+        first = start(*both, "--trials", "4", cwd=tmp_path)
+        second = start(*both, "--trials", "4", cwd=tmp_path)
+        done(first), done(second)
+        study = optuna.load_study(study_name=name, storage=PG)
+        assert rows(tmp_path, study=study) == reference
+        tags = {t.user_attrs[WORKER_ATTR] for t in study.trials}
+        assert len(tags) == 2, tags  # both commands trained trials of it
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=PG)
+        except KeyError:
+            pass
 
 
 def test_a_bad_window_is_one_line_and_exit_2(tmp_path, fashion_mnist_system):
