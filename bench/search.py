@@ -153,6 +153,8 @@ def cmd_replay(args) -> None:
             f"{err['seed_gap']:.2f}); early stops misclassified "
             f"{err['early_stop_misclassified']:.0%}"
         )
+    if args.windows:
+        return windows(args, spec, land, trials)
     samplers, pruners = sampler_variants(spec), pruner_variants(spec)
     preset_s, preset_p = next(iter(samplers)), spec.pruner.name
     combos = {f"{name} + {preset_p}": (s, spec.pruner) for name, s in samplers.items()}
@@ -221,6 +223,35 @@ def cmd_replay(args) -> None:
         )
 
 
+def windows(args, spec, land, trials: int) -> None:
+    """The preset's sampler and pruner free-running and under each ``--windows`` L (hpo.search.window),
+    at 1 worker and each of ``--workers``: what the window costs in epochs, quality, clock and waits.
+    Under a window a study is the same for every K <= L, so those rows differ only in their clock."""
+    import dataclasses
+    import time
+
+    import search_replay
+    import search_table
+
+    rows = []
+    for workers in [1, *args.workers]:
+        for window in [0, *args.windows]:
+            sp = dataclasses.replace(spec, window=window)
+            name = f"{spec.sampler.name} + {spec.pruner.name}, " + (f"window {window}" if window else "free-running")
+            start = time.perf_counter()
+            traces = [search_replay.replay(sp, land, trials, workers, seed) for seed in range(args.seeds)]
+            rows.append(search_table.row(name, workers, traces, land.best))
+            r = rows[-1]
+            print(
+                f"  {name}, {workers} worker(s), {args.seeds} seeds: median {r.epochs[1]} epochs to within "
+                f"{search_table.GAP}, final {r.final[1]:.2f}, clock {r.clock:.0f} s, waited {r.waited:.0f} s "
+                f"({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )
+    print()
+    print(search_table.window_markdown(rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -248,6 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         "--lead", type=int, default=3, help="how many leaders at 1 worker go on to more workers (default: 3)"
     )
     y.add_argument("--top-k", type=int, default=5, help="the one-epoch baseline's K (default: 5)")
+    y.add_argument(
+        "--windows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="instead of the sweep: the preset free-running and under each window L, at 1 worker and each of --workers",
+    )
     y.add_argument("--only", action="append", default=[], help="only combinations whose name has this (default: all)")
     y.add_argument("--plot", default="", help="write the anytime plot here (PNG; default: none)")
     y.add_argument("--json", default="", help="write the rows here (default: none)")

@@ -4,6 +4,10 @@ its recorded CPU seconds give, and at each the trial reports its accuracy and as
 which sees what every other trial had reported by that moment (the ones still running are
 RUNNING in the store, as with real workers). Events are handled in time order, so trials finish
 out of order as they do with real workers. Also the one-epoch top-K baseline, scheduled the same way.
+
+Under a window (the study file's ``window = L``, hpo.search.window) the sampler and pruner are
+hpo's window ones, and a free worker starts trial i only once every trial of index <= i - L has
+ended; until then it waits on the clock (the seconds are summed in the trace), as a real worker does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from optuna.trial import TrialState
 
 from hpo.config import PrunerSpec, SamplerSpec, StudySpec
 from hpo.search.space import trial_config
-from hpo.search.study import make_pruner, make_sampler
+from hpo.search.study import searchers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -34,6 +38,8 @@ class Trace:
     seconds: tuple[float, ...]
     epochs: tuple[int, ...]
     best: tuple[float, ...]  # -inf until a trial completes
+    waited: float = 0.0  # seconds workers spent waiting for the window, all of them together
+    ends: tuple = ()  # (number, state, epochs reported, value or None) of each trial, by number
 
     def reach(self, target: float) -> tuple[float, float]:
         """(epochs, seconds) when the best first reached ``target``; (inf, inf) if it never did."""
@@ -56,13 +62,17 @@ def _seed_of(rng: np.random.Generator, seeds: list[int]) -> int:
 
 
 def replay(spec: StudySpec, land, trials: int, workers: int, seed: int) -> Trace:
-    """``spec``'s sampler and pruner (hpo's own make_sampler / make_pruner) for ``trials`` trials."""
+    """``spec``'s sampler and pruner (hpo's own, as a study builds them: hpo.search.study.searchers)
+    for ``trials`` trials; ``seed`` is the study seed (under a window, each trial's sampler is
+    seeded from it and the trial's index)."""
+    spec = dataclasses.replace(spec, base=dataclasses.replace(spec.base, seed=seed))
+    sampler, pruner = searchers(spec, seed)
     study = optuna.create_study(
         # A fixed name: Hyperband assigns trials to brackets by a hash of the study name.
         study_name=f"replay-{seed}",
         storage=optuna.storages.InMemoryStorage(),
-        sampler=make_sampler(spec, seed),
-        pruner=make_pruner(spec),
+        sampler=sampler,
+        pruner=pruner,
         direction="maximize",
     )
     rng = np.random.default_rng(seed + 7)
@@ -72,11 +82,21 @@ def replay(spec: StudySpec, land, trials: int, workers: int, seed: int) -> Trace
     epochs_done = 0
     best = float("-inf")
     out_s, out_e, out_b = [], [], []
+    idle: list[float] = []  # since when each free worker has waited for the window
+    unended: set[int] = set()  # indices started and not yet ended
+    waited = 0.0
+
+    def free(now: float) -> None:
+        """A worker is free: it starts the next trial once the window lets it (at once without one)."""
+        nonlocal waited
+        idle.append(now)
+        while idle and started < trials and not (spec.window and any(j <= started - spec.window for j in unended)):
+            waited += now - idle.pop(0)
+            start(now)
 
     def start(now: float) -> None:
         nonlocal started, order
-        if started >= trials:
-            return
+        unended.add(started)
         started += 1
         trial = study.ask()
         trial_config(trial, spec)  # suggests every searched setting, as the real objective does
@@ -95,10 +115,11 @@ def replay(spec: StudySpec, land, trials: int, workers: int, seed: int) -> Trace
         out_s.append(now)
         out_e.append(epochs_done)
         out_b.append(best)
-        start(now)
+        unended.discard(trial.number)  # no retries here: a trial's number is its index
+        free(now)
 
     for _ in range(workers):
-        start(0.0)
+        free(0.0)
     while events:
         now, _, trial, run, e = heapq.heappop(events)
         epochs_done += 1
@@ -115,7 +136,10 @@ def replay(spec: StudySpec, land, trials: int, workers: int, seed: int) -> Trace
             nxt = run.seconds[e + 1] if not last else land.epoch_seconds  # a divergence's lost epoch
             order += 1
             heapq.heappush(events, (now + nxt, order, trial, run if not last else _diverged(run), e + 1))
-    return Trace(tuple(out_s), tuple(out_e), tuple(out_b))
+    ends = tuple(
+        (t.number, t.state.name, len(t.intermediate_values), t.value) for t in study.get_trials(deepcopy=False)
+    )
+    return Trace(tuple(out_s), tuple(out_e), tuple(out_b), waited, ends)
 
 
 def _diverged(run):

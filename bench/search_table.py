@@ -30,6 +30,8 @@ class Row:
     seconds: tuple[float, float, float]
     final: tuple[float, float, float]  # the final best: p10, median, p90
     spent: float  # median epochs the whole budget took
+    clock: float = 0.0  # median clock seconds the whole budget took
+    waited: float = 0.0  # median seconds workers waited for the window (all workers together)
 
 
 def row(name: str, workers: int, traces: list, space_best: float) -> Row:
@@ -43,6 +45,8 @@ def row(name: str, workers: int, traces: list, space_best: float) -> Row:
         quantiles([s for _, s in reach]),
         quantiles([t.final for t in traces]),
         float(np.median([t.epochs[-1] for t in traces])),
+        clock=float(np.median([t.seconds[-1] for t in traces])),
+        waited=float(np.median([t.waited for t in traces])),
     )
 
 
@@ -60,6 +64,22 @@ def markdown(rows: list[Row]) -> str:
         f"| {r.name} | {r.workers} | {r.seeds} | {r.reached}/{r.seeds} | **{_n(r.epochs[1])}** "
         f"({_n(r.epochs[0])}-{_n(r.epochs[2])}) | {_n(r.seconds[1])} ({_n(r.seconds[0])}-{_n(r.seconds[2])}) | "
         f"{r.final[1]:.2f} ({r.final[0]:.2f}-{r.final[2]:.2f}) | {r.spent:.0f} |\n"
+        for r in rows
+    )
+    return head + body
+
+
+def window_markdown(rows: list[Row]) -> str:
+    """The window's table: the same columns, and what the whole budget took on the clock and in waits."""
+    head = (
+        f"| setting | workers | seeds | within {GAP} of the best | epochs to it: median (p10-p90) "
+        "| final best %: median (p10-p90) | epochs spent | study clock s | waited s |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r.name} | {r.workers} | {r.seeds} | {r.reached}/{r.seeds} | **{_n(r.epochs[1])}** "
+        f"({_n(r.epochs[0])}-{_n(r.epochs[2])}) | {r.final[1]:.2f} ({r.final[0]:.2f}-{r.final[2]:.2f}) | "
+        f"{r.spent:.0f} | {r.clock:,.0f} | {r.waited:,.0f} |\n"
         for r in rows
     )
     return head + body

@@ -170,3 +170,18 @@ def test_a_replay_repeats_itself_with_hyperband(spec, grid):
         spec, spec.sampler, PrunerSpec("hyperband", {"min_resource": 1, "reduction_factor": 3})
     )
     assert search_replay.replay(s, grid, 15, 2, seed=4) == search_replay.replay(s, grid, 15, 2, seed=4)
+
+
+def test_under_a_window_the_replayed_study_is_the_same_for_one_and_two_workers(spec, grid):
+    """hpo's window on the virtual clock: trial i starts once every index <= i - L has ended, so
+    with K <= L workers the trials, their values and the epochs spent do not depend on K (only the
+    clock and the waits do); free-running, two workers give another study (the test can fail)."""
+    pruner = PrunerSpec("median", {"n_startup_trials": 2, "n_warmup_steps": 1})
+    free = search_replay.with_search(spec, spec.sampler, pruner)
+    window = dataclasses.replace(free, window=2)
+    one, two = (search_replay.replay(window, grid, 16, k, seed=5) for k in (1, 2))
+    assert one.ends == two.ends and len(one.ends) == 16  # each trial's state, epochs and value
+    assert one.best[-1] == two.best[-1] and one.epochs[-1] == two.epochs[-1]
+    assert one.waited == 0 and two.waited > 0  # seed 1's slow epochs hold the window back
+    assert two.seconds[-1] < one.seconds[-1]
+    assert search_replay.replay(free, grid, 16, 1, seed=5).ends != search_replay.replay(free, grid, 16, 2, seed=5).ends

@@ -7,6 +7,8 @@ import math
 
 import optuna
 import sqlalchemy.exc
+from optuna.pruners import BasePruner
+from optuna.samplers import BaseSampler
 from optuna.storages import RDBStorage
 
 from hpo.config import STUDY_FILE, StudySpec
@@ -120,6 +122,16 @@ def sampler_seed(study_seed: int, trials_so_far: int, worker: int = 0) -> int:
     return (study_seed * 1_000_003 + trials_so_far * 7919 + worker * 104_729) % 2**31
 
 
+def searchers(spec: StudySpec, seed: int) -> tuple[BaseSampler, BasePruner]:
+    """The study's sampler (seeded with ``seed``) and pruner. Under a window both decide from the
+    trials of index <= i - window only (hpo.search.window), each trial's sampler seeded from the
+    study seed and its index, so ``seed`` is not used."""
+    if spec.window:
+        sampler = WindowSampler(lambda index: make_sampler(spec, sampler_seed(spec.seed, index)), spec.window)
+        return sampler, WindowPruner(lambda: make_pruner(spec))
+    return make_sampler(spec, seed), make_pruner(spec)
+
+
 def study_attrs(spec: StudySpec) -> dict:
     b = spec.base
     return {
@@ -173,11 +185,7 @@ def _create_or_resume(spec: StudySpec, storage: RDBStorage, worker: int, same_st
     if spec.name in existing:  # before anything is written
         check_resume(spec, storage.get_study_id_from_name(spec.name), storage, same_study=same_study)
     trials_so_far = existing[spec.name].n_trials if spec.name in existing else 0
-    pruner = make_pruner(spec)
-    sampler = make_sampler(spec, sampler_seed(spec.seed, trials_so_far, worker))
-    if spec.window:  # decisions from the trials of index <= i - window only (hpo.search.window)
-        sampler = WindowSampler(lambda index: make_sampler(spec, sampler_seed(spec.seed, index)), spec.window)
-        pruner = WindowPruner(lambda: make_pruner(spec))
+    sampler, pruner = searchers(spec, sampler_seed(spec.seed, trials_so_far, worker))
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
