@@ -4,14 +4,17 @@ replay Optuna's samplers and pruners against them over many seeds, in seconds, w
     .venv/bin/python bench/search.py record --study lenet_lr --grid 24 --train-size 8000
     .venv/bin/python bench/search.py record --study joint --configs 120 --train-size 8000
     .venv/bin/python bench/search.py replay --curves bench/search_curves/lenet_lr.jsonl --seeds 50
+    .venv/bin/python bench/search.py replay --study lenet_lr --seeds 50 --windows 2 3 4 --workers 2 4
 
 ``record`` trains each configuration with hpo's loop on the real data, one torch thread, once
 per ``--seeds`` seed, and appends every run (each epoch's validation accuracy and seconds) to
 ``bench/search_curves/STUDY.jsonl``; run again, it goes on where it stopped. ``replay`` runs the
 study's trial budget with each sampler and pruner against an objective that looks the curves up
 (one continuous parameter: interpolated in it between grid points; a larger space: a surrogate
-fitted on the curves), reporting epoch by epoch, K workers on a virtual clock. A benchmark, not a
-test: it prints figures and the machine, and never fails on a slow result.
+fitted on the curves), reporting epoch by epoch, K workers on a virtual clock; with ``--windows``,
+instead, the preset's own sampler and pruner free-running and under each reproducible window L
+(hpo.search.window), at 1 worker and each of ``--workers``. A benchmark, not a test: it prints
+figures and the machine, and never fails on a slow result.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from builders import PG, TINY_STUDY, write_study
 from optuna.trial import TrialState
 from processes import Watched, start
 
-from hpo.records import FINISHED, INDEX, INDEX_OF, STATUS, WINDOW_WAIT, WORKER_ATTR
+from hpo.records import CONFIRMS, FINISHED, INDEX, INDEX_OF, STATUS, WINDOW_WAIT, WORKER_ATTR
 from hpo.search import shadow
 from hpo.search.resume import requeue
 from hpo.search.study import sampler_seed
@@ -266,12 +266,18 @@ def done(proc: subprocess.Popen, timeout: float = 400) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, fashion_mnist_system) -> dict:
-    """The study run one trial at a time: --workers 1."""
+def reference_root(tmp_path_factory, fashion_mnist_system):
+    """A folder holding the study run one trial at a time (--workers 1), in w.db."""
     root = tmp_path_factory.mktemp("reference")
     run_dir(root)
     done(hpo_run(root, "--trials", "8", "--workers", "1"))
-    trials = rows(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(reference_root) -> dict:
+    """The study run one trial at a time: its trials by index."""
+    trials = rows(reference_root)
     assert sorted(trials) == list(range(8))
     assert {s for s, *_ in trials.values()} == {TrialState.COMPLETE, TrialState.PRUNED}  # the pruner prunes
     assert all(config["train"]["threads"] == 1 for *_, config in trials.values())  # the window's one thread
@@ -358,6 +364,71 @@ def test_two_commands_sharing_a_postgresql_study_give_the_one_process_study(refe
             optuna.delete_study(study_name=name, storage=PG)
         except KeyError:
             pass
+
+
+def test_until_and_its_resume_give_the_one_process_study(reference, tmp_path):
+    """--until decides which indices run, not what each does: --until 5 on two workers holds the
+    reference's first five; --until 8 then goes on to the whole of it."""
+    run_dir(tmp_path)
+    done(hpo_run(tmp_path, "--until", "5", "--workers", "2"))
+    first = rows(tmp_path)
+    assert sorted(first) == list(range(5)) and first == {i: reference[i] for i in first}
+    done(hpo_run(tmp_path, "--until", "8", "--workers", "2"))
+    assert rows(tmp_path) == reference
+
+
+def test_a_timeout_and_the_run_that_goes_on_give_the_one_process_study(reference, tmp_path):
+    """--timeout decides which indices run, not what each does: a two-worker run stopped early by
+    its timeout holds the reference's first trials; --until 8 then goes on to the whole of it."""
+    run_dir(tmp_path)
+    done(hpo_run(tmp_path, "--trials", "8", "--workers", "2", "--timeout", "12"))
+    first = rows(tmp_path)
+    assert first and first == {i: reference[i] for i in first}  # how many ran depends on the machine
+    done(hpo_run(tmp_path, "--until", "8", "--workers", "2"))
+    assert rows(tmp_path) == reference
+
+
+def copied(reference_root, tmp_path):
+    """The reference's store in a folder of its own, with the study folder beside it."""
+    run_dir(tmp_path)
+    (tmp_path / "w.db").write_bytes((reference_root / "w.db").read_bytes())
+    return tmp_path
+
+
+def test_a_warm_start_on_two_workers_gives_the_one_process_study(reference_root, tmp_path):
+    """The queued configurations take indices 0, 1, ... in their queue order; the search that
+    follows samples from them as one process would."""
+    warm = ("--study", "warm", "--storage", "sqlite:///w.db", "--keep", "none", "--quiet", "--trials", "6")
+    found = {}
+    for workers in ("1", "2"):
+        root = copied(reference_root, tmp_path / workers)
+        write_study(root / "studies" / "warm", WINDOW_STUDY)
+        done(start(*warm, "--warm-start", "tiny", "--warm-start-trials", "3", "--workers", workers, cwd=root))
+        study = optuna.load_study(study_name="warm", storage=f"sqlite:///{root / 'w.db'}")
+        found[workers] = rows(root, study=study)
+        queued = sorted(
+            (t.user_attrs[INDEX], t.user_attrs.get("warm_start"))
+            for t in study.trials
+            if t.user_attrs.get("warm_start")
+        )
+        assert [i for i, _ in queued] == [0, 1, 2], queued  # the three queued first, in their order
+    assert sorted(found["1"]) == list(range(6))
+    assert found["2"] == found["1"]
+
+
+def test_confirm_after_a_window_search_retrains_with_its_threads_and_indices(reference_root, tmp_path):
+    """--confirm queues its retrainings after the search: they take the next indices in queue
+    order, train on the search's one thread, and the search's own trials stay as they were."""
+    root = copied(reference_root, tmp_path)
+    before = rows(root)
+    done(hpo_run(root, "--confirm", "1"))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{root / 'w.db'}")
+    confirms = [t for t in study.trials if CONFIRMS in t.user_attrs]
+    complete = sum(state == TrialState.COMPLETE for state, *_ in before.values())
+    assert len(confirms) == min(3, complete) and all(t.state == TrialState.COMPLETE for t in confirms)
+    assert sorted(t.user_attrs[INDEX] for t in confirms) == list(range(8, 8 + len(confirms)))
+    assert all(t.user_attrs["config"]["train"]["threads"] == 1 for t in confirms)
+    assert {i: r for i, r in rows(root).items() if i < 8} == before
 
 
 def test_a_bad_window_is_one_line_and_exit_2(tmp_path, fashion_mnist_system):
