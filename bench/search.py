@@ -252,7 +252,7 @@ def windows(args, spec, land, trials: int) -> None:
                 flush=True,
             )
     print()
-    print(search_table.window_markdown(rows))
+    print(search_table.markdown(rows, windows=True))
 
 
 def main(argv: list[str] | None = None) -> int:

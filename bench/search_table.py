@@ -54,35 +54,38 @@ def _n(x: float, digits: int = 0) -> str:
     return "never" if math.isinf(x) else f"{x:,.{digits}f}"
 
 
-def markdown(rows: list[Row]) -> str:
-    head = (
-        f"| combination | workers | seeds | within {GAP} of the best | epochs to it: median (p10-p90) "
-        "| clock s to it: median (p10-p90) | final best %: median (p10-p90) | epochs spent |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-    )
-    body = "".join(
-        f"| {r.name} | {r.workers} | {r.seeds} | {r.reached}/{r.seeds} | **{_n(r.epochs[1])}** "
-        f"({_n(r.epochs[0])}-{_n(r.epochs[2])}) | {_n(r.seconds[1])} ({_n(r.seconds[0])}-{_n(r.seconds[2])}) | "
-        f"{r.final[1]:.2f} ({r.final[0]:.2f}-{r.final[2]:.2f}) | {r.spent:.0f} |\n"
-        for r in rows
-    )
-    return head + body
+def markdown(rows: list[Row], windows: bool = False) -> str:
+    """The rows as a Markdown table. ``windows``: the window's table (bench/search.py --windows),
+    which gives what the whole budget took on the clock and in waits instead of the clock to the target."""
 
+    def cells(r: Row) -> list[str]:
+        to_it = [f"{_n(r.seconds[1])} ({_n(r.seconds[0])}-{_n(r.seconds[2])})"] if not windows else []
+        whole = [f"{r.clock:,.0f}", f"{r.waited:,.0f}"] if windows else []
+        return [
+            r.name,
+            str(r.workers),
+            str(r.seeds),
+            f"{r.reached}/{r.seeds}",
+            f"**{_n(r.epochs[1])}** ({_n(r.epochs[0])}-{_n(r.epochs[2])})",
+            *to_it,
+            f"{r.final[1]:.2f} ({r.final[0]:.2f}-{r.final[2]:.2f})",
+            f"{r.spent:.0f}",
+            *whole,
+        ]
 
-def window_markdown(rows: list[Row]) -> str:
-    """The window's table: the same columns, and what the whole budget took on the clock and in waits."""
-    head = (
-        f"| setting | workers | seeds | within {GAP} of the best | epochs to it: median (p10-p90) "
-        "| final best %: median (p10-p90) | epochs spent | study clock s | waited s |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
-    )
-    body = "".join(
-        f"| {r.name} | {r.workers} | {r.seeds} | {r.reached}/{r.seeds} | **{_n(r.epochs[1])}** "
-        f"({_n(r.epochs[0])}-{_n(r.epochs[2])}) | {r.final[1]:.2f} ({r.final[0]:.2f}-{r.final[2]:.2f}) | "
-        f"{r.spent:.0f} | {r.clock:,.0f} | {r.waited:,.0f} |\n"
-        for r in rows
-    )
-    return head + body
+    names = [
+        "setting" if windows else "combination",
+        "workers",
+        "seeds",
+        f"within {GAP} of the best",
+        "epochs to it: median (p10-p90)",
+        *([] if windows else ["clock s to it: median (p10-p90)"]),
+        "final best %: median (p10-p90)",
+        "epochs spent",
+        *(["study clock s", "waited s"] if windows else []),
+    ]
+    lines = [names, ["---"] * len(names), *map(cells, rows)]
+    return "".join(f"| {' | '.join(line)} |\n" for line in lines)
 
 
 def anytime(traces: list, until: int) -> tuple[np.ndarray, np.ndarray]:
