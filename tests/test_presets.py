@@ -47,6 +47,10 @@ def test_every_preset_runs_and_reports(name, tmp_path, monkeypatch, cifar_root, 
     sets = [*TINY]
     if spec.base.data.dataset == "cifar10" and "batch_size" not in searched:
         sets.append("train.batch_size=16")  # a few steps an epoch on the few generated images
+    if spec.base.model.name == "resnet18" and "lr" not in searched:
+        # lr 0.1 on a dozen steps leaves ResNet-18 at chance at epoch 2 (collapsed) on some CPUs'
+        # floats and not on others'; a tenth of it trains on all.
+        sets.append("train.lr=0.01")
     if "epochs" not in searched:
         # one epoch, or room for the warmup the preset searches or sets
         warmup = max(
